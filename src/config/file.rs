@@ -1,0 +1,172 @@
+//! The file formats, exactly as written in TOML. Never used on the request path: [`super::compile`]
+//! turns them into a [`super::Snapshot`]. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Path of the tenants file, relative to the config file.
+    pub tenants: String,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierSection>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Seconds a graceful stop waits for in-flight requests.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            threads: default_threads(),
+            grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest JSON body accepted on `json_body` routes, in bytes (at most 65,536).
+    #[serde(default = "default_max_json_body")]
+    pub max_json_body: u64,
+    /// Largest unread request body the gateway reads and discards after a rejection to keep the
+    /// connection alive; beyond it the connection is closed instead.
+    #[serde(default = "default_drain")]
+    pub max_drain_body: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_json_body: default_max_json_body(),
+            max_drain_body: default_drain(),
+        }
+    }
+}
+
+fn default_max_json_body() -> u64 {
+    65_536
+}
+fn default_drain() -> u64 {
+    65_536
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSection {
+    pub api_calls: Option<u64>,
+    pub cdn_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub servers: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_io_timeout")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_io_timeout")]
+    pub write_timeout_ms: u64,
+    /// 0 turns active health checks off.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_io_timeout() -> u64 {
+    30_000
+}
+fn default_health_interval() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub methods: Vec<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub required_query: Vec<String>,
+    #[serde(default)]
+    pub id_query: Vec<String>,
+    #[serde(default)]
+    pub meter: MeterSpec,
+    #[serde(default)]
+    pub json_body: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MeterSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for MeterSpec {
+    fn default() -> Self {
+        MeterSpec::One("calls".into())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    #[serde(default)]
+    pub groups: Vec<GroupSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    pub id: String,
+    pub tier: String,
+    pub status: GroupStatus,
+    #[serde(default)]
+    pub overage_billing: bool,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupStatus {
+    Active,
+    Frozen,
+    Deactivated,
+}

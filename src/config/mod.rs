@@ -1,0 +1,612 @@
+//! Configuration: the TOML files ([`file`]) and the compiled runtime [`Snapshot`] the request path
+//! reads. Loading validates everything and either yields a whole snapshot or a [`ConfigError`]
+//! naming the file and the field path (`routes[2].upstream: unknown upstream "cdnn"`).
+
+pub mod file;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
+use serde::de::DeserializeOwned;
+
+pub use file::GroupStatus;
+use file::{ConfigFile, MeterSpec, TenantsFile};
+
+use crate::keys::{parse_key_hash, KeyHash};
+use crate::usage::GroupId;
+
+/// A config or tenants file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Field path such as `routes[2].upstream`; empty when the whole file is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The built-in tiers, with the Vivreal contract's monthly numbers (GB = 10^9 bytes).
+pub const BUILTIN_TIERS: [(&str, u64, u64); 4] = [
+    ("free", 1_000, 1_000_000_000),
+    ("basic", 50_000, 25_000_000_000),
+    ("pro", 500_000, 100_000_000_000),
+    ("pro_plus", 2_000_000, 500_000_000_000),
+];
+
+/// The most pingora 0.9 can re-send after the gateway read a body (its retry buffer).
+pub const MAX_JSON_BODY_LIMIT: u64 = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub name: Arc<str>,
+    pub api_calls: u64,
+    pub cdn_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: GroupId,
+    pub tier: Arc<Tier>,
+    pub status: GroupStatus,
+    pub overage_billing: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meters {
+    pub calls: bool,
+    pub bytes: bool,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    pub required_query: Vec<String>,
+    pub id_query: Vec<String>,
+    pub meters: Meters,
+    pub json_body: bool,
+}
+
+/// All routes of one exact path or prefix, by method.
+#[derive(Debug, Default)]
+pub struct PathRoutes {
+    by_method: Vec<(Method, Arc<Route>)>,
+    /// The `Allow` header value for a 405.
+    pub allow: String,
+}
+
+impl PathRoutes {
+    pub fn for_method(&self, m: &Method) -> Option<&Arc<Route>> {
+        self.by_method.iter().find(|(x, _)| x == m).map(|(_, r)| r)
+    }
+}
+
+/// Routes: exact paths first, then the longest matching prefix.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, PathRoutes>,
+    /// Sorted longest first.
+    prefixes: Vec<(String, PathRoutes)>,
+}
+
+impl RouteTable {
+    /// Number of (method, path or prefix) pairs routed.
+    pub fn len(&self) -> usize {
+        self.exact
+            .values()
+            .chain(self.prefixes.iter().map(|(_, r)| r))
+            .map(|r| r.by_method.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lookup(&self, path: &str) -> Option<&PathRoutes> {
+        if let Some(r) = self.exact.get(path) {
+            return Some(r);
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, r)| r)
+    }
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// `None`: no active health checks.
+    pub health_interval: Option<Duration>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Settings that only take effect at start; a reload that changes them is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupSettings {
+    pub listen: String,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+}
+
+/// Everything the request path needs, compiled from both files. Immutable; a reload builds a
+/// new one and swaps it in whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub startup: StartupSettings,
+    pub config_path: PathBuf,
+    pub tenants_path: PathBuf,
+    pub max_json_body: u64,
+    pub max_drain_body: u64,
+    pub tiers: BTreeMap<String, Arc<Tier>>,
+    pub groups: Vec<Group>,
+    pub keys: HashMap<KeyHash, usize>,
+    pub routes: RouteTable,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Snapshot {
+    /// The group a key hash belongs to.
+    pub fn group_for(&self, hash: &KeyHash) -> Option<&Group> {
+        self.keys.get(hash).map(|&i| &self.groups[i])
+    }
+}
+
+fn err(file: &Path, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let message = match line {
+            Some(l) => format!("{} (line {l})", inner.message().trim_end()),
+            None => inner.message().trim_end().to_string(),
+        };
+        err(
+            file,
+            if field == "." { String::new() } else { field },
+            message,
+        )
+    })
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| err(file, "", format!("cannot read: {e}")))
+}
+
+/// Reads and compiles a config file and the tenants file it names.
+pub fn load(config_path: &Path) -> Result<Snapshot, ConfigError> {
+    let text = read(config_path)?;
+    let file: ConfigFile = parse_toml(config_path, &text)?;
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let tenants_path = dir.join(&file.tenants);
+    let tenants_text = read(&tenants_path).map_err(|mut e| {
+        e.message = format!(
+            "{} (named by `tenants` in {})",
+            e.message,
+            config_path.display()
+        );
+        e
+    })?;
+    let tenants: TenantsFile = parse_toml(&tenants_path, &tenants_text)?;
+    compile(config_path, file, &tenants_path, tenants)
+}
+
+/// Compiles config and tenants text that did not come from files (the demo, tests); the paths
+/// only label errors.
+pub fn load_from_str(
+    config_path: &Path,
+    config_text: &str,
+    tenants_path: &Path,
+    tenants_text: &str,
+) -> Result<Snapshot, ConfigError> {
+    let file: ConfigFile = parse_toml(config_path, config_text)?;
+    let tenants: TenantsFile = parse_toml(tenants_path, tenants_text)?;
+    compile(config_path, file, tenants_path, tenants)
+}
+
+/// Compiles parsed files into a snapshot, validating every cross-reference.
+pub fn compile(
+    config_path: &Path,
+    file: ConfigFile,
+    tenants_path: &Path,
+    tenants: TenantsFile,
+) -> Result<Snapshot, ConfigError> {
+    let cfg = config_path;
+
+    // [server]
+    let s = &file.server;
+    if s.listen
+        .to_socket_addrs()
+        .map_or(true, |mut a| a.next().is_none())
+    {
+        return Err(err(
+            cfg,
+            "server.listen",
+            format!("not an address: {:?}", s.listen),
+        ));
+    }
+    if s.threads == 0 {
+        return Err(err(cfg, "server.threads", "must be at least 1"));
+    }
+
+    // [limits]
+    let l = &file.limits;
+    if l.max_json_body == 0 || l.max_json_body > MAX_JSON_BODY_LIMIT {
+        return Err(err(
+            cfg,
+            "limits.max_json_body",
+            format!(
+                "must be between 1 and {MAX_JSON_BODY_LIMIT} (the most pingora can re-send after \
+                 the body was validated)"
+            ),
+        ));
+    }
+
+    // [tiers]
+    let mut tiers: BTreeMap<String, Arc<Tier>> = BUILTIN_TIERS
+        .iter()
+        .map(|&(n, c, b)| {
+            let t = Tier {
+                name: n.into(),
+                api_calls: c,
+                cdn_bytes: b,
+            };
+            (n.to_string(), Arc::new(t))
+        })
+        .collect();
+    for (name, t) in &file.tiers {
+        let builtin = tiers.get(name).cloned();
+        let field = |f: &str| format!("tiers.{name}.{f}");
+        let api_calls = match (t.api_calls, &builtin) {
+            (Some(v), _) => v,
+            (None, Some(b)) => b.api_calls,
+            (None, None) => {
+                return Err(err(
+                    cfg,
+                    field("api_calls"),
+                    "missing (a new tier sets both limits)",
+                ))
+            }
+        };
+        let cdn_bytes = match (t.cdn_bytes, &builtin) {
+            (Some(v), _) => v,
+            (None, Some(b)) => b.cdn_bytes,
+            (None, None) => {
+                return Err(err(
+                    cfg,
+                    field("cdn_bytes"),
+                    "missing (a new tier sets both limits)",
+                ))
+            }
+        };
+        if !valid_name(name) {
+            return Err(err(
+                cfg,
+                format!("tiers.{name}"),
+                "tier names use [A-Za-z0-9._-]",
+            ));
+        }
+        let tier = Tier {
+            name: name.as_str().into(),
+            api_calls,
+            cdn_bytes,
+        };
+        tiers.insert(name.clone(), Arc::new(tier));
+    }
+
+    // [upstreams]
+    let mut upstreams = Vec::new();
+    let mut upstream_index = HashMap::new();
+    for (name, u) in &file.upstreams {
+        let field = |f: &str| format!("upstreams.{name}.{f}");
+        if u.servers.is_empty() {
+            return Err(err(cfg, field("servers"), "needs at least one server"));
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for (i, s) in u.servers.iter().enumerate() {
+            let resolved = s
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    err(
+                        cfg,
+                        format!("upstreams.{name}.servers[{i}]"),
+                        format!("cannot resolve {s:?} (expected host:port)"),
+                    )
+                })?;
+            addrs.push(resolved);
+        }
+        for (f, v) in [
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("read_timeout_ms", u.read_timeout_ms),
+            ("write_timeout_ms", u.write_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(cfg, field(f), "must be above 0"));
+            }
+        }
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().copied())
+            .map_err(|e| err(cfg, field("servers"), e.to_string()))?;
+        let health_interval = (u.health_check_interval_ms > 0).then(|| {
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout =
+                Some(Duration::from_millis(u.connect_timeout_ms));
+            lb.set_health_check(hc);
+            Duration::from_millis(u.health_check_interval_ms)
+        });
+        upstream_index.insert(name.clone(), upstreams.len());
+        upstreams.push(Upstream {
+            name: name.clone(),
+            lb: Arc::new(lb),
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            read_timeout: Duration::from_millis(u.read_timeout_ms),
+            write_timeout: Duration::from_millis(u.write_timeout_ms),
+            health_interval,
+        });
+    }
+
+    // [[routes]]
+    let routes = compile_routes(cfg, &file, &upstream_index)?;
+
+    // tenants
+    let tf = tenants_path;
+    let mut groups = Vec::with_capacity(tenants.groups.len());
+    let mut keys: HashMap<KeyHash, usize> = HashMap::new();
+    let mut key_owner: HashMap<KeyHash, usize> = HashMap::new();
+    let mut ids = HashSet::new();
+    for (gi, g) in tenants.groups.iter().enumerate() {
+        let field = |f: &str| format!("groups[{gi}].{f}");
+        if !valid_name(&g.id) || g.id.len() > 64 {
+            return Err(err(
+                tf,
+                field("id"),
+                format!(
+                    "{:?}: group ids are 1 to 64 characters of [A-Za-z0-9._-]",
+                    g.id
+                ),
+            ));
+        }
+        if !ids.insert(g.id.as_str()) {
+            return Err(err(
+                tf,
+                field("id"),
+                format!("duplicate group id {:?}", g.id),
+            ));
+        }
+        let tier = tiers.get(&g.tier).cloned().ok_or_else(|| {
+            let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
+            err(
+                tf,
+                field("tier"),
+                format!("unknown tier {:?} (known: {})", g.tier, known.join(", ")),
+            )
+        })?;
+        for (ki, k) in g.keys.iter().enumerate() {
+            let hash =
+                parse_key_hash(k).map_err(|m| err(tf, format!("groups[{gi}].keys[{ki}]"), m))?;
+            if let Some(&other) = key_owner.get(&hash) {
+                return Err(err(
+                    tf,
+                    format!("groups[{gi}].keys[{ki}]"),
+                    format!("the same key hash is already listed for groups[{other}]"),
+                ));
+            }
+            key_owner.insert(hash, gi);
+            keys.insert(hash, gi);
+        }
+        groups.push(Group {
+            id: g.id.as_str().into(),
+            tier,
+            status: g.status,
+            overage_billing: g.overage_billing,
+        });
+    }
+
+    Ok(Snapshot {
+        startup: StartupSettings {
+            listen: s.listen.clone(),
+            threads: s.threads,
+            grace_period_seconds: s.grace_period_seconds,
+        },
+        config_path: config_path.to_path_buf(),
+        tenants_path: tenants_path.to_path_buf(),
+        max_json_body: l.max_json_body,
+        max_drain_body: l.max_drain_body,
+        tiers,
+        groups,
+        keys,
+        routes,
+        upstreams,
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn compile_routes(
+    cfg: &Path,
+    file: &ConfigFile,
+    upstream_index: &HashMap<String, usize>,
+) -> Result<RouteTable, ConfigError> {
+    // (is_prefix, path) -> method -> (route index, route)
+    let mut table: BTreeMap<(bool, String), Vec<(Method, usize, Arc<Route>)>> = BTreeMap::new();
+    for (ri, r) in file.routes.iter().enumerate() {
+        let field = |f: &str| format!("routes[{ri}].{f}");
+        let (is_prefix, path) = match (&r.path, &r.prefix) {
+            (Some(p), None) => (false, p.clone()),
+            (None, Some(p)) => (true, p.clone()),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    cfg,
+                    format!("routes[{ri}]"),
+                    "set `path` or `prefix`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    cfg,
+                    format!("routes[{ri}]"),
+                    "needs `path` (exact) or `prefix`",
+                ))
+            }
+        };
+        let which = if is_prefix { "prefix" } else { "path" };
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(err(
+                cfg,
+                field(which),
+                format!("{path:?}: must start with / and hold no ?, # or space"),
+            ));
+        }
+        let upstream = *upstream_index.get(&r.upstream).ok_or_else(|| {
+            err(
+                cfg,
+                field("upstream"),
+                format!("unknown upstream {:?}", r.upstream),
+            )
+        })?;
+        if r.methods.is_empty() {
+            return Err(err(cfg, field("methods"), "needs at least one method"));
+        }
+        let mut methods = Vec::new();
+        for (mi, m) in r.methods.iter().enumerate() {
+            let parsed = Method::from_bytes(m.as_bytes())
+                .ok()
+                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                .filter(|p| *p != Method::CONNECT)
+                .ok_or_else(|| {
+                    err(
+                        cfg,
+                        format!("routes[{ri}].methods[{mi}]"),
+                        format!("{m:?} is not an upper-case HTTP method"),
+                    )
+                })?;
+            if !methods.contains(&parsed) {
+                methods.push(parsed);
+            }
+        }
+        for (list, f) in [
+            (&r.required_query, "required_query"),
+            (&r.id_query, "id_query"),
+        ] {
+            if let Some((qi, _)) = list.iter().enumerate().find(|(_, q)| q.is_empty()) {
+                return Err(err(
+                    cfg,
+                    format!("routes[{ri}].{f}[{qi}]"),
+                    "empty parameter name",
+                ));
+            }
+        }
+        let names: Vec<String> = match &r.meter {
+            MeterSpec::One(s) => vec![s.clone()],
+            MeterSpec::Many(v) => v.clone(),
+        };
+        let mut meters = Meters::default();
+        for n in &names {
+            match n.as_str() {
+                "calls" => meters.calls = true,
+                "bytes" => meters.bytes = true,
+                other => {
+                    return Err(err(
+                        cfg,
+                        field("meter"),
+                        format!("unknown meter {other:?} (expected \"calls\" or \"bytes\")"),
+                    ))
+                }
+            }
+        }
+        let route = Arc::new(Route {
+            upstream,
+            required_query: r.required_query.clone(),
+            id_query: r.id_query.clone(),
+            meters,
+            json_body: r.json_body,
+        });
+        let entry = table.entry((is_prefix, path.clone())).or_default();
+        for m in methods {
+            if let Some((_, other, _)) = entry.iter().find(|(x, _, _)| *x == m) {
+                return Err(err(
+                    cfg,
+                    format!("routes[{ri}]"),
+                    format!("duplicate route: {m} {which} {path:?} is already routed by routes[{other}]"),
+                ));
+            }
+            entry.push((m, ri, route.clone()));
+        }
+    }
+
+    let mut out = RouteTable::default();
+    for ((is_prefix, path), mut list) in table {
+        // HEAD is accepted wherever GET is, unless a route names HEAD itself.
+        if let Some((_, ri, r)) = list.iter().find(|(m, _, _)| *m == Method::GET).cloned() {
+            if !list.iter().any(|(m, _, _)| *m == Method::HEAD) {
+                list.push((Method::HEAD, ri, r));
+            }
+        }
+        let allow = list
+            .iter()
+            .map(|(m, _, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pr = PathRoutes {
+            by_method: list.into_iter().map(|(m, _, r)| (m, r)).collect(),
+            allow,
+        };
+        if is_prefix {
+            out.prefixes.push((path, pr));
+        } else {
+            out.exact.insert(path, pr);
+        }
+    }
+    out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    Ok(out)
+}

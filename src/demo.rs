@@ -1,0 +1,223 @@
+//! `vivgate demo`: the gateway on 127.0.0.1:8080 in front of a built-in backend, with one demo
+//! group per tier and status, and curl commands that show every answer of the contract.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use pingora::apps::http_app::HttpServer;
+use tokio::net::TcpListener;
+
+use crate::backend::Backend;
+use crate::clock::SystemClock;
+use crate::config;
+use crate::gateway::Gateway;
+use crate::keys::{format_key_hash, hash_key};
+use crate::server::{health_checks, proxy_app, serve};
+use crate::usage::MemoryStore;
+
+/// A demo group: (plaintext key, group id, tier, status, overage billing, what it shows).
+pub const DEMO_GROUPS: [(&str, &str, &str, &str, bool, &str); 7] = [
+    (
+        "demo-free-key",
+        "000000000000000000000f01",
+        "free",
+        "active",
+        false,
+        "free tier, active",
+    ),
+    (
+        "demo-basic-key",
+        "000000000000000000000b01",
+        "basic",
+        "active",
+        false,
+        "basic tier, active",
+    ),
+    (
+        "demo-pro-key",
+        "000000000000000000000a01",
+        "pro",
+        "active",
+        false,
+        "pro tier, active",
+    ),
+    (
+        "demo-proplus-key",
+        "00000000000000000000aa01",
+        "pro_plus",
+        "active",
+        true,
+        "pro_plus, overage billing on",
+    ),
+    (
+        "demo-tiny-key",
+        "0000000000000000000071a1",
+        "demo_tiny",
+        "active",
+        false,
+        "3 calls a month, to show 402",
+    ),
+    (
+        "demo-frozen-key",
+        "00000000000000000000f0f0",
+        "free",
+        "frozen",
+        false,
+        "frozen group",
+    ),
+    (
+        "demo-deactivated-key",
+        "00000000000000000000dead",
+        "free",
+        "deactivated",
+        false,
+        "deactivated group",
+    ),
+];
+
+/// The demo's config, routed to a backend at `backend`.
+pub fn demo_config(listen: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        r#"tenants = "demo-tenants.toml"
+
+[server]
+listen = "{listen}"
+threads = 2
+
+[tiers.demo_tiny]
+api_calls = 3
+cdn_bytes = 4096
+
+[upstreams.api]
+servers = ["{backend}"]
+read_timeout_ms = 1000
+
+[[routes]]
+path = "/tenant/collectionObjects"
+methods = ["GET"]
+upstream = "api"
+required_query = ["collectionId"]
+id_query = ["collectionId"]
+meter = "calls"
+
+[[routes]]
+path = "/tenant/collectionObjects"
+methods = ["POST"]
+upstream = "api"
+json_body = true
+meter = "calls"
+
+[[routes]]
+path = "/tenant/siteDetails"
+methods = ["GET"]
+upstream = "api"
+required_query = ["siteId"]
+id_query = ["siteId"]
+
+[[routes]]
+path = "/tenant/integrationObjects"
+methods = ["GET"]
+upstream = "api"
+required_query = ["type"]
+
+[[routes]]
+prefix = "/cdn/"
+methods = ["GET"]
+upstream = "api"
+meter = ["calls", "bytes"]
+
+[[routes]]
+prefix = "/slow/"
+methods = ["GET"]
+upstream = "api"
+"#
+    )
+}
+
+/// The demo's tenants file, with the hashes of [`DEMO_GROUPS`]' keys.
+pub fn demo_tenants() -> String {
+    let mut out = String::new();
+    for (key, id, tier, status, overage, what) in DEMO_GROUPS {
+        out.push_str(&format!(
+            "# {what}\n[[groups]]\nid = \"{id}\"\ntier = \"{tier}\"\nstatus = \"{status}\"\noverage_billing = {overage}\nkeys = [\"{}\"]\n\n",
+            format_key_hash(&hash_key(key.as_bytes()))
+        ));
+    }
+    out
+}
+
+/// Runs the demo until Ctrl-C.
+pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let gw_listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let backend_addr = backend_listener.local_addr()?;
+        let snap = config::load_from_str(
+            Path::new("<demo>/vivgate.toml"),
+            &demo_config(listen, backend_addr),
+            Path::new("<demo>/demo-tenants.toml"),
+            &demo_tenants(),
+        )?;
+        let gw = Arc::new(Gateway::new(
+            snap,
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+            None,
+        ));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let backend = Arc::new(HttpServer::new_app(Backend::new()));
+        tokio::spawn(serve(backend_listener, backend, stop_rx.clone()));
+        tokio::spawn(health_checks(gw.clone(), stop_rx.clone()));
+        let gateway = tokio::spawn(serve(gw_listener, proxy_app(gw), stop_rx));
+        println!("{}", instructions(listen, backend_addr));
+        tokio::signal::ctrl_c().await?;
+        let _ = stop_tx.send(true);
+        let _ = gateway.await;
+        println!("vivgate demo stopped");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+fn instructions(listen: SocketAddr, backend: SocketAddr) -> String {
+    let base = format!("http://{listen}");
+    let id = "651f0c2ab4e8a90012345678";
+    let mut s = format!(
+        "vivgate demo: gateway on {base}, demo backend on http://{backend}\n\nDemo keys:\n"
+    );
+    for (key, id, tier, status, overage, what) in DEMO_GROUPS {
+        s.push_str(&format!(
+            "  {key:<22} group {id}  tier {tier:<9} {status:<11}{}  ({what})\n",
+            if overage { " overage" } else { "" }
+        ));
+    }
+    let pro = "-H 'Authorization: Bearer demo-pro-key'";
+    let rows = [
+        ("200 forwarded", format!("curl -i {pro} '{base}/tenant/collectionObjects?collectionId={id}'")),
+        ("401 missing key", format!("curl -i '{base}/tenant/collectionObjects?collectionId={id}'")),
+        ("401 invalid key", format!("curl -i -H 'Authorization: Bearer nope' '{base}/tenant/siteDetails?siteId={id}'")),
+        ("400 frozen group", format!("curl -i -H 'Authorization: Bearer demo-frozen-key' '{base}/tenant/siteDetails?siteId={id}'")),
+        ("403 deactivated group", format!("curl -i -H 'Authorization: Bearer demo-deactivated-key' '{base}/tenant/siteDetails?siteId={id}'")),
+        ("404 unknown path", format!("curl -i {pro} '{base}/tenant/nothing'")),
+        ("405 wrong method", format!("curl -i -X DELETE {pro} '{base}/tenant/siteDetails?siteId={id}'")),
+        ("400 missing parameter", format!("curl -i {pro} '{base}/tenant/integrationObjects'")),
+        ("404 malformed ID", format!("curl -i {pro} '{base}/tenant/collectionObjects?collectionId=123'")),
+        ("400 invalid JSON", format!("curl -i {pro} -H 'Content-Type: application/json' -d '{{oops' '{base}/tenant/collectionObjects'")),
+        ("200 valid JSON", format!("curl -i {pro} -H 'Content-Type: application/json' -d '{{\"title\": \"hi\"}}' '{base}/tenant/collectionObjects'")),
+        ("402 quota (4th call)", format!("for i in 1 2 3 4; do curl -s -H 'Authorization: Bearer demo-tiny-key' '{base}/tenant/integrationObjects?type=x'; echo; done")),
+        ("CDN bytes metered", format!("curl -si {pro} '{base}/cdn/logo.png?size=2048' | head -n 12")),
+        ("504 backend too slow", format!("curl -i {pro} '{base}/slow/report?ms=3000'")),
+    ];
+    s.push_str("\nTry:\n");
+    for (what, cmd) in rows {
+        s.push_str(&format!("  # {what}\n  {cmd}\n"));
+    }
+    s.push_str("\nCtrl-C stops the demo.");
+    s
+}

@@ -1,0 +1,126 @@
+//! Every response the gateway generates itself: one closed enum, one mapping to status and
+//! public message, one writer of the Vivreal envelope.
+
+use crate::usage::Meter;
+
+/// A request the gateway answers by itself. One variant per row of the contract; the public
+/// message never carries internals (error chains, upstream addresses, key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    MissingKey,
+    InvalidKey,
+    GroupDeactivated,
+    GroupFrozen,
+    NoRoute,
+    /// The path is routed, the method is not; carries the `Allow` header value.
+    MethodNotAllowed(String),
+    MissingParam(String),
+    EmptyParam(String),
+    DuplicateParam(String),
+    MalformedId(String),
+    InvalidJson,
+    BodyTooLarge,
+    /// A request the gateway could not read (a malformed body, say).
+    BadRequest,
+    /// The meter whose monthly quota is used up, and when it resets (`2026-12-01T00:00:00Z`).
+    QuotaExceeded(Meter, String),
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            MissingKey | InvalidKey => 401,
+            GroupDeactivated => 403,
+            GroupFrozen => 400,
+            NoRoute => 404,
+            MethodNotAllowed(_) => 405,
+            MissingParam(_) | EmptyParam(_) | DuplicateParam(_) => 400,
+            MalformedId(_) => 404,
+            InvalidJson | BadRequest => 400,
+            BodyTooLarge => 413,
+            QuotaExceeded(..) => 402,
+            UpstreamUnreachable => 502,
+            UpstreamTimeout => 504,
+            Internal => 500,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        use GatewayError::*;
+        match self {
+            MissingKey => "Missing Authorization header".into(),
+            InvalidKey => "Invalid or revoked API key".into(),
+            GroupDeactivated => "This group has been deactivated; contact your group admin".into(),
+            GroupFrozen => {
+                "This group account is frozen; contact your group admin to resolve the account \
+                 status in the portal"
+                    .into()
+            }
+            NoRoute => "Not found".into(),
+            MethodNotAllowed(_) => "Method not allowed".into(),
+            MissingParam(p) => format!("Missing required query parameter: {p}"),
+            EmptyParam(p) => format!("Query parameter {p} must not be empty"),
+            DuplicateParam(p) => format!("Query parameter {p} is given more than once"),
+            MalformedId(p) => {
+                format!("Invalid {p}: not found (IDs are 24-character hex strings)")
+            }
+            InvalidJson => "Invalid JSON body".into(),
+            BodyTooLarge => "Request body too large".into(),
+            BadRequest => "Bad request".into(),
+            QuotaExceeded(Meter::Calls, reset) => {
+                format!("Monthly API call quota exceeded; it resets at {reset}")
+            }
+            QuotaExceeded(Meter::Bytes, reset) => {
+                format!("Monthly CDN bandwidth quota exceeded; it resets at {reset}")
+            }
+            UpstreamUnreachable => "Bad gateway: the service is unreachable".into(),
+            UpstreamTimeout => "Gateway timeout: the service did not answer in time".into(),
+            Internal => "Internal server error".into(),
+        }
+    }
+}
+
+/// `{"success": false, "data": null, "error": "<message>"}`
+pub fn envelope(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len());
+    out.extend_from_slice(br#"{"success": false, "data": null, "error": "#);
+    // serde_json escapes quotes, backslashes and control characters.
+    out.extend_from_slice(
+        serde_json::to_string(message)
+            .unwrap_or_else(|_| "\"\"".into())
+            .as_bytes(),
+    );
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_valid_json_with_the_contract_fields() {
+        let body = envelope("say \"hi\"\n");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["success"], false);
+        assert!(v["data"].is_null());
+        assert_eq!(v["error"], "say \"hi\"\n");
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn frozen_says_frozen_and_statuses_follow_the_contract() {
+        assert!(GatewayError::GroupFrozen.message().contains("frozen"));
+        assert_eq!(GatewayError::GroupFrozen.status(), 400);
+        assert_eq!(GatewayError::GroupDeactivated.status(), 403);
+        assert_eq!(GatewayError::MalformedId("siteId".into()).status(), 404);
+        let q = GatewayError::QuotaExceeded(Meter::Bytes, "2027-01-01T00:00:00Z".into());
+        assert_eq!(q.status(), 402);
+        assert!(q.message().contains("Monthly CDN bandwidth quota exceeded"));
+        assert!(q.message().contains("2027-01-01T00:00:00Z"));
+    }
+}

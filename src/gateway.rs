@@ -1,0 +1,149 @@
+//! The gateway's shared state: one `ArcSwap` config snapshot, the usage store and the clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, ConfigError, Snapshot};
+use crate::usage::{MemoryStore, UsageStore};
+
+/// Why a reload was refused. The running snapshot stays in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The gateway was built from an in-memory config (the demo), not from files.
+    NoSource,
+    Invalid(ConfigError),
+    /// A setting that only takes effect at start changed; names the key.
+    NeedsRestart(&'static str),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NoSource => write!(f, "this gateway was not started from a config file"),
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+            ReloadError::NeedsRestart(key) => {
+                write!(
+                    f,
+                    "{key} cannot change while running; restart the gateway to change it"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// State shared by every request and every task of one gateway.
+pub struct Gateway<S: UsageStore = MemoryStore> {
+    snapshot: ArcSwap<Snapshot>,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    /// The config file to re-read on reload; `None` for an in-memory config.
+    source: Option<PathBuf>,
+    request_ids: RequestIds,
+}
+
+impl Gateway<MemoryStore> {
+    /// A gateway with the in-memory store and the system clock, reloadable from `source`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let snap = config::load(path)?;
+        Ok(Gateway::new(
+            snap,
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+            Some(path.to_path_buf()),
+        ))
+    }
+}
+
+impl<S: UsageStore> Gateway<S> {
+    pub fn new(
+        snapshot: Snapshot,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        source: Option<PathBuf>,
+    ) -> Self {
+        Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store,
+            clock,
+            source,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// The current config snapshot; a request holds one for its whole life.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn next_request_id(&self) -> String {
+        self.request_ids.next()
+    }
+
+    /// Re-reads the config and tenants files and swaps the new snapshot in whole, or keeps the
+    /// running one and says why. Usage counters live in the store and are not touched.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self.source.as_deref().ok_or(ReloadError::NoSource)?;
+        let new = config::load(path).map_err(ReloadError::Invalid)?;
+        self.swap(new)
+    }
+
+    /// Swaps in a compiled snapshot unless it changes a setting that needs a restart.
+    pub fn swap(&self, new: Snapshot) -> Result<(), ReloadError> {
+        let old = self.snapshot.load();
+        let (a, b) = (&old.startup, &new.startup);
+        if a.listen != b.listen {
+            return Err(ReloadError::NeedsRestart("server.listen"));
+        }
+        if a.threads != b.threads {
+            return Err(ReloadError::NeedsRestart("server.threads"));
+        }
+        if a.grace_period_seconds != b.grace_period_seconds {
+            return Err(ReloadError::NeedsRestart("server.grace_period_seconds"));
+        }
+        self.snapshot.store(Arc::new(new));
+        Ok(())
+    }
+}
+
+/// Request ids for requests that bring none: a per-process random prefix and a counter,
+/// 32 hex characters, unique within the process and unlikely to repeat across processes.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        RequestIds {
+            prefix: h.finish(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}

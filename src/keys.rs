@@ -1,0 +1,81 @@
+//! API keys are stored and looked up as SHA-256 hashes; a plaintext key is never kept or logged.
+
+use sha2::{Digest, Sha256};
+
+pub type KeyHash = [u8; 32];
+
+/// SHA-256 of a presented API key.
+pub fn hash_key(key: &[u8]) -> KeyHash {
+    Sha256::digest(key).into()
+}
+
+/// `sha256:<64 lowercase hex>`, the form the tenants file stores.
+pub fn format_key_hash(hash: &KeyHash) -> String {
+    format!("sha256:{}", hex::encode(hash))
+}
+
+/// Parses the stored form. Anything else (a plaintext key above all) is refused.
+pub fn parse_key_hash(s: &str) -> Result<KeyHash, String> {
+    let refuse = || {
+        "not a key hash: keys are stored as sha256:<64 lowercase hex> (make one with \
+         `vivgate hash-key`); a plaintext key is refused"
+            .to_string()
+    };
+    let hex_part = s.strip_prefix("sha256:").ok_or_else(refuse)?;
+    if hex_part.len() != 64
+        || !hex_part
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(refuse());
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| refuse())?;
+    Ok(out)
+}
+
+/// A short, non-reversible tag of a key hash for logs: the first 8 hex digits of the hash.
+pub fn fingerprint(hash: &KeyHash) -> String {
+    hex::encode(&hash[..4])
+}
+
+/// `vivgate hash-key`: one trailing newline (LF or CRLF) is stripped; empty input is an error.
+pub fn hash_key_input(input: &[u8]) -> Result<String, &'static str> {
+    let key = input
+        .strip_suffix(b"\r\n")
+        .or_else(|| input.strip_suffix(b"\n"))
+        .unwrap_or(input);
+    if key.is_empty() {
+        return Err("empty key: write the API key on standard input");
+    }
+    Ok(format_key_hash(&hash_key(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_key_strips_one_newline() {
+        let a = hash_key_input(b"secret\n").unwrap();
+        assert_eq!(a, hash_key_input(b"secret").unwrap());
+        assert_eq!(a, hash_key_input(b"secret\r\n").unwrap());
+        assert_ne!(a, hash_key_input(b"secret\n\n").unwrap());
+        // sha256("secret")
+        assert_eq!(
+            a,
+            "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        );
+        assert!(hash_key_input(b"\n").is_err());
+        assert!(hash_key_input(b"").is_err());
+    }
+
+    #[test]
+    fn parse_round_trips_and_refuses_plaintext() {
+        let h = hash_key(b"k");
+        assert_eq!(parse_key_hash(&format_key_hash(&h)).unwrap(), h);
+        assert!(parse_key_hash("vk_live_abcdef").is_err());
+        assert!(parse_key_hash(&format_key_hash(&h).to_uppercase()).is_err());
+        assert!(parse_key_hash("sha256:abc").is_err());
+    }
+}

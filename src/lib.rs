@@ -1,0 +1,20 @@
+//! vivgate: an edge API gateway for the Vivreal content API, on pingora.
+//!
+//! It answers by itself every request the backends should never see (missing or revoked keys,
+//! frozen or deactivated groups, unknown routes, missing parameters, malformed ids, invalid JSON,
+//! used-up monthly quotas, failing backends), always in Vivreal's error envelope, and forwards
+//! the rest. See `README.md` and `../shared/DESIGN.md`.
+
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod keys;
+pub mod pipeline;
+pub mod proxy;
+pub mod server;
+pub mod usage;
+
+pub use gateway::Gateway;

@@ -1,0 +1,192 @@
+//! The checks a request passes before it is forwarded, each a small function that returns the
+//! first failure as a [`GatewayError`]. The order they run in lives in one place:
+//! `proxy::VivGate::check_request`.
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method};
+
+use crate::config::{Group, GroupStatus, PathRoutes, Route, Snapshot};
+use crate::error::GatewayError;
+use crate::keys::{hash_key, KeyHash};
+use std::sync::Arc;
+
+/// 1. `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a
+/// key whose SHA-256 is known. A missing header is `MissingKey`; anything else that fails
+/// (another scheme, an empty key, two headers, an unknown key) is `InvalidKey`.
+pub fn authenticate<'s>(
+    snap: &'s Snapshot,
+    headers: &HeaderMap,
+) -> Result<(&'s Group, KeyHash), GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(GatewayError::MissingKey)?;
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidKey);
+    }
+    let key = bearer_token(value.as_bytes()).ok_or(GatewayError::InvalidKey)?;
+    let hash = hash_key(key);
+    let group = snap.group_for(&hash).ok_or(GatewayError::InvalidKey)?;
+    Ok((group, hash))
+}
+
+fn bearer_token(v: &[u8]) -> Option<&[u8]> {
+    if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || !matches!(v[6], b' ' | b'\t') {
+        return None;
+    }
+    let key = v[7..].trim_ascii();
+    (!key.is_empty() && !key.contains(&b' ')).then_some(key)
+}
+
+/// 2. A deactivated group is refused (403), a frozen one too (400, message says "frozen").
+pub fn group_status(group: &Group) -> Result<(), GatewayError> {
+    match group.status {
+        GroupStatus::Active => Ok(()),
+        GroupStatus::Deactivated => Err(GatewayError::GroupDeactivated),
+        GroupStatus::Frozen => Err(GatewayError::GroupFrozen),
+    }
+}
+
+/// 3. The route for (method, path): exact path first, then the longest prefix. A routed path
+/// with another method is a 405 that carries the `Allow` value.
+pub fn route<'s>(
+    snap: &'s Snapshot,
+    method: &Method,
+    path: &str,
+) -> Result<&'s Arc<Route>, GatewayError> {
+    let paths: &PathRoutes = snap.routes.lookup(path).ok_or(GatewayError::NoRoute)?;
+    paths
+        .for_method(method)
+        .ok_or_else(|| GatewayError::MethodNotAllowed(paths.allow.clone()))
+}
+
+/// 4 and 5. Required parameters must appear exactly once and not be empty (400); ID parameters,
+/// when present, must appear once (400) and be 24 hex characters (404). Names and values are
+/// compared after URL decoding, so `%63ollectionId` is `collectionId`.
+pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
+    if route.required_query.is_empty() && route.id_query.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<(std::borrow::Cow<str>, std::borrow::Cow<str>)> =
+        form_urlencoded::parse(query.unwrap_or("").as_bytes()).collect();
+    let find = |name: &str| {
+        let mut it = pairs.iter().filter(|(k, _)| k == name);
+        let first = it.next();
+        (first.map(|(_, v)| v.as_ref()), it.next().is_some())
+    };
+    for name in &route.required_query {
+        match find(name) {
+            (None, _) => return Err(GatewayError::MissingParam(name.clone())),
+            (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
+            (Some(""), false) => return Err(GatewayError::EmptyParam(name.clone())),
+            (Some(_), false) => {}
+        }
+    }
+    for name in &route.id_query {
+        match find(name) {
+            (None, _) => {}
+            (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
+            (Some(v), false) if is_object_id(v) => {}
+            (Some(_), false) => return Err(GatewayError::MalformedId(name.clone())),
+        }
+    }
+    Ok(())
+}
+
+/// Exactly 24 hex characters (either case).
+pub fn is_object_id(v: &str) -> bool {
+    v.len() == 24 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// 6. A JSON body: not empty and valid JSON (any value).
+pub fn json_body(body: &[u8]) -> Result<(), GatewayError> {
+    if body.is_empty() {
+        return Err(GatewayError::InvalidJson);
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|_| GatewayError::InvalidJson)
+}
+
+/// A client-chosen request id is kept if it matches `[A-Za-z0-9._-]{1,64}`.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    (1..=64).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Meters;
+
+    fn route_with(required: &[&str], ids: &[&str]) -> Route {
+        Route {
+            upstream: 0,
+            required_query: required.iter().map(|s| s.to_string()).collect(),
+            id_query: ids.iter().map(|s| s.to_string()).collect(),
+            meters: Meters::default(),
+            json_body: false,
+        }
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bEaReR   abc  "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Bearer a b"), None);
+    }
+
+    #[test]
+    fn query_rules_in_order() {
+        let r = route_with(&["collectionId"], &["collectionId"]);
+        let id = "651f0c2ab4e8a90012345678";
+        assert_eq!(query(&r, Some(&format!("collectionId={id}"))), Ok(()));
+        assert_eq!(
+            query(&r, None),
+            Err(GatewayError::MissingParam("collectionId".into()))
+        );
+        assert_eq!(
+            query(&r, Some("collectionId=")),
+            Err(GatewayError::EmptyParam("collectionId".into()))
+        );
+        assert_eq!(
+            query(&r, Some(&format!("collectionId={id}&%63ollectionId={id}"))),
+            Err(GatewayError::DuplicateParam("collectionId".into()))
+        );
+        assert_eq!(
+            query(&r, Some("collectionId=xyz")),
+            Err(GatewayError::MalformedId("collectionId".into()))
+        );
+        assert_eq!(
+            query(&r, Some("collectionId=651f0c2ab4e8a9001234567g")),
+            Err(GatewayError::MalformedId("collectionId".into()))
+        );
+        // an optional ID parameter is only checked when present
+        let opt = route_with(&[], &["siteId"]);
+        assert_eq!(query(&opt, Some("other=1")), Ok(()));
+        assert_eq!(
+            query(&opt, Some("siteId=1")),
+            Err(GatewayError::MalformedId("siteId".into()))
+        );
+    }
+
+    #[test]
+    fn json_rules() {
+        assert_eq!(json_body(b"{\"a\":1}"), Ok(()));
+        assert_eq!(json_body(b"3"), Ok(()));
+        assert_eq!(json_body(b" [] "), Ok(()));
+        assert_eq!(json_body(b""), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"{"), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"{} {}"), Err(GatewayError::InvalidJson));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(&[b'a'; 65]));
+        assert!(!valid_request_id(b"a b"));
+    }
+}

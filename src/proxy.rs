@@ -1,0 +1,491 @@
+//! The only file that knows pingora's phases. `VivGate` runs the checks of [`crate::pipeline`]
+//! in `request_filter`, answers failures with the envelope, and forwards the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::clock::{format_utc, Month};
+use crate::config::{Group, Route, Snapshot};
+use crate::error::{envelope, GatewayError};
+use crate::gateway::Gateway;
+use crate::pipeline;
+use crate::usage::{Meter, Take, UsageStore};
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// How long a rejected request's unread body may take to drain before the connection is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pingora proxy application.
+pub struct VivGate<S: UsageStore> {
+    gw: Arc<Gateway<S>>,
+}
+
+impl<S: UsageStore> VivGate<S> {
+    pub fn new(gw: Arc<Gateway<S>>) -> Self {
+        VivGate { gw }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    request_id: String,
+    snap: Option<Arc<Snapshot>>,
+    group: Option<Group>,
+    route: Option<Arc<Route>>,
+    /// When the quota check ran (or, for a rejection before it, when the route matched).
+    now_ms: i64,
+    month: Option<Month>,
+    take: Option<Take>,
+    /// Bandwidth used at the quota check.
+    bytes_used: Option<u64>,
+    quota_refused: bool,
+    connected: bool,
+    upstream_responded: bool,
+}
+
+impl<S: UsageStore> VivGate<S> {
+    /// The contract's order of checks. Returns the first failure; on success the request is
+    /// counted against its quota and ready to forward.
+    async fn check_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<(), GatewayError> {
+        let snap = self.gw.snapshot();
+        let req = session.req_header();
+        let (group, _key) = pipeline::authenticate(&snap, &req.headers)?;
+        pipeline::group_status(group)?;
+        let route = pipeline::route(&snap, &req.method, req.uri.path())?.clone();
+        ctx.group = Some(group.clone());
+        ctx.route = Some(route.clone());
+        ctx.now_ms = self.gw.clock().now_ms();
+        ctx.month = Some(Month::containing(ctx.now_ms));
+        ctx.snap = Some(snap.clone());
+        pipeline::query(&route, req.uri.query())?;
+        if route.json_body {
+            self.read_json_body(session, &snap).await?;
+        }
+        self.take_quota(ctx).await
+    }
+
+    /// Reads the whole body (bounded by `limits.max_json_body`) with pingora's retry buffer on,
+    /// so pingora re-sends exactly these bytes upstream, and validates it as JSON.
+    async fn read_json_body(
+        &self,
+        session: &mut Session,
+        snap: &Snapshot,
+    ) -> Result<(), GatewayError> {
+        let max = snap.max_json_body;
+        if content_length(session.req_header()).is_some_and(|n| n > max) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+        if expects_continue(session.req_header()) && !session.is_body_done() {
+            session
+                .write_continue_response()
+                .await
+                .map_err(|_| GatewayError::BadRequest)?;
+        }
+        session.enable_retry_buffering();
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Err(GatewayError::BodyTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(GatewayError::BadRequest),
+            }
+        }
+        pipeline::json_body(&body)
+    }
+
+    /// 7. The monthly quota of each meter of the route. Bandwidth is checked before calls so a
+    /// bandwidth refusal does not spend a call.
+    async fn take_quota(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        let (Some(group), Some(route)) = (&ctx.group, &ctx.route) else {
+            return Err(GatewayError::Internal);
+        };
+        ctx.now_ms = self.gw.clock().now_ms();
+        let month = Month::containing(ctx.now_ms);
+        ctx.month = Some(month);
+        let store = self.gw.store();
+        let tier = &group.tier;
+        if route.meters.bytes {
+            let used = store.bytes_used(&group.id, month);
+            ctx.bytes_used = Some(used);
+            if used >= tier.cdn_bytes && !group.overage_billing {
+                ctx.quota_refused = true;
+                return Err(GatewayError::QuotaExceeded(Meter::Bytes, reset_at(month)));
+            }
+        }
+        if route.meters.calls {
+            match store
+                .take_call(&group.id, month, tier.api_calls, group.overage_billing)
+                .await
+            {
+                Take::Refused => {
+                    ctx.quota_refused = true;
+                    return Err(GatewayError::QuotaExceeded(Meter::Calls, reset_at(month)));
+                }
+                t => ctx.take = Some(t),
+            }
+        }
+        Ok(())
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` for the route's meters, or `None` when the request
+    /// was not authenticated to a routed path. `served` is the response body size, if known.
+    fn rate_limit_headers(&self, ctx: &Ctx, served: Option<u64>) -> Option<(String, String)> {
+        let (group, route, month) = (ctx.group.as_ref()?, ctx.route.as_ref()?, ctx.month?);
+        let t = month.seconds_until_end(ctx.now_ms);
+        let tier = &group.tier;
+        let mut policy = String::new();
+        let mut state = String::new();
+        let mut push = |name: &str, q: u64, unit: &str, r: u64| {
+            if !policy.is_empty() {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            policy.push_str(&format!("\"{name}\";q={q};qu=\"{unit}\""));
+            state.push_str(&format!("\"{name}\";r={r};t={t}"));
+        };
+        if route.meters.calls {
+            let r = match ctx.take {
+                Some(Take::Admitted { remaining, .. }) => remaining,
+                _ if ctx.quota_refused => 0,
+                _ => {
+                    let used = self.gw.store().usage(&group.id, month).calls;
+                    tier.api_calls.saturating_sub(used)
+                }
+            };
+            push("monthly-calls", tier.api_calls, "requests", r);
+        }
+        if route.meters.bytes {
+            let used = ctx
+                .bytes_used
+                .unwrap_or_else(|| self.gw.store().bytes_used(&group.id, month));
+            let r = tier
+                .cdn_bytes
+                .saturating_sub(used.saturating_add(served.unwrap_or(0)));
+            push("monthly-bytes", tier.cdn_bytes, "content-bytes", r);
+        }
+        (!policy.is_empty()).then_some((policy, state))
+    }
+
+    /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
+    async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
+        let body = envelope(&e.message());
+        let mut resp = self.envelope_header(ctx, e, body.len())?;
+        if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
+        let max_drain = ctx
+            .snap
+            .as_ref()
+            .map_or_else(|| self.gw.snapshot().max_drain_body, |s| s.max_drain_body);
+        drain_for_keepalive(session, max_drain).await;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Status, content type and length, request id, and the headers a status needs.
+    fn envelope_header(&self, ctx: &Ctx, e: &GatewayError, len: usize) -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(e.status(), Some(8))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, len)?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        match e {
+            GatewayError::MethodNotAllowed(allow) => {
+                resp.insert_header(header::ALLOW, allow.as_str())?;
+            }
+            GatewayError::QuotaExceeded(..) => {
+                let month = ctx.month.unwrap_or(Month::containing(ctx.now_ms));
+                resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
+            }
+            _ => {}
+        }
+        Ok(resp)
+    }
+}
+
+fn reset_at(month: Month) -> String {
+    format_utc(month.next().start_ms())
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Before answering early: read and discard an unread request body of at most `max` bytes so
+/// the connection can serve the next request; otherwise (larger, slow, or a client waiting for
+/// `100 Continue`) mark the connection to close.
+async fn drain_for_keepalive(session: &mut Session, max: u64) {
+    if session.is_body_done() {
+        return;
+    }
+    if expects_continue(session.req_header())
+        || content_length(session.req_header()).is_some_and(|n| n > max)
+    {
+        session.set_keepalive(None);
+        return;
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut total = 0u64;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > max {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    if !matches!(drained, Ok(true)) {
+        session.set_keepalive(None);
+    }
+}
+
+/// Hop-by-hop headers a backend response must not pass on (pingora writes its own
+/// `Connection`, and framing headers for the client connection).
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+fn is_vivreal_header(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() >= 10 && n[..10].eq_ignore_ascii_case(b"x-vivreal-")
+        || n.len() >= 10 && n[..10].eq_ignore_ascii_case(b"x_vivreal_")
+}
+
+#[async_trait]
+impl<S: UsageStore> ProxyHttp for VivGate<S> {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    /// Runs every check; a failure is answered here with the envelope and never forwarded.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
+            Some(v) if pipeline::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => self.gw.next_request_id(),
+        };
+        match self.check_request(session, ctx).await {
+            Ok(()) => {
+                if expects_continue(session.req_header()) && !session.is_body_done() {
+                    session.write_continue_response().await?;
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                self.reject(session, ctx, &e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(snap), Some(route)) = (&ctx.snap, &ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "no route in context");
+        };
+        let up = &snap.upstreams[route.upstream];
+        let backend = up
+            .lb
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy server"))?;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.connected = true;
+        Ok(())
+    }
+
+    /// Drops the client's credentials, `Expect` and any `X-Vivreal-*` header, then sets the
+    /// trusted identity headers, the request id and `X-Forwarded-For`.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        req.remove_header(&header::AUTHORIZATION);
+        req.remove_header(&header::EXPECT);
+        if req.headers.keys().any(is_vivreal_header) {
+            let names: Vec<HeaderName> = req
+                .headers
+                .keys()
+                .filter(|n| is_vivreal_header(n))
+                .cloned()
+                .collect();
+            for n in names {
+                req.remove_header(&n);
+            }
+        }
+        if let Some(g) = &ctx.group {
+            req.insert_header("x-vivreal-group-id", &*g.id)?;
+            req.insert_header("x-vivreal-tier", &*g.tier.name)?;
+        }
+        req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            req.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_responded = true;
+        for name in HOP_BY_HOP {
+            resp.remove_header(name);
+        }
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        let served = resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        if let Some((policy, state)) = self.rate_limit_headers(ctx, served) {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
+        Ok(())
+    }
+
+    /// Upstream failures become envelopes: a server that could not be reached is a 502, one
+    /// that did not answer in time a 504. The connection is closed after either.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let err = match (e.etype(), e.esource()) {
+            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                Some(GatewayError::UpstreamTimeout)
+            }
+            (ConnectTimedout, _) => Some(GatewayError::UpstreamUnreachable),
+            (HTTPStatus(code), _) if *code < 500 => Some(GatewayError::BadRequest),
+            (HTTPStatus(_), _) => Some(GatewayError::Internal),
+            (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnreachable),
+            (
+                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
+                ErrorSource::Downstream,
+            ) => None,
+            (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest),
+            (_, ErrorSource::Internal | ErrorSource::Unset) => Some(GatewayError::Internal),
+        };
+        let code = err.as_ref().map_or(0, GatewayError::status);
+        session.set_keepalive(None);
+        if let Some(err) = err {
+            if session.response_written().is_none() {
+                let body = envelope(&err.message());
+                if let Ok(resp) = self.envelope_header(ctx, &err, body.len()) {
+                    let _ = session.write_response_header(Box::new(resp), false).await;
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(body)), true)
+                        .await;
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Meters what was served: refunds a call whose backend was never reached, and adds the
+    /// response body bytes actually sent on bandwidth-metered routes.
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
+            return;
+        };
+        let store = self.gw.store();
+        if let Some(take) = ctx.take {
+            if e.is_some() && !ctx.connected {
+                store.refund_call(&group.id, month, take);
+            }
+        }
+        if route.meters.bytes && ctx.upstream_responded {
+            let sent = session.as_downstream().body_bytes_sent() as u64;
+            store.add_bytes(
+                &group.id,
+                month,
+                sent,
+                group.tier.cdn_bytes,
+                group.overage_billing,
+            );
+        }
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            group = %group.id,
+            status = session.response_written().map_or(0, |r| r.status.as_u16()),
+            "request done"
+        );
+    }
+
+    /// What pingora's own error log says about a request: never the query string (it may hold
+    /// ids a tenant considers private) and never a header.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
+    }
+}

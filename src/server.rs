@@ -1,0 +1,164 @@
+//! Running the gateway: under pingora's `Server` for production (`vivgate --config`), or on a
+//! listener of our own (`serve`) for the demo and the tests, with the same proxy application.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::proxy::{http_proxy, http_proxy_service, HttpProxy};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+use crate::proxy::VivGate;
+use crate::usage::UsageStore;
+
+/// The pingora application for a gateway, ready for [`serve`].
+pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<HttpProxy<VivGate<S>>> {
+    let conf = Arc::new(ServerConf::default());
+    Arc::new(http_proxy(&conf, VivGate::new(gw)))
+}
+
+/// Accepts connections on `listener` and hands each to `app` until `shutdown` turns true.
+/// Connections already accepted finish on their own tasks.
+pub async fn serve<A>(listener: TcpListener, app: Arc<A>, mut shutdown: ShutdownWatch)
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _peer)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let fd = tcp.as_raw_fd();
+                let mut l4: L4Stream = tcp.into();
+                l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+                let stream: Stream = Box::new(l4);
+                let app = app.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut next = Some(stream);
+                    while let Some(s) = next {
+                        next = app.process_new(s, &shutdown).await;
+                    }
+                });
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs active health checks of every upstream of the current snapshot, each at its own
+/// interval, until `shutdown`.
+pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: ShutdownWatch) {
+    let mut last: std::collections::HashMap<String, Instant> = Default::default();
+    loop {
+        let snap = gw.snapshot();
+        for up in &snap.upstreams {
+            let Some(every) = up.health_interval else {
+                continue;
+            };
+            if last.get(&up.name).is_some_and(|t| t.elapsed() < every) {
+                continue;
+            }
+            up.lb.backends().run_health_check(true).await;
+            last.insert(up.name.clone(), Instant::now());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+struct HealthService<S: UsageStore>(Arc<Gateway<S>>);
+
+#[async_trait]
+impl<S: UsageStore> BackgroundService for HealthService<S> {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        health_checks(self.0.clone(), shutdown).await
+    }
+}
+
+/// pingora handles only QUIT, TERM and INT, and an unhandled SIGHUP would kill the process:
+/// SIGHUP reloads the config here; TERM and INT stop gracefully; QUIT hands over to a new
+/// process (`-u`).
+struct Signals<S: UsageStore>(Arc<Gateway<S>>);
+
+#[async_trait]
+impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match self.0.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e}"),
+                },
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            }
+        }
+    }
+}
+
+/// Runs the gateway described by `config_path` under pingora's server until a stop signal.
+pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let gw = Arc::new(Gateway::from_file(config_path)?);
+    let snap = gw.snapshot();
+    let startup = &snap.startup;
+    let tag = sanitize(&startup.listen);
+    let conf = ServerConf {
+        threads: startup.threads,
+        grace_period_seconds: Some(startup.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(startup.grace_period_seconds),
+        pid_file: format!("/tmp/vivgate-{tag}.pid"),
+        upgrade_sock: format!("/tmp/vivgate-{tag}-upgrade.sock"),
+        ..ServerConf::default()
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, VivGate::new(gw.clone()));
+    proxy.add_tcp(&startup.listen);
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "health checks",
+        HealthService(gw.clone()),
+    ));
+    tracing::info!(listen = %startup.listen, config = %config_path.display(), "vivgate starting");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals(gw)),
+    });
+    Ok(())
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}

@@ -1,0 +1,280 @@
+//! Usage counters behind a store trait.
+//!
+//! Counters are kept per group and per UTC month, outside the config snapshot, so a reload or a
+//! key rotation never resets them. [`MemoryStore`] is the in-memory store: a `DashMap` of atomic
+//! counters, exact under any concurrency. Durable and shared stores plug in behind the same
+//! [`UsageStore`] trait.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::clock::Month;
+
+/// What a route meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Meter {
+    /// One API call per forwarded request.
+    Calls,
+    /// Response body bytes sent to the client.
+    Bytes,
+}
+
+/// A group id as the counters know it; shared, cheap to clone.
+pub type GroupId = Arc<str>;
+
+/// One group's usage in one month.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub calls: u64,
+    pub bytes: u64,
+    pub calls_overage: u64,
+    pub bytes_overage: u64,
+}
+
+/// The outcome of taking one API call from a group's monthly quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Counted. `remaining` is what is left of the quota after this call (0 at or past it);
+    /// `overage` is true when the call was admitted at or past the limit (overage groups only).
+    Admitted { remaining: u64, overage: bool },
+    /// The quota is used up; nothing was counted.
+    Refused,
+}
+
+/// Where usage lives.
+///
+/// Contract for every implementation:
+/// - `take_call` is exact: with a limit of N and any number of concurrent callers, exactly N
+///   calls are admitted for a group without overage billing; a refused call counts nothing.
+///   Groups with overage billing are always admitted; calls admitted at or past the limit are
+///   also counted in `calls_overage`.
+/// - `take_call` may wait (a shared store waiting for a quota lease), but never longer than the
+///   store's own timeout. An in-process store resolves at once and never waits on I/O.
+/// - The other methods never wait.
+pub trait UsageStore: Send + Sync + 'static {
+    fn take_call(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+    ) -> impl Future<Output = Take> + Send;
+
+    /// Gives back a call taken by `take_call` whose request never reached a backend.
+    fn refund_call(&self, group: &GroupId, month: Month, take: Take);
+
+    /// Bandwidth used so far in `month`.
+    fn bytes_used(&self, group: &GroupId, month: Month) -> u64;
+
+    /// Adds response bytes served in `month`. For overage groups, what lies beyond `limit` is
+    /// also counted in `bytes_overage`.
+    fn add_bytes(&self, group: &GroupId, month: Month, n: u64, limit: u64, overage_billing: bool);
+
+    /// A copy of one group's counters for one month (zeros if nothing was counted).
+    fn usage(&self, group: &str, month: Month) -> Usage;
+}
+
+#[derive(Debug, Default)]
+struct Cell {
+    calls: AtomicU64,
+    bytes: AtomicU64,
+    calls_overage: AtomicU64,
+    bytes_overage: AtomicU64,
+}
+
+/// In-memory usage: exact atomic counters in a `DashMap` keyed by (group, month). No lock is held
+/// across an await; the only locks are the map's shard locks, held for one atomic operation.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    cells: DashMap<(GroupId, Month), Cell>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_cell<R>(&self, group: &GroupId, month: Month, f: impl FnOnce(&Cell) -> R) -> R {
+        let key = (group.clone(), month);
+        if let Some(cell) = self.cells.get(&key) {
+            return f(&cell);
+        }
+        let cell = self.cells.entry(key).or_default();
+        f(&cell)
+    }
+
+    /// Takes one call synchronously; see [`UsageStore::take_call`].
+    pub fn take_call_now(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+    ) -> Take {
+        self.with_cell(group, month, |c| {
+            if overage_billing {
+                let before = c.calls.fetch_add(1, Ordering::AcqRel);
+                let overage = before >= limit;
+                if overage {
+                    c.calls_overage.fetch_add(1, Ordering::AcqRel);
+                }
+                return Take::Admitted {
+                    remaining: limit.saturating_sub(before + 1),
+                    overage,
+                };
+            }
+            let mut cur = c.calls.load(Ordering::Acquire);
+            loop {
+                if cur >= limit {
+                    return Take::Refused;
+                }
+                match c.calls.compare_exchange_weak(
+                    cur,
+                    cur + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        return Take::Admitted {
+                            remaining: limit - cur - 1,
+                            overage: false,
+                        }
+                    }
+                    Err(actual) => cur = actual,
+                }
+            }
+        })
+    }
+}
+
+impl UsageStore for MemoryStore {
+    fn take_call(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+    ) -> impl Future<Output = Take> + Send {
+        std::future::ready(self.take_call_now(group, month, limit, overage_billing))
+    }
+
+    fn refund_call(&self, group: &GroupId, month: Month, take: Take) {
+        if let Take::Admitted { overage, .. } = take {
+            self.with_cell(group, month, |c| {
+                c.calls.fetch_sub(1, Ordering::AcqRel);
+                if overage {
+                    c.calls_overage.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
+        }
+    }
+
+    fn bytes_used(&self, group: &GroupId, month: Month) -> u64 {
+        self.cells
+            .get(&(group.clone(), month))
+            .map_or(0, |c| c.bytes.load(Ordering::Acquire))
+    }
+
+    fn add_bytes(&self, group: &GroupId, month: Month, n: u64, limit: u64, overage_billing: bool) {
+        if n == 0 {
+            return;
+        }
+        self.with_cell(group, month, |c| {
+            let before = c.bytes.fetch_add(n, Ordering::AcqRel);
+            if overage_billing {
+                let over = (before + n).saturating_sub(before.max(limit));
+                if over > 0 {
+                    c.bytes_overage.fetch_add(over, Ordering::AcqRel);
+                }
+            }
+        });
+    }
+
+    fn usage(&self, group: &str, month: Month) -> Usage {
+        self.cells
+            .get(&(GroupId::from(group), month))
+            .map_or_else(Usage::default, |c| Usage {
+                calls: c.calls.load(Ordering::Acquire),
+                bytes: c.bytes.load(Ordering::Acquire),
+                calls_overage: c.calls_overage.load(Ordering::Acquire),
+                bytes_overage: c.bytes_overage.load(Ordering::Acquire),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(s: &str) -> GroupId {
+        GroupId::from(s)
+    }
+
+    #[test]
+    fn exact_under_contention() {
+        let store = Arc::new(MemoryStore::new());
+        let m = Month::from_ym(2026, 11);
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if let Take::Admitted { .. } = store.take_call_now(&g("a"), m, 777, false) {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 777);
+        assert_eq!(store.usage("a", m).calls, 777);
+    }
+
+    #[test]
+    fn overage_counts_past_the_limit_and_refund_reverses() {
+        let store = MemoryStore::new();
+        let m = Month::from_ym(2026, 11);
+        let mut last = Take::Refused;
+        for _ in 0..5 {
+            last = store.take_call_now(&g("o"), m, 3, true);
+        }
+        assert_eq!(
+            last,
+            Take::Admitted {
+                remaining: 0,
+                overage: true
+            }
+        );
+        assert_eq!(
+            store.usage("o", m),
+            Usage {
+                calls: 5,
+                calls_overage: 2,
+                ..Usage::default()
+            }
+        );
+        store.refund_call(&g("o"), m, last);
+        assert_eq!(store.usage("o", m).calls, 4);
+        assert_eq!(store.usage("o", m).calls_overage, 1);
+        // months are independent
+        assert_eq!(store.usage("o", m.next()), Usage::default());
+    }
+
+    #[test]
+    fn bytes_overage_is_the_part_beyond_the_limit() {
+        let store = MemoryStore::new();
+        let m = Month::from_ym(2026, 11);
+        store.add_bytes(&g("b"), m, 60, 100, true);
+        store.add_bytes(&g("b"), m, 60, 100, true);
+        store.add_bytes(&g("b"), m, 10, 100, true);
+        let u = store.usage("b", m);
+        assert_eq!((u.bytes, u.bytes_overage), (130, 30));
+        store.add_bytes(&g("n"), m, 130, 100, false);
+        let u = store.usage("n", m);
+        assert_eq!((u.bytes, u.bytes_overage), (130, 0));
+        assert_eq!(store.bytes_used(&g("n"), m), 130);
+    }
+}
