@@ -1,0 +1,376 @@
+//! Test harness: the real gateway in-process on an ephemeral port, in front of the real
+//! recording backend on another, and a raw HTTP/1.1 client that controls every byte.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::http_app::HttpServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use vivgate::backend::Backend;
+use vivgate::clock::{utc_ms, ManualClock, Month};
+use vivgate::keys::{format_key_hash, hash_key};
+use vivgate::server::{health_checks, proxy_app, serve};
+use vivgate::usage::{MemoryStore, Usage, UsageStore};
+use vivgate::Gateway;
+
+pub const OID: &str = "651f0c2ab4e8a90012345678";
+
+/// Groups every test config has: (key, group id, tier, status, overage).
+pub const GROUPS: [(&str, &str, &str, &str, bool); 7] = [
+    ("key-pro", "aaaaaaaaaaaaaaaaaaaaaa01", "pro", "active", false),
+    ("key-free", "aaaaaaaaaaaaaaaaaaaaaa02", "free", "active", false),
+    ("key-tiny", "aaaaaaaaaaaaaaaaaaaaaa03", "tiny", "active", false),
+    ("key-tiny-overage", "aaaaaaaaaaaaaaaaaaaaaa04", "tiny", "active", true),
+    ("key-frozen", "aaaaaaaaaaaaaaaaaaaaaa05", "pro", "frozen", false),
+    ("key-deactivated", "aaaaaaaaaaaaaaaaaaaaaa06", "pro", "deactivated", false),
+    ("key-rotated", "aaaaaaaaaaaaaaaaaaaaaa03", "", "", false), // a second key of the tiny group
+];
+
+pub fn group_id(key: &str) -> &'static str {
+    GROUPS.iter().find(|g| g.0 == key).map(|g| g.1).unwrap()
+}
+
+/// The tenants file for [`GROUPS`].
+pub fn tenants_toml() -> String {
+    let mut out = String::new();
+    for (key, id, tier, status, overage) in GROUPS {
+        if tier.is_empty() {
+            continue;
+        }
+        let mut keys = vec![format_key_hash(&hash_key(key.as_bytes()))];
+        for (k2, id2, t2, ..) in GROUPS {
+            if id2 == id && t2.is_empty() {
+                keys.push(format_key_hash(&hash_key(k2.as_bytes())));
+            }
+        }
+        let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        out.push_str(&format!(
+            "[[groups]]\nid = \"{id}\"\ntier = \"{tier}\"\nstatus = \"{status}\"\noverage_billing = {overage}\nkeys = [{}]\n\n",
+            keys.join(", ")
+        ));
+    }
+    out
+}
+
+/// A config with the contract's routes, a CDN prefix, a `tiny` tier of 5 calls and 1500 bytes,
+/// and upstream `api` at `backend` (plus `dead` at `dead`, a port where nothing listens).
+pub fn config_toml(backend: SocketAddr, dead: SocketAddr) -> String {
+    format!(
+        r#"tenants = "tenants.toml"
+
+[server]
+listen = "127.0.0.1:0"
+threads = 2
+
+[tiers.tiny]
+api_calls = 5
+cdn_bytes = 1500
+
+[upstreams.api]
+servers = ["{backend}"]
+read_timeout_ms = 500
+health_check_interval_ms = 0
+
+[upstreams.dead]
+servers = ["{dead}"]
+connect_timeout_ms = 300
+health_check_interval_ms = 0
+
+[[routes]]
+path = "/tenant/collectionObjects"
+methods = ["GET"]
+upstream = "api"
+required_query = ["collectionId"]
+id_query = ["collectionId"]
+meter = "calls"
+
+[[routes]]
+path = "/tenant/collectionObjects"
+methods = ["POST"]
+upstream = "api"
+json_body = true
+meter = "calls"
+
+[[routes]]
+path = "/tenant/siteDetails"
+methods = ["GET"]
+upstream = "api"
+required_query = ["siteId"]
+id_query = ["siteId"]
+
+[[routes]]
+path = "/tenant/integrationObjects"
+methods = ["GET"]
+upstream = "api"
+required_query = ["type"]
+
+[[routes]]
+prefix = "/cdn/"
+methods = ["GET"]
+upstream = "api"
+meter = ["calls", "bytes"]
+
+[[routes]]
+prefix = "/slow/"
+methods = ["GET"]
+upstream = "api"
+
+[[routes]]
+prefix = "/status/"
+methods = ["GET", "POST"]
+upstream = "api"
+
+[[routes]]
+prefix = "/offline/"
+methods = ["GET"]
+upstream = "dead"
+"#
+    )
+}
+
+pub struct Harness {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub backend_addr: SocketAddr,
+    pub gw: Arc<Gateway<MemoryStore>>,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A port on loopback where nothing listens.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+impl Harness {
+    /// Gateway and backend with [`config_toml`] and [`tenants_toml`]; the clock stands at
+    /// 2026-11-15 12:00:00 UTC.
+    pub async fn start() -> Harness {
+        Self::start_with(|c| c).await
+    }
+
+    /// Like [`Harness::start`], with the config text passed through `edit` first.
+    pub async fn start_with(edit: impl FnOnce(String) -> String) -> Harness {
+        let (stop, stop_rx) = watch::channel(false);
+        let backend = Backend::new();
+        let bl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = bl.local_addr().unwrap();
+        tokio::spawn(serve(bl, Arc::new(HttpServer::new_app(backend.clone())), stop_rx.clone()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let config_path: PathBuf = dir.path().join("vivgate.toml");
+        std::fs::write(&config_path, edit(config_toml(backend_addr, dead_addr().await))).unwrap();
+        std::fs::write(dir.path().join("tenants.toml"), tenants_toml()).unwrap();
+        let snap = vivgate::config::load(&config_path).unwrap();
+        let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
+        let gw = Arc::new(Gateway::new(snap, Arc::new(MemoryStore::new()), clock.clone(), Some(config_path)));
+
+        let gl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gl.local_addr().unwrap();
+        tokio::spawn(serve(gl, proxy_app(gw.clone()), stop_rx.clone()));
+        tokio::spawn(health_checks(gw.clone(), stop_rx));
+        Harness { addr, backend, backend_addr, gw, clock, dir, stop }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// One request on a new connection.
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Resp {
+        let mut c = self.client().await;
+        c.get(path, key).await
+    }
+
+    pub fn usage(&self, key: &str) -> Usage {
+        let month = Month::containing(self.gw.clock().now_ms());
+        self.gw.store().usage(group_id(key), month)
+    }
+
+    pub fn write_tenants(&self, text: &str) {
+        std::fs::write(self.dir.path().join("tenants.toml"), text).unwrap();
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.path().join("vivgate.toml"), text).unwrap();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+}
+
+/// Asserts a gateway envelope: the status, `Content-Type: application/json`, exactly the three
+/// fields, and an error message that contains `needle`.
+#[track_caller]
+pub fn assert_envelope(resp: &Resp, status: u16, needle: &str) {
+    assert_eq!(resp.status, status, "status; body: {}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("application/json"), "content type");
+    let v = resp.json();
+    let obj = v.as_object().expect("envelope is an object");
+    assert_eq!(obj.len(), 3, "envelope has exactly success, data, error: {v}");
+    assert_eq!(v["success"], serde_json::Value::Bool(false));
+    assert!(v["data"].is_null(), "data is null: {v}");
+    let msg = v["error"].as_str().expect("error is a string");
+    assert!(msg.contains(needle), "error {msg:?} should contain {needle:?}");
+    assert!(resp.header("x-request-id").is_some(), "every response has X-Request-Id");
+}
+
+/// A raw HTTP/1.1 client on one connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Client { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends `head` (request line and headers, without the final blank line) and `body`.
+    pub async fn request(&mut self, head: &str, body: &[u8]) -> Resp {
+        let mut raw = head.trim_end().replace('\n', "\r\n").replace("\r\r\n", "\r\n").into_bytes();
+        raw.extend_from_slice(b"\r\n\r\n");
+        raw.extend_from_slice(body);
+        self.send_raw(&raw).await;
+        self.read_response().await
+    }
+
+    pub async fn get(&mut self, path: &str, key: Option<&str>) -> Resp {
+        let auth = key.map(|k| format!("\nAuthorization: Bearer {k}")).unwrap_or_default();
+        self.request(&format!("GET {path} HTTP/1.1\nHost: t{auth}"), b"").await
+    }
+
+    pub async fn post(&mut self, path: &str, key: &str, body: &[u8]) -> Resp {
+        self.request(
+            &format!(
+                "POST {path} HTTP/1.1\nHost: t\nAuthorization: Bearer {key}\nContent-Type: application/json\nContent-Length: {}",
+                body.len()
+            ),
+            body,
+        )
+        .await
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("response within 10 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads one response (any 1xx responses are returned as they come).
+    pub async fn read_response(&mut self) -> Resp {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(&self.buf).unwrap() {
+                httparse::Status::Complete(n) => {
+                    let status = r.code.unwrap();
+                    let hs: Vec<(String, String)> = r
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect();
+                    self.buf.drain(..n);
+                    let mut resp = Resp { status, headers: hs, body: Vec::new() };
+                    if (100..200).contains(&status) || status == 204 || status == 304 {
+                        return resp;
+                    }
+                    resp.body = self.read_body(&resp).await;
+                    return resp;
+                }
+                httparse::Status::Partial => {
+                    if self.fill().await == 0 {
+                        panic!("connection closed before a response head");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_body(&mut self, resp: &Resp) -> Vec<u8> {
+        if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.buf.len() < len {
+                assert!(self.fill().await > 0, "connection closed mid-body");
+            }
+            return self.buf.drain(..len).collect();
+        }
+        if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                while !self.buf.windows(2).any(|w| w == b"\r\n") {
+                    assert!(self.fill().await > 0);
+                }
+                let pos = self.buf.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..pos]).unwrap().trim(), 16).unwrap();
+                self.buf.drain(..pos + 2);
+                while self.buf.len() < size + 2 {
+                    assert!(self.fill().await > 0);
+                }
+                body.extend(self.buf.drain(..size));
+                self.buf.drain(..2);
+                if size == 0 {
+                    return body;
+                }
+            }
+        }
+        while self.fill().await > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// True when the server has closed the connection (reads EOF within 2 s).
+    pub async fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+}
