@@ -26,9 +26,15 @@ async fn forwards_a_valid_request_with_identity_headers_and_rate_limit() {
     assert_eq!(v["success"], true);
     assert_eq!(v["data"]["group"], group_id("key-pro"));
     assert_eq!(v["data"]["tier"], "pro");
-    assert_eq!(resp.header("ratelimit-policy"), Some("\"monthly-calls\";q=500000;qu=\"requests\""));
+    assert_eq!(
+        resp.header("ratelimit-policy"),
+        Some("\"monthly-calls\";q=500000;qu=\"requests\"")
+    );
     // 2026-11-15 12:00 → 2026-12-01 00:00 is 15.5 days
-    assert_eq!(resp.header("ratelimit"), Some("\"monthly-calls\";r=499999;t=1339200"));
+    assert_eq!(
+        resp.header("ratelimit"),
+        Some("\"monthly-calls\";r=499999;t=1339200")
+    );
 
     let got = h.backend.received();
     assert_eq!(got.len(), 1);
@@ -38,8 +44,16 @@ async fn forwards_a_valid_request_with_identity_headers_and_rate_limit() {
     assert_eq!(r.header("x-vivreal-group-id"), Some(group_id("key-pro")));
     assert_eq!(r.header("x-vivreal-tier"), Some("pro"));
     assert_eq!(r.header("x_vivreal_admin"), None);
-    let vivreal: Vec<_> = r.headers.iter().filter(|(n, _)| n.starts_with("x-vivreal") || n.starts_with("x_vivreal")).collect();
-    assert_eq!(vivreal.len(), 2, "only the gateway's own identity headers: {vivreal:?}");
+    let vivreal: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.starts_with("x-vivreal") || n.starts_with("x_vivreal"))
+        .collect();
+    assert_eq!(
+        vivreal.len(),
+        2,
+        "only the gateway's own identity headers: {vivreal:?}"
+    );
     assert_eq!(r.header("x-request-id"), resp.header("x-request-id"));
     assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(h.usage("key-pro").calls, 1);
@@ -55,22 +69,49 @@ async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-request-id"), Some("client-id_1.2"));
     assert_eq!(resp.header_count("x-request-id"), 1);
-    assert_eq!(h.backend.received()[0].header("x-request-id"), Some("client-id_1.2"));
+    assert_eq!(
+        h.backend.received()[0].header("x-request-id"),
+        Some("client-id_1.2")
+    );
 
-    let resp = c.request(&format!("GET {} HTTP/1.1\nHost: t\nX-Request-Id: bad id!", cobj(OID)), b"").await;
+    let resp = c
+        .request(
+            &format!("GET {} HTTP/1.1\nHost: t\nX-Request-Id: bad id!", cobj(OID)),
+            b"",
+        )
+        .await;
     assert_envelope(&resp, 401, "Missing Authorization header");
     let id = resp.header("x-request-id").unwrap();
     assert_ne!(id, "bad id!");
-    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_invalid_keys_are_401_whatever_the_path() {
     let h = Harness::start().await;
-    assert_envelope(&h.get(&cobj(OID), None).await, 401, "Missing Authorization header");
-    assert_envelope(&h.get("/no/such/path", None).await, 401, "Missing Authorization header");
-    assert_envelope(&h.get(&cobj(OID), Some("not-a-key")).await, 401, "Invalid or revoked API key");
-    assert_envelope(&h.get("/no/such/path", Some("not-a-key")).await, 401, "Invalid or revoked API key");
+    assert_envelope(
+        &h.get(&cobj(OID), None).await,
+        401,
+        "Missing Authorization header",
+    );
+    assert_envelope(
+        &h.get("/no/such/path", None).await,
+        401,
+        "Missing Authorization header",
+    );
+    assert_envelope(
+        &h.get(&cobj(OID), Some("not-a-key")).await,
+        401,
+        "Invalid or revoked API key",
+    );
+    assert_envelope(
+        &h.get("/no/such/path", Some("not-a-key")).await,
+        401,
+        "Invalid or revoked API key",
+    );
 
     let mut c = h.client().await;
     for head in [
@@ -81,18 +122,42 @@ async fn missing_or_invalid_keys_are_401_whatever_the_path() {
         assert_envelope(&c.request(&head, b"").await, 401, "Invalid or revoked API key");
     }
     // the scheme is case-insensitive
-    let ok = c.request(&format!("GET {} HTTP/1.1\nHost: t\nAuthorization: bEARER key-pro", cobj(OID)), b"").await;
+    let ok = c
+        .request(
+            &format!(
+                "GET {} HTTP/1.1\nHost: t\nAuthorization: bEARER key-pro",
+                cobj(OID)
+            ),
+            b"",
+        )
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(h.backend.received().len(), 1, "no rejected request reached the backend");
+    assert_eq!(
+        h.backend.received().len(),
+        1,
+        "no rejected request reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivated_is_403_and_frozen_is_400_before_routing() {
     let h = Harness::start().await;
-    assert_envelope(&h.get(&cobj(OID), Some("key-deactivated")).await, 403, "deactivated");
-    assert_envelope(&h.get("/no/such/path", Some("key-deactivated")).await, 403, "deactivated");
+    assert_envelope(
+        &h.get(&cobj(OID), Some("key-deactivated")).await,
+        403,
+        "deactivated",
+    );
+    assert_envelope(
+        &h.get("/no/such/path", Some("key-deactivated")).await,
+        403,
+        "deactivated",
+    );
     assert_envelope(&h.get(&cobj(OID), Some("key-frozen")).await, 400, "frozen");
-    assert_envelope(&h.get("/no/such/path", Some("key-frozen")).await, 400, "frozen");
+    assert_envelope(
+        &h.get("/no/such/path", Some("key-frozen")).await,
+        400,
+        "frozen",
+    );
     let r = h.get(&cobj(OID), Some("key-frozen")).await;
     assert_eq!(r.header("ratelimit"), None, "no route matched yet");
     assert!(h.backend.received().is_empty());
@@ -101,16 +166,32 @@ async fn deactivated_is_403_and_frozen_is_400_before_routing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     let h = Harness::start().await;
-    assert_envelope(&h.get("/tenant/nothing", Some("key-pro")).await, 404, "Not found");
+    assert_envelope(
+        &h.get("/tenant/nothing", Some("key-pro")).await,
+        404,
+        "Not found",
+    );
     // exact paths are exact
-    assert_envelope(&h.get("/tenant/siteDetails/", Some("key-pro")).await, 404, "Not found");
+    assert_envelope(
+        &h.get("/tenant/siteDetails/", Some("key-pro")).await,
+        404,
+        "Not found",
+    );
     let mut c = h.client().await;
     let r = c
         .request(&format!("DELETE /tenant/siteDetails?siteId={OID} HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro"), b"")
         .await;
     assert_envelope(&r, 405, "Method not allowed");
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
-    let r = c.request(&format!("PUT {} HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro\nContent-Length: 0", cobj(OID)), b"").await;
+    let r = c
+        .request(
+            &format!(
+                "PUT {} HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro\nContent-Length: 0",
+                cobj(OID)
+            ),
+            b"",
+        )
+        .await;
     assert_envelope(&r, 405, "Method not allowed");
     assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
     // HEAD is accepted wherever GET is
@@ -125,16 +206,40 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
 async fn required_query_parameters_are_checked_per_route() {
     let h = Harness::start().await;
     let k = Some("key-pro");
-    assert_envelope(&h.get("/tenant/collectionObjects", k).await, 400, "collectionId");
+    assert_envelope(
+        &h.get("/tenant/collectionObjects", k).await,
+        400,
+        "collectionId",
+    );
     assert_envelope(&h.get("/tenant/siteDetails?site=1", k).await, 400, "siteId");
     assert_envelope(&h.get("/tenant/integrationObjects", k).await, 400, "type");
-    assert_envelope(&h.get("/tenant/integrationObjects?type=", k).await, 400, "type");
-    assert_envelope(&h.get("/tenant/integrationObjects?type=a&type=b", k).await, 400, "more than once");
-    assert_envelope(&h.get("/tenant/integrationObjects?type=a&%74ype=a", k).await, 400, "more than once");
+    assert_envelope(
+        &h.get("/tenant/integrationObjects?type=", k).await,
+        400,
+        "type",
+    );
+    assert_envelope(
+        &h.get("/tenant/integrationObjects?type=a&type=b", k).await,
+        400,
+        "more than once",
+    );
+    assert_envelope(
+        &h.get("/tenant/integrationObjects?type=a&%74ype=a", k).await,
+        400,
+        "more than once",
+    );
     let r = h.get("/tenant/integrationObjects", k).await;
-    assert_eq!(r.header("ratelimit-policy"), Some("\"monthly-calls\";q=500000;qu=\"requests\""));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"monthly-calls\";q=500000;qu=\"requests\"")
+    );
     assert!(h.backend.received().is_empty());
-    assert_eq!(h.get("/tenant/integrationObjects?type=blog", k).await.status, 200);
+    assert_eq!(
+        h.get("/tenant/integrationObjects?type=blog", k)
+            .await
+            .status,
+        200
+    );
     assert_eq!(h.usage("key-pro").calls, 1, "rejected requests are free");
 }
 
@@ -143,12 +248,31 @@ async fn malformed_ids_are_404_after_the_presence_check() {
     let h = Harness::start().await;
     let k = Some("key-pro");
     assert_envelope(&h.get(&cobj("123"), k).await, 404, "collectionId");
-    assert_envelope(&h.get(&cobj("651f0c2ab4e8a9001234567z"), k).await, 404, "24-character hex");
-    assert_envelope(&h.get(&cobj("651f0c2ab4e8a900123456789"), k).await, 404, "collectionId");
-    assert_envelope(&h.get("/tenant/siteDetails?siteId=../../etc", k).await, 404, "siteId");
+    assert_envelope(
+        &h.get(&cobj("651f0c2ab4e8a9001234567z"), k).await,
+        404,
+        "24-character hex",
+    );
+    assert_envelope(
+        &h.get(&cobj("651f0c2ab4e8a900123456789"), k).await,
+        404,
+        "collectionId",
+    );
+    assert_envelope(
+        &h.get("/tenant/siteDetails?siteId=../../etc", k).await,
+        404,
+        "siteId",
+    );
     // presence (400) comes before format (404)
-    assert_envelope(&h.get("/tenant/collectionObjects?collectionId=", k).await, 400, "collectionId");
-    assert_eq!(h.get(&cobj("651F0C2AB4E8A90012345678"), k).await.status, 200);
+    assert_envelope(
+        &h.get("/tenant/collectionObjects?collectionId=", k).await,
+        400,
+        "collectionId",
+    );
+    assert_eq!(
+        h.get(&cobj("651F0C2AB4E8A90012345678"), k).await.status,
+        200
+    );
     assert_eq!(h.backend.received().len(), 1);
 }
 
@@ -229,18 +353,31 @@ async fn rejections_keep_the_connection_alive() {
     let mut c = h.client().await;
     assert_envelope(&c.get(&cobj(OID), None).await, 401, "Missing");
     assert_envelope(&c.get("/nope", Some("key-pro")).await, 404, "Not found");
-    assert_envelope(&c.get(&cobj("1"), Some("key-pro")).await, 404, "collectionId");
+    assert_envelope(
+        &c.get(&cobj("1"), Some("key-pro")).await,
+        404,
+        "collectionId",
+    );
     // a rejected POST whose body was never read is drained, and the connection stays usable
     let r = c
         .request("POST /tenant/collectionObjects HTTP/1.1\nHost: t\nContent-Type: application/json\nContent-Length: 7", b"{\"a\":1}")
         .await;
     assert_envelope(&r, 401, "Missing");
     assert_eq!(r.header("connection"), Some("keep-alive"));
-    assert_envelope(&c.post("/tenant/collectionObjects", "key-pro", b"nope").await, 400, "Invalid JSON");
+    assert_envelope(
+        &c.post("/tenant/collectionObjects", "key-pro", b"nope")
+            .await,
+        400,
+        "Invalid JSON",
+    );
     let ok = c.get(&cobj(OID), Some("key-pro")).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(h.backend.received().len(), 1);
-    assert_eq!(h.backend.received()[0].uri, cobj(OID), "no rejected bytes were forwarded");
+    assert_eq!(
+        h.backend.received()[0].uri,
+        cobj(OID),
+        "no rejected bytes were forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +390,11 @@ async fn backend_answers_pass_through_unchanged() {
     assert_eq!(r.status, 500);
     assert_eq!(r.text(), r#"{"backend_status": 500}"#);
     assert!(r.header("x-request-id").is_some());
-    assert_eq!(h.usage("key-pro").calls, 2, "answered by the backend, so counted");
+    assert_eq!(
+        h.usage("key-pro").calls,
+        2,
+        "answered by the backend, so counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,10 +402,18 @@ async fn unreachable_backend_is_502_and_free_slow_backend_is_504() {
     let h = Harness::start().await;
     let r = h.get("/offline/x", Some("key-pro")).await;
     assert_envelope(&r, 502, "unreachable");
-    assert_eq!(h.usage("key-pro").calls, 0, "a backend never reached is not charged");
+    assert_eq!(
+        h.usage("key-pro").calls,
+        0,
+        "a backend never reached is not charged"
+    );
     assert!(!r.text().contains("127.0.0.1"), "no upstream address leaks");
 
     let r = h.get("/slow/x?ms=2000", Some("key-pro")).await;
     assert_envelope(&r, 504, "timeout");
-    assert_eq!(h.usage("key-pro").calls, 1, "a backend that was reached is charged");
+    assert_eq!(
+        h.usage("key-pro").calls,
+        1,
+        "a backend that was reached is charged"
+    );
 }

@@ -592,11 +592,9 @@ fn compile_routes(
                 list.push((Method::HEAD, ri, r));
             }
         }
-        let allow = list
-            .iter()
-            .map(|(m, _, _)| m.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut names: Vec<&str> = list.iter().map(|(m, _, _)| m.as_str()).collect();
+        names.sort_unstable();
+        let allow = names.join(", ");
         let pr = PathRoutes {
             by_method: list.into_iter().map(|(m, _, r)| (m, r)).collect(),
             allow,

@@ -23,12 +23,48 @@ pub const OID: &str = "651f0c2ab4e8a90012345678";
 
 /// Groups every test config has: (key, group id, tier, status, overage).
 pub const GROUPS: [(&str, &str, &str, &str, bool); 7] = [
-    ("key-pro", "aaaaaaaaaaaaaaaaaaaaaa01", "pro", "active", false),
-    ("key-free", "aaaaaaaaaaaaaaaaaaaaaa02", "free", "active", false),
-    ("key-tiny", "aaaaaaaaaaaaaaaaaaaaaa03", "tiny", "active", false),
-    ("key-tiny-overage", "aaaaaaaaaaaaaaaaaaaaaa04", "tiny", "active", true),
-    ("key-frozen", "aaaaaaaaaaaaaaaaaaaaaa05", "pro", "frozen", false),
-    ("key-deactivated", "aaaaaaaaaaaaaaaaaaaaaa06", "pro", "deactivated", false),
+    (
+        "key-pro",
+        "aaaaaaaaaaaaaaaaaaaaaa01",
+        "pro",
+        "active",
+        false,
+    ),
+    (
+        "key-free",
+        "aaaaaaaaaaaaaaaaaaaaaa02",
+        "free",
+        "active",
+        false,
+    ),
+    (
+        "key-tiny",
+        "aaaaaaaaaaaaaaaaaaaaaa03",
+        "tiny",
+        "active",
+        false,
+    ),
+    (
+        "key-tiny-overage",
+        "aaaaaaaaaaaaaaaaaaaaaa04",
+        "tiny",
+        "active",
+        true,
+    ),
+    (
+        "key-frozen",
+        "aaaaaaaaaaaaaaaaaaaaaa05",
+        "pro",
+        "frozen",
+        false,
+    ),
+    (
+        "key-deactivated",
+        "aaaaaaaaaaaaaaaaaaaaaa06",
+        "pro",
+        "deactivated",
+        false,
+    ),
     ("key-rotated", "aaaaaaaaaaaaaaaaaaaaaa03", "", "", false), // a second key of the tiny group
 ];
 
@@ -171,21 +207,42 @@ impl Harness {
         let backend = Backend::new();
         let bl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_addr = bl.local_addr().unwrap();
-        tokio::spawn(serve(bl, Arc::new(HttpServer::new_app(backend.clone())), stop_rx.clone()));
+        tokio::spawn(serve(
+            bl,
+            Arc::new(HttpServer::new_app(backend.clone())),
+            stop_rx.clone(),
+        ));
 
         let dir = tempfile::tempdir().unwrap();
         let config_path: PathBuf = dir.path().join("vivgate.toml");
-        std::fs::write(&config_path, edit(config_toml(backend_addr, dead_addr().await))).unwrap();
+        std::fs::write(
+            &config_path,
+            edit(config_toml(backend_addr, dead_addr().await)),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("tenants.toml"), tenants_toml()).unwrap();
         let snap = vivgate::config::load(&config_path).unwrap();
         let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
-        let gw = Arc::new(Gateway::new(snap, Arc::new(MemoryStore::new()), clock.clone(), Some(config_path)));
+        let gw = Arc::new(Gateway::new(
+            snap,
+            Arc::new(MemoryStore::new()),
+            clock.clone(),
+            Some(config_path),
+        ));
 
         let gl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = gl.local_addr().unwrap();
         tokio::spawn(serve(gl, proxy_app(gw.clone()), stop_rx.clone()));
         tokio::spawn(health_checks(gw.clone(), stop_rx));
-        Harness { addr, backend, backend_addr, gw, clock, dir, stop }
+        Harness {
+            addr,
+            backend,
+            backend_addr,
+            gw,
+            clock,
+            dir,
+            stop,
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -228,7 +285,10 @@ impl Resp {
     }
 
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     pub fn text(&self) -> String {
@@ -246,26 +306,46 @@ impl Resp {
 #[track_caller]
 pub fn assert_envelope(resp: &Resp, status: u16, needle: &str) {
     assert_eq!(resp.status, status, "status; body: {}", resp.text());
-    assert_eq!(resp.header("content-type"), Some("application/json"), "content type");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/json"),
+        "content type"
+    );
     let v = resp.json();
     let obj = v.as_object().expect("envelope is an object");
-    assert_eq!(obj.len(), 3, "envelope has exactly success, data, error: {v}");
+    assert_eq!(
+        obj.len(),
+        3,
+        "envelope has exactly success, data, error: {v}"
+    );
     assert_eq!(v["success"], serde_json::Value::Bool(false));
     assert!(v["data"].is_null(), "data is null: {v}");
     let msg = v["error"].as_str().expect("error is a string");
-    assert!(msg.contains(needle), "error {msg:?} should contain {needle:?}");
-    assert!(resp.header("x-request-id").is_some(), "every response has X-Request-Id");
+    assert!(
+        msg.contains(needle),
+        "error {msg:?} should contain {needle:?}"
+    );
+    assert!(
+        resp.header("x-request-id").is_some(),
+        "every response has X-Request-Id"
+    );
 }
 
 /// A raw HTTP/1.1 client on one connection.
 pub struct Client {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The request in flight was a HEAD: its response has no body.
+    head: bool,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        Client { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            head: false,
+        }
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -274,16 +354,24 @@ impl Client {
 
     /// Sends `head` (request line and headers, without the final blank line) and `body`.
     pub async fn request(&mut self, head: &str, body: &[u8]) -> Resp {
-        let mut raw = head.trim_end().replace('\n', "\r\n").replace("\r\r\n", "\r\n").into_bytes();
+        let mut raw = head
+            .trim_end()
+            .replace('\n', "\r\n")
+            .replace("\r\r\n", "\r\n")
+            .into_bytes();
         raw.extend_from_slice(b"\r\n\r\n");
         raw.extend_from_slice(body);
+        self.head = head.starts_with("HEAD ");
         self.send_raw(&raw).await;
         self.read_response().await
     }
 
     pub async fn get(&mut self, path: &str, key: Option<&str>) -> Resp {
-        let auth = key.map(|k| format!("\nAuthorization: Bearer {k}")).unwrap_or_default();
-        self.request(&format!("GET {path} HTTP/1.1\nHost: t{auth}"), b"").await
+        let auth = key
+            .map(|k| format!("\nAuthorization: Bearer {k}"))
+            .unwrap_or_default();
+        self.request(&format!("GET {path} HTTP/1.1\nHost: t{auth}"), b"")
+            .await
     }
 
     pub async fn post(&mut self, path: &str, key: &str, body: &[u8]) -> Resp {
@@ -318,11 +406,20 @@ impl Client {
                     let hs: Vec<(String, String)> = r
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     self.buf.drain(..n);
-                    let mut resp = Resp { status, headers: hs, body: Vec::new() };
-                    if (100..200).contains(&status) || status == 204 || status == 304 {
+                    let mut resp = Resp {
+                        status,
+                        headers: hs,
+                        body: Vec::new(),
+                    };
+                    if (100..200).contains(&status) || status == 204 || status == 304 || self.head {
                         return resp;
                     }
                     resp.body = self.read_body(&resp).await;
@@ -345,14 +442,21 @@ impl Client {
             }
             return self.buf.drain(..len).collect();
         }
-        if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
             let mut body = Vec::new();
             loop {
                 while !self.buf.windows(2).any(|w| w == b"\r\n") {
                     assert!(self.fill().await > 0);
                 }
                 let pos = self.buf.windows(2).position(|w| w == b"\r\n").unwrap();
-                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..pos]).unwrap().trim(), 16).unwrap();
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&self.buf[..pos]).unwrap().trim(),
+                    16,
+                )
+                .unwrap();
                 self.buf.drain(..pos + 2);
                 while self.buf.len() < size + 2 {
                     assert!(self.fill().await > 0);
@@ -371,6 +475,9 @@ impl Client {
     /// True when the server has closed the connection (reads EOF within 2 s).
     pub async fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }
