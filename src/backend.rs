@@ -2,7 +2,8 @@
 //! backend the integration tests put behind the gateway. It records every request it receives.
 //!
 //! - `/slow/...?ms=N` answers after N milliseconds (default 2000);
-//! - `/cdn/...?size=N` answers N bytes of `application/octet-stream` (default 1024);
+//! - `/cdn/...?size=N&ms=M` answers N bytes of `application/octet-stream` (default 1024) after
+//!   M milliseconds (default 0);
 //! - `/status/N` answers status N with a JSON body of its own;
 //! - anything else answers 200 with a JSON echo of what it received.
 
@@ -94,6 +95,9 @@ impl ServeHttp for Backend {
             )
         } else if path.starts_with("/cdn/") {
             let size = query_param(query, "size").unwrap_or(1024) as usize;
+            if let Some(ms) = query_param(query, "ms") {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             (200, "application/octet-stream", vec![b'x'; size])
         } else if let Some(code) = path
             .strip_prefix("/status/")
