@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => match vivgate::config::load(&config) {
             Ok(snap) => {
                 println!(
-                    "{}: ok ({} routes, {} upstreams, {} groups, {} keys)",
+                    "{}: ok ({} method and path pairs routed, {} upstreams, {} groups, {} keys)",
                     config.display(),
                     snap.routes.len(),
                     snap.upstreams.len(),

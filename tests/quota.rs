@@ -19,16 +19,29 @@ async fn the_call_after_the_quota_is_402_with_reset_time() {
     for i in 0..5u64 {
         let r = c.get(TINY, Some("key-tiny")).await;
         assert_eq!(r.status, 200, "call {i}: {}", r.text());
-        assert_eq!(r.header("ratelimit-policy"), Some("\"monthly-calls\";q=5;qu=\"requests\""));
-        assert_eq!(r.header("ratelimit"), Some(format!("\"monthly-calls\";r={};t=1339200", 4 - i).as_str()));
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"monthly-calls\";q=5;qu=\"requests\"")
+        );
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"monthly-calls\";r={};t=1339200", 4 - i).as_str())
+        );
     }
     let r = c.get(TINY, Some("key-tiny")).await;
     assert_envelope(&r, 402, "Monthly API call quota exceeded");
     assert_envelope(&r, 402, "2026-12-01T00:00:00Z");
     assert_eq!(r.header("retry-after"), Some("1339200"));
-    assert_eq!(r.header("ratelimit"), Some("\"monthly-calls\";r=0;t=1339200"));
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"monthly-calls\";r=0;t=1339200")
+    );
     assert_eq!(h.backend.received().len(), 5);
-    assert_eq!(h.usage("key-tiny").calls, 5, "refused calls are not counted");
+    assert_eq!(
+        h.usage("key-tiny").calls,
+        5,
+        "refused calls are not counted"
+    );
     // the connection stays usable after a 402
     assert_eq!(c.get(TINY, Some("key-pro")).await.status, 200);
 }
@@ -92,7 +105,10 @@ async fn a_new_month_starts_from_zero_at_midnight_utc() {
     h.clock.advance(1);
     let r = h.get(TINY, Some("key-tiny")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("ratelimit"), Some("\"monthly-calls\";r=4;t=2678400"));
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"monthly-calls\";r=4;t=2678400")
+    );
     let store = h.gw.store();
     let tiny = group_id("key-tiny");
     assert_eq!(store.usage(tiny, Month::from_ym(2026, 12)).calls, 5);
@@ -106,12 +122,16 @@ async fn a_new_month_starts_from_zero_at_midnight_utc() {
     let r = h.get(TINY, Some("key-tiny")).await;
     assert_eq!(r.header("ratelimit"), Some("\"monthly-calls\";r=3;t=1"));
     h.clock.advance(1);
-    assert_eq!(h.get(TINY, Some("key-tiny")).await.header("ratelimit"), Some("\"monthly-calls\";r=4;t=2678400"));
+    assert_eq!(
+        h.get(TINY, Some("key-tiny")).await.header("ratelimit"),
+        Some("\"monthly-calls\";r=4;t=2678400")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_belongs_to_the_month_of_its_check() {
-    let h = Harness::start_with(|c| c.replace("read_timeout_ms = 500", "read_timeout_ms = 5000")).await;
+    let h =
+        Harness::start_with(|c| c.replace("read_timeout_ms = 500", "read_timeout_ms = 5000")).await;
     h.clock.set(utc_ms(2026, 11, 30, 23, 59, 59, 900));
     let addr = h.addr;
     let slow = tokio::spawn(async move {
@@ -138,13 +158,21 @@ async fn overage_groups_are_never_refused_and_overage_is_counted() {
         let r = h.get(TINY, Some("key-tiny-overage")).await;
         assert_eq!(r.status, 200, "call {i}");
         let remaining = 4u64.saturating_sub(i);
-        assert_eq!(r.header("ratelimit"), Some(format!("\"monthly-calls\";r={remaining};t=1339200").as_str()));
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"monthly-calls\";r={remaining};t=1339200").as_str())
+        );
     }
     let u = h.usage("key-tiny-overage");
     assert_eq!((u.calls, u.calls_overage), (8, 3));
     // bandwidth: 1500 bytes included; 2 × 1000 served → 500 of overage
     for _ in 0..2 {
-        assert_eq!(h.get("/cdn/x?size=1000", Some("key-tiny-overage")).await.status, 200);
+        assert_eq!(
+            h.get("/cdn/x?size=1000", Some("key-tiny-overage"))
+                .await
+                .status,
+            200
+        );
     }
     let u = h.usage("key-tiny-overage");
     assert_eq!((u.bytes, u.bytes_overage), (2000, 500));
@@ -159,22 +187,41 @@ async fn response_bytes_are_metered_and_the_bandwidth_quota_is_enforced() {
     assert_eq!(r.body.len(), 1000);
     assert_eq!(
         r.header("ratelimit-policy"),
-        Some("\"monthly-calls\";q=5;qu=\"requests\", \"monthly-bytes\";q=1500;qu=\"content-bytes\"")
+        Some(
+            "\"monthly-calls\";q=5;qu=\"requests\", \"monthly-bytes\";q=1500;qu=\"content-bytes\""
+        )
     );
-    assert_eq!(r.header("ratelimit"), Some("\"monthly-calls\";r=4;t=1339200, \"monthly-bytes\";r=500;t=1339200"));
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"monthly-calls\";r=4;t=1339200, \"monthly-bytes\";r=500;t=1339200")
+    );
     assert_eq!(h.usage("key-tiny").bytes, 1000);
     // 1000 < 1500 so this one is admitted, and may overshoot
-    assert_eq!(h.get("/cdn/logo.png?size=1000", Some("key-tiny")).await.status, 200);
+    assert_eq!(
+        h.get("/cdn/logo.png?size=1000", Some("key-tiny"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(h.usage("key-tiny").bytes, 2000);
     let r = h.get("/cdn/logo.png?size=10", Some("key-tiny")).await;
     assert_envelope(&r, 402, "Monthly CDN bandwidth quota exceeded");
     assert!(r.header("retry-after").is_some());
-    assert_eq!(h.usage("key-tiny").calls, 2, "a bandwidth refusal spends no call");
+    assert_eq!(
+        h.usage("key-tiny").calls,
+        2,
+        "a bandwidth refusal spends no call"
+    );
     // calls-only routes still work for the group
     assert_eq!(h.get(TINY, Some("key-tiny")).await.status, 200);
     // HEAD sends no body bytes, so it meters none
     let mut c = h.client().await;
-    let head = c.request("HEAD /cdn/logo.png?size=999 HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro", b"").await;
+    let head = c
+        .request(
+            "HEAD /cdn/logo.png?size=999 HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
+            b"",
+        )
+        .await;
     assert_eq!(head.status, 200);
     assert_eq!(h.usage("key-pro").bytes, 0);
 }

@@ -1,0 +1,219 @@
+//! The `vivgate` binary itself: `check` on the shipped and the golden configs, `hash-key`, and a
+//! running gateway reloaded by SIGHUP and stopped by SIGTERM.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn vivgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vivgate"))
+}
+
+fn check(path: &Path) -> (bool, String) {
+    let out = vivgate()
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn tomls(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} holds no configs", dir.display());
+    files
+}
+
+#[test]
+fn shipped_config_checks() {
+    let (ok, text) = check(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/vivgate.toml"));
+    assert!(ok, "{text}");
+    assert!(text.contains(": ok ("), "{text}");
+}
+
+#[test]
+fn every_valid_golden_config_checks() {
+    for f in tomls("tests/configs/valid") {
+        let (ok, text) = check(&f);
+        assert!(ok, "{}: {text}", f.display());
+    }
+}
+
+#[test]
+fn every_invalid_golden_config_is_refused_naming_the_field() {
+    let files = tomls("tests/configs/invalid");
+    assert!(files.len() >= 10);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} must start with `# expect: `", f.display()));
+        let (ok, out) = check(&f);
+        assert!(!ok, "{} was accepted", f.display());
+        assert!(out.starts_with("error: "), "{}: {out}", f.display());
+        assert!(
+            out.contains(expect),
+            "{}: {out:?} should contain {expect:?}",
+            f.display()
+        );
+        assert!(out.contains(".toml: "), "the error names the file: {out}");
+    }
+}
+
+fn hash_key(input: &[u8]) -> (bool, String, String) {
+    let mut child = vivgate()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hash_key_prints_the_stored_form() {
+    let expected = "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\n";
+    assert_eq!(
+        hash_key(b"secret\n"),
+        (true, expected.to_string(), String::new())
+    );
+    assert_eq!(hash_key(b"secret").1, expected);
+    let (ok, out, err) = hash_key(b"\n");
+    assert!(!ok && out.is_empty() && err.contains("empty key"), "{err}");
+    let (ok, _, err) = hash_key(b"");
+    assert!(!ok && err.contains("empty key"));
+}
+
+#[test]
+fn no_config_and_no_command_is_a_usage_error() {
+    let out = vivgate().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
+
+struct Killer(std::process::Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
+    // The backend and the config come from the in-process harness; the gateway under test is the
+    // real binary, on a port picked by binding port 0 (then freed for the binary to take).
+    let h = Harness::start().await;
+    let port = dead_addr().await.port();
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 1"),
+        );
+    h.write_config(&config);
+    let child = vivgate()
+        .arg("--config")
+        .arg(h.dir.path().join("vivgate.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killer(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = "/tenant/integrationObjects?type=a";
+    wait_for("the binary to listen", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+
+    let get =
+        |key: &'static str| async move { Client::connect(addr).await.get(path, Some(key)).await };
+    assert_eq!(get("key-pro").await.status, 200);
+    assert_envelope(&get("key-new").await, 401, "Invalid or revoked");
+
+    // revoke key-pro, add key-new to the same group, and reload
+    let new_hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-new"));
+    let old_hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-pro"));
+    h.write_tenants(&tenants_toml().replace(&old_hash, &new_hash));
+    signal(&child.0, libc::SIGHUP);
+    wait_for("the reload", || async {
+        get("key-new").await.status == 200
+    })
+    .await;
+    assert_envelope(&get("key-pro").await, 401, "Invalid or revoked");
+
+    // a broken tenants file is refused and the running config stays
+    h.write_tenants(
+        "[[groups]]\nid = \"x\"\ntier = \"free\"\nstatus = \"active\"\nkeys = [\"plaintext\"]\n",
+    );
+    signal(&child.0, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get("key-new").await.status,
+        200,
+        "still serving after a bad reload"
+    );
+    assert_eq!(
+        child.0.try_wait().unwrap(),
+        None,
+        "SIGHUP must not kill the process"
+    );
+
+    signal(&child.0, libc::SIGTERM);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGTERM must stop the gateway promptly"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
