@@ -10,7 +10,7 @@ use crate::error::GatewayError;
 use crate::keys::{hash_key, KeyHash};
 use std::sync::Arc;
 
-/// 1. `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a
+/// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a
 /// key whose SHA-256 is known. A missing header is `MissingKey`; anything else that fails
 /// (another scheme, an empty key, two headers, an unknown key) is `InvalidKey`.
 pub fn authenticate<'s>(
@@ -36,7 +36,7 @@ fn bearer_token(v: &[u8]) -> Option<&[u8]> {
     (!key.is_empty() && !key.contains(&b' ')).then_some(key)
 }
 
-/// 2. A deactivated group is refused (403), a frozen one too (400, message says "frozen").
+/// Step 2: a deactivated group is refused (403), a frozen one too (400, message says "frozen").
 pub fn group_status(group: &Group) -> Result<(), GatewayError> {
     match group.status {
         GroupStatus::Active => Ok(()),
@@ -45,7 +45,7 @@ pub fn group_status(group: &Group) -> Result<(), GatewayError> {
     }
 }
 
-/// 3. The route for (method, path): exact path first, then the longest prefix. A routed path
+/// Step 3: the route for (method, path): exact path first, then the longest prefix. A routed path
 /// with another method is a 405 that carries the `Allow` value.
 pub fn route<'s>(
     snap: &'s Snapshot,
@@ -58,7 +58,7 @@ pub fn route<'s>(
         .ok_or_else(|| GatewayError::MethodNotAllowed(paths.allow.clone()))
 }
 
-/// 4 and 5. Required parameters must appear exactly once and not be empty (400); ID parameters,
+/// Steps 4 and 5: required parameters must appear exactly once and not be empty (400); ID parameters,
 /// when present, must appear once (400) and be 24 hex characters (404). Names and values are
 /// compared after URL decoding, so `%63ollectionId` is `collectionId`.
 pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
@@ -96,7 +96,7 @@ pub fn is_object_id(v: &str) -> bool {
     v.len() == 24 && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// 6. A JSON body: not empty and valid JSON (any value).
+/// Step 6: a JSON body: not empty and valid JSON (any value).
 pub fn json_body(body: &[u8]) -> Result<(), GatewayError> {
     if body.is_empty() {
         return Err(GatewayError::InvalidJson);

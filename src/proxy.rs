@@ -112,7 +112,7 @@ impl<S: UsageStore> VivGate<S> {
         pipeline::json_body(&body)
     }
 
-    /// 7. The monthly quota of each meter of the route. Bandwidth is checked before calls so a
+    /// Step 7: the monthly quota of each meter of the route. Bandwidth is checked before calls so a
     /// bandwidth refusal does not spend a call.
     async fn take_quota(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
         let (Some(group), Some(route)) = (&ctx.group, &ctx.route) else {

@@ -472,13 +472,16 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A method, the index of the `[[routes]]` entry that routes it, and the compiled route.
+type MethodRoute = (Method, usize, Arc<Route>);
+
 fn compile_routes(
     cfg: &Path,
     file: &ConfigFile,
     upstream_index: &HashMap<String, usize>,
 ) -> Result<RouteTable, ConfigError> {
     // (is_prefix, path) -> method -> (route index, route)
-    let mut table: BTreeMap<(bool, String), Vec<(Method, usize, Arc<Route>)>> = BTreeMap::new();
+    let mut table: BTreeMap<(bool, String), Vec<MethodRoute>> = BTreeMap::new();
     for (ri, r) in file.routes.iter().enumerate() {
         let field = |f: &str| format!("routes[{ri}].{f}");
         let (is_prefix, path) = match (&r.path, &r.prefix) {
@@ -605,6 +608,6 @@ fn compile_routes(
             out.exact.insert(path, pr);
         }
     }
-    out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    out.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     Ok(out)
 }
