@@ -77,7 +77,7 @@ pub const DEMO_GROUPS: [(&str, &str, &str, &str, bool, &str); 7] = [
 ];
 
 /// The demo's config, routed to a backend at `backend`.
-pub fn demo_config(listen: SocketAddr, backend: SocketAddr) -> String {
+pub fn demo_config(listen: SocketAddr, backend: SocketAddr, offline: SocketAddr) -> String {
     format!(
         r#"tenants = "demo-tenants.toml"
 
@@ -92,6 +92,10 @@ cdn_bytes = 4096
 [upstreams.api]
 servers = ["{backend}"]
 read_timeout_ms = 1000
+
+[upstreams.offline]
+servers = ["{offline}"]
+health_check_interval_ms = 0
 
 [[routes]]
 path = "/tenant/collectionObjects"
@@ -131,6 +135,11 @@ meter = ["calls", "bytes"]
 prefix = "/slow/"
 methods = ["GET"]
 upstream = "api"
+
+[[routes]]
+prefix = "/offline/"
+methods = ["GET"]
+upstream = "offline"
 "#
     )
 }
@@ -159,9 +168,11 @@ pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
         let backend_addr = backend_listener.local_addr()?;
+        // a loopback port where nothing listens, for the 502 example
+        let offline_addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
         let snap = config::load_from_str(
             Path::new("<demo>/vivgate.toml"),
-            &demo_config(listen, backend_addr),
+            &demo_config(listen, backend_addr, offline_addr),
             Path::new("<demo>/demo-tenants.toml"),
             &demo_tenants(),
         )?;
@@ -212,6 +223,7 @@ fn instructions(listen: SocketAddr, backend: SocketAddr) -> String {
         ("200 valid JSON", format!("curl -i {pro} -H 'Content-Type: application/json' -d '{{\"title\": \"hi\"}}' '{base}/tenant/collectionObjects'")),
         ("402 quota (4th call)", format!("for i in 1 2 3 4; do curl -s -H 'Authorization: Bearer demo-tiny-key' '{base}/tenant/integrationObjects?type=x'; echo; done")),
         ("CDN bytes metered", format!("curl -si {pro} '{base}/cdn/logo.png?size=2048' | head -n 12")),
+        ("502 backend unreachable", format!("curl -i {pro} '{base}/offline/x'")),
         ("504 backend too slow", format!("curl -i {pro} '{base}/slow/report?ms=3000'")),
     ];
     s.push_str("\nTry:\n");

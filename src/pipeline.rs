@@ -128,6 +128,92 @@ mod tests {
         }
     }
 
+    fn snapshot() -> Snapshot {
+        let key = crate::keys::format_key_hash(&hash_key(b"k1"));
+        let frozen = crate::keys::format_key_hash(&hash_key(b"k2"));
+        crate::config::load_from_str(
+            std::path::Path::new("c.toml"),
+            r#"tenants = "t.toml"
+[upstreams.a]
+servers = ["127.0.0.1:1"]
+[[routes]]
+path = "/x"
+methods = ["GET", "POST"]
+upstream = "a"
+[[routes]]
+prefix = "/cdn/"
+methods = ["GET"]
+upstream = "a"
+[[routes]]
+prefix = "/cdn/private/"
+methods = ["DELETE"]
+upstream = "a"
+"#,
+            std::path::Path::new("t.toml"),
+            &format!(
+                "[[groups]]\nid = \"g1\"\ntier = \"free\"\nstatus = \"active\"\nkeys = [\"{key}\"]\n\
+                 [[groups]]\nid = \"g2\"\ntier = \"pro\"\nstatus = \"frozen\"\nkeys = [\"{frozen}\"]\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn authenticate_tells_missing_from_invalid() {
+        let s = snapshot();
+        assert_eq!(
+            authenticate(&s, &headers(&[])).unwrap_err(),
+            GatewayError::MissingKey
+        );
+        assert_eq!(
+            authenticate(&s, &headers(&["Bearer nope"])).unwrap_err(),
+            GatewayError::InvalidKey
+        );
+        assert_eq!(
+            authenticate(&s, &headers(&["Bearer k1", "Bearer k1"])).unwrap_err(),
+            GatewayError::InvalidKey
+        );
+        let (g, hash) = authenticate(&s, &headers(&["bearer k1"])).unwrap();
+        assert_eq!(&*g.id, "g1");
+        assert_eq!(hash, hash_key(b"k1"));
+        let (g2, _) = authenticate(&s, &headers(&["Bearer k2"])).unwrap();
+        assert_eq!(group_status(g), Ok(()));
+        assert_eq!(group_status(g2), Err(GatewayError::GroupFrozen));
+    }
+
+    #[test]
+    fn routes_exact_then_longest_prefix_then_405() {
+        let s = snapshot();
+        assert!(route(&s, &Method::GET, "/x").is_ok());
+        assert!(route(&s, &Method::HEAD, "/x").is_ok(), "HEAD wherever GET");
+        assert_eq!(
+            route(&s, &Method::PUT, "/x").unwrap_err(),
+            GatewayError::MethodNotAllowed("GET, HEAD, POST".into())
+        );
+        assert_eq!(
+            route(&s, &Method::GET, "/x/").unwrap_err(),
+            GatewayError::NoRoute
+        );
+        assert!(route(&s, &Method::GET, "/cdn/a.png").is_ok());
+        // the longest prefix decides, even when only a shorter one has the method
+        assert_eq!(
+            route(&s, &Method::GET, "/cdn/private/a").unwrap_err(),
+            GatewayError::MethodNotAllowed("DELETE".into())
+        );
+        assert_eq!(
+            route(&s, &Method::GET, "/cd").unwrap_err(),
+            GatewayError::NoRoute
+        );
+    }
+
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));

@@ -49,6 +49,8 @@ pub struct Ctx {
     /// Bandwidth used at the quota check.
     bytes_used: Option<u64>,
     quota_refused: bool,
+    /// Connect attempts that failed and were retried on another server.
+    connect_retries: u8,
     connected: bool,
     upstream_responded: bool,
 }
@@ -336,6 +338,32 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         Ok(Box::new(peer))
     }
 
+    /// A connect failure is retried once, on the next server of the same upstream (nothing was
+    /// sent, so any method is safe), when the upstream has more than one server.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        let servers = match (&ctx.snap, &ctx.route) {
+            (Some(snap), Some(route)) => snap.upstreams[route.upstream]
+                .lb
+                .backends()
+                .get_backend()
+                .len(),
+            _ => 0,
+        };
+        if ctx.connect_retries == 0 && servers > 1 {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -417,7 +445,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
                 Some(GatewayError::UpstreamTimeout)
             }
-            (ConnectTimedout, _) => Some(GatewayError::UpstreamUnreachable),
+            (ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError, _) => {
+                Some(GatewayError::UpstreamUnreachable)
+            }
             (HTTPStatus(code), _) if *code < 500 => Some(GatewayError::BadRequest),
             (HTTPStatus(_), _) => Some(GatewayError::Internal),
             (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnreachable),

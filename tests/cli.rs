@@ -217,3 +217,80 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_keys_and_prints_curl_commands() {
+    let port = dead_addr().await.port();
+    let child = vivgate()
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killer(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the demo to listen", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let get = |path: &'static str, key: &'static str| async move {
+        Client::connect(addr).await.get(path, Some(key)).await
+    };
+    let ok = get(
+        "/tenant/collectionObjects?collectionId=651f0c2ab4e8a90012345678",
+        "demo-pro-key",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["data"]["tier"], "pro");
+    assert_envelope(
+        &get(
+            "/tenant/siteDetails?siteId=651f0c2ab4e8a90012345678",
+            "demo-frozen-key",
+        )
+        .await,
+        400,
+        "frozen",
+    );
+    assert_envelope(
+        &get("/tenant/siteDetails?siteId=x", "demo-deactivated-key").await,
+        403,
+        "deactivated",
+    );
+    assert_envelope(&get("/offline/x", "demo-pro-key").await, 502, "unreachable");
+    for _ in 0..3 {
+        assert_eq!(
+            get("/tenant/integrationObjects?type=x", "demo-tiny-key")
+                .await
+                .status,
+            200
+        );
+    }
+    assert_envelope(
+        &get("/tenant/integrationObjects?type=x", "demo-tiny-key").await,
+        402,
+        "quota",
+    );
+
+    signal(&child.0, libc::SIGINT);
+    let start = Instant::now();
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "Ctrl-C must stop the demo"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut out).unwrap();
+    for needle in [
+        "demo-pro-key",
+        "demo-frozen-key",
+        "curl -i",
+        "402",
+        "504",
+        "502",
+    ] {
+        assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
+    }
+}

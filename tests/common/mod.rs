@@ -481,3 +481,17 @@ impl Client {
         )
     }
 }
+
+/// Another recording backend on its own port; it stops when the returned sender is dropped.
+pub async fn extra_backend() -> (Backend, SocketAddr, watch::Sender<bool>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let backend = Backend::new();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(
+        l,
+        Arc::new(HttpServer::new_app(backend.clone())),
+        stop_rx,
+    ));
+    (backend, addr, stop)
+}
