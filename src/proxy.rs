@@ -190,11 +190,7 @@ impl<S: UsageStore> VivGate<S> {
     /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
         let body = envelope(&e.message());
-        let mut resp = self.envelope_header(ctx, e, body.len())?;
-        if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {
-            resp.insert_header("ratelimit-policy", policy)?;
-            resp.insert_header("ratelimit", state)?;
-        }
+        let resp = self.envelope_header(ctx, e, body.len())?;
         let max_drain = ctx
             .snap
             .as_ref()
@@ -210,7 +206,8 @@ impl<S: UsageStore> VivGate<S> {
         Ok(())
     }
 
-    /// Status, content type and length, request id, and the headers a status needs.
+    /// Status, content type and length, request id, the RateLimit headers once a route matched,
+    /// and the headers a status needs.
     fn envelope_header(&self, ctx: &Ctx, e: &GatewayError, len: usize) -> Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(e.status(), Some(8))?;
         resp.insert_header(header::CONTENT_TYPE, "application/json")?;
@@ -225,6 +222,10 @@ impl<S: UsageStore> VivGate<S> {
                 resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
             }
             _ => {}
+        }
+        if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
         }
         Ok(resp)
     }
@@ -460,6 +461,13 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         };
         let code = err.as_ref().map_or(0, GatewayError::status);
         session.set_keepalive(None);
+        // a request whose backend was never reached is not charged
+        if !ctx.connected {
+            if let (Some(take), Some(group), Some(month)) = (ctx.take.take(), &ctx.group, ctx.month)
+            {
+                self.gw.store().refund_call(&group.id, month, take);
+            }
+        }
         if let Some(err) = err {
             if session.response_written().is_none() {
                 let body = envelope(&err.message());
@@ -477,18 +485,13 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         }
     }
 
-    /// Meters what was served: refunds a call whose backend was never reached, and adds the
-    /// response body bytes actually sent on bandwidth-metered routes.
-    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+    /// Meters what was served: the response body bytes actually sent on bandwidth-metered
+    /// routes. (A call whose backend was never reached was refunded in `fail_to_proxy`.)
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
         let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
             return;
         };
         let store = self.gw.store();
-        if let Some(take) = ctx.take {
-            if e.is_some() && !ctx.connected {
-                store.refund_call(&group.id, month, take);
-            }
-        }
         if route.meters.bytes && ctx.upstream_responded {
             let sent = session.as_downstream().body_bytes_sent() as u64;
             store.add_bytes(
