@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// vivgate: the Vivreal API's edge gateway.
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]

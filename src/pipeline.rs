@@ -10,6 +10,44 @@ use crate::error::GatewayError;
 use crate::keys::{hash_key, KeyHash};
 use std::sync::Arc;
 
+/// A request that passed steps 1 to 5: its group and route.
+#[derive(Debug)]
+pub struct Admitted<'s> {
+    pub group: &'s Group,
+    pub route: &'s Arc<Route>,
+}
+
+/// A request refused by steps 1 to 5, with its group and route when it got that far (a response
+/// to an authenticated, routed request carries the RateLimit headers).
+#[derive(Debug)]
+pub struct Refused<'s> {
+    pub error: GatewayError,
+    pub matched: Option<(&'s Group, &'s Arc<Route>)>,
+}
+
+/// Steps 1 to 5, the checks on the request head, in the contract's order: key, group status,
+/// route, required parameters, ID parameters. No I/O, no allocation on success.
+pub fn check_head<'s>(
+    snap: &'s Snapshot,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    query_string: Option<&str>,
+) -> Result<Admitted<'s>, Refused<'s>> {
+    let refused = |error| Refused {
+        error,
+        matched: None,
+    };
+    let (group, _key) = authenticate(snap, headers).map_err(refused)?;
+    group_status(group).map_err(refused)?;
+    let route = route(snap, method, path).map_err(refused)?;
+    query(route, query_string).map_err(|error| Refused {
+        error,
+        matched: Some((group, route)),
+    })?;
+    Ok(Admitted { group, route })
+}
+
 /// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a
 /// key whose SHA-256 is known. A missing header is `MissingKey`; anything else that fails
 /// (another scheme, an empty key, two headers, an unknown key) is `InvalidKey`.

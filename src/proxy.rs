@@ -65,15 +65,31 @@ impl<S: UsageStore> VivGate<S> {
     ) -> Result<(), GatewayError> {
         let snap = self.gw.snapshot();
         let req = session.req_header();
-        let (group, _key) = pipeline::authenticate(&snap, &req.headers)?;
-        pipeline::group_status(group)?;
-        let route = pipeline::route(&snap, &req.method, req.uri.path())?.clone();
+        let (group, route, refused) = match pipeline::check_head(
+            &snap,
+            &req.headers,
+            &req.method,
+            req.uri.path(),
+            req.uri.query(),
+        ) {
+            Ok(a) => (a.group, a.route.clone(), None),
+            Err(pipeline::Refused {
+                error,
+                matched: Some((g, r)),
+            }) => (g, r.clone(), Some(error)),
+            Err(pipeline::Refused {
+                error,
+                matched: None,
+            }) => return Err(error),
+        };
         ctx.group = Some(group.clone());
         ctx.route = Some(route.clone());
         ctx.now_ms = self.gw.clock().now_ms();
         ctx.month = Some(Month::containing(ctx.now_ms));
+        if let Some(error) = refused {
+            return Err(error);
+        }
         ctx.snap = Some(snap.clone());
-        pipeline::query(&route, req.uri.query())?;
         if route.json_body {
             self.read_json_body(session, &snap).await?;
         }
