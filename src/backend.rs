@@ -35,6 +35,11 @@ impl Received {
     }
 }
 
+/// The largest `/cdn/` answer, so a request cannot exhaust the demo's memory.
+const MAX_CDN_BODY: u64 = 16 << 20;
+/// How many received requests are kept (the oldest are dropped).
+const MAX_RECORDED: usize = 10_000;
+
 #[derive(Default, Clone)]
 pub struct Backend {
     received: Arc<Mutex<Vec<Received>>>,
@@ -81,6 +86,9 @@ impl ServeHttp for Backend {
             body,
         };
         if let Ok(mut v) = self.received.lock() {
+            if v.len() >= MAX_RECORDED {
+                v.remove(0);
+            }
             v.push(received.clone());
         }
         let path = req.uri.path();
@@ -94,7 +102,7 @@ impl ServeHttp for Backend {
                 br#"{"success": true, "data": "slow", "error": null}"#.to_vec(),
             )
         } else if path.starts_with("/cdn/") {
-            let size = query_param(query, "size").unwrap_or(1024) as usize;
+            let size = query_param(query, "size").unwrap_or(1024).min(MAX_CDN_BODY) as usize;
             if let Some(ms) = query_param(query, "ms") {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }

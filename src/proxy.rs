@@ -48,7 +48,8 @@ pub struct Ctx {
     take: Option<Take>,
     /// Bandwidth used at the quota check.
     bytes_used: Option<u64>,
-    quota_refused: bool,
+    /// The meter whose quota refused the request.
+    quota_refused: Option<Meter>,
     /// Connect attempts that failed and were retried on another server.
     connect_retries: u8,
     connected: bool,
@@ -108,8 +109,7 @@ impl<S: UsageStore> VivGate<S> {
             return Err(GatewayError::BodyTooLarge);
         }
         if expects_continue(session.req_header()) && !session.is_body_done() {
-            session
-                .write_continue_response()
+            send_continue(session)
                 .await
                 .map_err(|_| GatewayError::BadRequest)?;
         }
@@ -145,7 +145,7 @@ impl<S: UsageStore> VivGate<S> {
             let used = store.bytes_used(&group.id, month);
             ctx.bytes_used = Some(used);
             if used >= tier.cdn_bytes && !group.overage_billing {
-                ctx.quota_refused = true;
+                ctx.quota_refused = Some(Meter::Bytes);
                 return Err(GatewayError::QuotaExceeded(Meter::Bytes, reset_at(month)));
             }
         }
@@ -155,7 +155,7 @@ impl<S: UsageStore> VivGate<S> {
                 .await
             {
                 Take::Refused => {
-                    ctx.quota_refused = true;
+                    ctx.quota_refused = Some(Meter::Calls);
                     return Err(GatewayError::QuotaExceeded(Meter::Calls, reset_at(month)));
                 }
                 t => ctx.take = Some(t),
@@ -183,7 +183,7 @@ impl<S: UsageStore> VivGate<S> {
         if route.meters.calls {
             let r = match ctx.take {
                 Some(Take::Admitted { remaining, .. }) => remaining,
-                _ if ctx.quota_refused => 0,
+                _ if ctx.quota_refused == Some(Meter::Calls) => 0,
                 _ => {
                     let used = self.gw.store().usage(&group.id, month).calls;
                     tier.api_calls.saturating_sub(used)
@@ -247,6 +247,30 @@ impl<S: UsageStore> VivGate<S> {
     }
 }
 
+/// What the client is told when proxying fails: a server that could not be reached is a 502,
+/// one that did not answer in time a 504, a bad request a 400, anything else a 500. `None`
+/// when the client is gone and nothing can be sent.
+fn classify(etype: &ErrorType, esource: &ErrorSource) -> Option<GatewayError> {
+    use ErrorType::*;
+    match (etype, esource) {
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+            Some(GatewayError::UpstreamTimeout)
+        }
+        (ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError, _) => {
+            Some(GatewayError::UpstreamUnreachable)
+        }
+        (HTTPStatus(code), _) if *code < 500 => Some(GatewayError::BadRequest),
+        (HTTPStatus(_), _) => Some(GatewayError::Internal),
+        (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnreachable),
+        (
+            ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
+            ErrorSource::Downstream,
+        ) => None,
+        (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest),
+        (_, ErrorSource::Internal | ErrorSource::Unset) => Some(GatewayError::Internal),
+    }
+}
+
 fn reset_at(month: Month) -> String {
     format_utc(month.next().start_ms())
 }
@@ -262,6 +286,15 @@ fn expects_continue(req: &RequestHeader) -> bool {
     req.headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Sends `100 Continue`. pingora would mark the connection to close because the body is not
+/// read yet when the 100 goes out; the final answer decides that instead.
+async fn send_continue(session: &mut Session) -> Result<()> {
+    session.set_close_on_response_before_downstream_finish(false);
+    let sent = session.write_continue_response().await;
+    session.set_close_on_response_before_downstream_finish(true);
+    sent
 }
 
 /// Before answering early: read and discard an unread request body of at most `max` bytes so
@@ -327,7 +360,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         match self.check_request(session, ctx).await {
             Ok(()) => {
                 if expects_continue(session.req_header()) && !session.is_body_done() {
-                    session.write_continue_response().await?;
+                    send_continue(session).await?;
                 }
                 Ok(false)
             }
@@ -342,6 +375,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         let (Some(snap), Some(route)) = (&ctx.snap, &ctx.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
+        // each attempt starts unconnected: what is charged depends on the last one
+        ctx.connected = false;
         let up = &snap.upstreams[route.upstream];
         let backend = up
             .lb
@@ -457,24 +492,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         e: &pingora::Error,
         ctx: &mut Ctx,
     ) -> FailToProxy {
-        use ErrorType::*;
-        let err = match (e.etype(), e.esource()) {
-            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
-                Some(GatewayError::UpstreamTimeout)
-            }
-            (ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError, _) => {
-                Some(GatewayError::UpstreamUnreachable)
-            }
-            (HTTPStatus(code), _) if *code < 500 => Some(GatewayError::BadRequest),
-            (HTTPStatus(_), _) => Some(GatewayError::Internal),
-            (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnreachable),
-            (
-                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
-                ErrorSource::Downstream,
-            ) => None,
-            (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest),
-            (_, ErrorSource::Internal | ErrorSource::Unset) => Some(GatewayError::Internal),
-        };
+        let err = classify(e.etype(), e.esource());
         let code = err.as_ref().map_or(0, GatewayError::status);
         session.set_keepalive(None);
         // a request whose backend was never reached is not charged
@@ -485,7 +503,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
         }
         if let Some(err) = err {
-            if session.response_written().is_none() {
+            // a `100 Continue` we sent is not a final answer: the envelope still goes out
+            if session
+                .response_written()
+                .is_none_or(|r| r.status.is_informational())
+            {
                 let body = envelope(&err.message());
                 if let Ok(resp) = self.envelope_header(ctx, &err, body.len()) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
@@ -536,5 +558,66 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             req.uri.path(),
             ctx.request_id
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_502_504_and_internal_faults_to_500() {
+        use ErrorSource::*;
+        use ErrorType::*;
+        for t in [
+            ConnectRefused,
+            ConnectTimedout,
+            ConnectNoRoute,
+            ConnectError,
+        ] {
+            assert_eq!(
+                classify(&t, &Unset),
+                Some(GatewayError::UpstreamUnreachable)
+            );
+        }
+        assert_eq!(
+            classify(&ConnectionClosed, &Upstream),
+            Some(GatewayError::UpstreamUnreachable)
+        );
+        assert_eq!(
+            classify(&ReadTimedout, &Upstream),
+            Some(GatewayError::UpstreamTimeout)
+        );
+        assert_eq!(
+            classify(&WriteTimedout, &Upstream),
+            Some(GatewayError::UpstreamTimeout)
+        );
+        assert_eq!(
+            classify(&InternalError, &Internal),
+            Some(GatewayError::Internal)
+        );
+        assert_eq!(
+            classify(&HTTPStatus(500), &Unset),
+            Some(GatewayError::Internal)
+        );
+        assert_eq!(
+            classify(&HTTPStatus(400), &Downstream),
+            Some(GatewayError::BadRequest)
+        );
+        assert_eq!(
+            classify(&InvalidHTTPHeader, &Downstream),
+            Some(GatewayError::BadRequest)
+        );
+        assert_eq!(classify(&ConnectionClosed, &Downstream), None);
+        assert_eq!(classify(&ReadTimedout, &Downstream), None);
+        let e = GatewayError::Internal;
+        assert_eq!(
+            (e.status(), e.message().as_str()),
+            (500, "Internal server error")
+        );
+        assert_eq!(
+            envelope(&e.message()),
+            br#"{"success": false, "data": null, "error": "Internal server error"}"#.to_vec()
+        );
     }
 }

@@ -62,18 +62,25 @@ where
 /// Runs active health checks of every upstream of the current snapshot, each at its own
 /// interval, until `shutdown`.
 pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: ShutdownWatch) {
-    let mut last: std::collections::HashMap<String, Instant> = Default::default();
+    // keyed by balancer: a reload builds new balancers, and each is checked at once
+    let mut last: std::collections::HashMap<usize, Instant> = Default::default();
     loop {
         let snap = gw.snapshot();
+        last.retain(|k, _| {
+            snap.upstreams
+                .iter()
+                .any(|u| Arc::as_ptr(&u.lb) as usize == *k)
+        });
         for up in &snap.upstreams {
             let Some(every) = up.health_interval else {
                 continue;
             };
-            if last.get(&up.name).is_some_and(|t| t.elapsed() < every) {
+            let key = Arc::as_ptr(&up.lb) as usize;
+            if last.get(&key).is_some_and(|t| t.elapsed() < every) {
                 continue;
             }
             up.lb.backends().run_health_check(true).await;
-            last.insert(up.name.clone(), Instant::now());
+            last.insert(key, Instant::now());
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}

@@ -341,6 +341,33 @@ async fn expect_100_continue_is_answered_and_not_forwarded() {
     assert_eq!(got.body, b"{\"b\": 2}".to_vec());
     assert_eq!(got.header("expect"), None);
 
+    // the connection stays alive through the 100: a bad body next gets its 400, then a 200
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send_raw(
+        b"POST /tenant/collectionObjects HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.read_response().await.status, 100);
+    c.send_raw(b"nope").await;
+    let r = c.read_response().await;
+    assert_envelope(&r, 400, "Invalid JSON");
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    assert_eq!(c.get(&cobj(OID), Some("key-pro")).await.status, 200);
+
+    // a backend that cannot be reached after the 100 still gets its envelope
+    c.send_raw(
+        b"POST /offline/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.read_response().await.status, 100);
+    c.send_raw(b"{}").await;
+    assert_envelope(&c.read_response().await, 502, "unreachable");
+    assert_eq!(
+        h.usage("key-pro").calls,
+        2,
+        "the unreachable one is not charged"
+    );
+
     // a request that fails its checks gets its final answer, no 100
     let mut c = h.client().await;
     c.send_raw(b"POST /tenant/collectionObjects HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n").await;

@@ -206,7 +206,12 @@ async fn response_bytes_are_metered_and_the_bandwidth_quota_is_enforced() {
     assert_eq!(h.usage("key-tiny").bytes, 2000);
     let r = h.get("/cdn/logo.png?size=10", Some("key-tiny")).await;
     assert_envelope(&r, 402, "Monthly CDN bandwidth quota exceeded");
-    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("retry-after"), Some("1339200"));
+    // calls remain; only the bandwidth is used up
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"monthly-calls\";r=3;t=1339200, \"monthly-bytes\";r=0;t=1339200")
+    );
     assert_eq!(
         h.usage("key-tiny").calls,
         2,

@@ -164,7 +164,7 @@ upstream = "api"
 
 [[routes]]
 prefix = "/offline/"
-methods = ["GET"]
+methods = ["GET", "POST"]
 upstream = "dead"
 "#
     )

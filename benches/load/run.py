@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""vivgate load harness: one command, loopback only, bounded in time, stops what it starts.
+
+    benches/load/run.py [--rounds 3] [--duration 10] [--connections 50]
+
+It builds vivgate and the bare pingora passthrough (examples/passthrough.rs) in release mode,
+then, pinned the same way every time (the proxy under test on CPU 0 with one worker; backend and
+load generator on CPU 1), measures in interleaved rounds:
+
+  backend      nginx serving a fixed small JSON body, hit directly
+  nginx        nginx proxy_pass with an upstream keepalive pool
+  passthrough  bare pingora 0.9 proxy, same build profile and allocator as vivgate
+  vivgate      every check on: 10,000 keys loaded, load spread over 1,000 of them
+
+with wrk (closed loop: throughput, latency, proxy CPU per request from the process's own CPU
+time), then each proxy at a fixed offered load of 70 % of nginx's median rate with oha (open
+loop: latency). A run with any non-200 answer or socket error is reported as an error, not a
+result. Needs nginx and wrk (apt-get install nginx wrk); oha is installed from crates.io into
+benches/load/.tools on first use.
+"""
+import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TOOLS = os.path.join(ROOT, "benches", "load", ".tools")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OID = "651f0c2ab4e8a90012345678"
+PATH = f"/tenant/collectionObjects?collectionId={OID}"
+BODY = '{"success":true,"data":[{"_id":"651f0c2ab4e8a90012345678","title":"hello"}],"error":null}'
+PROXY_CPU, LOAD_CPU = "0", "1"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc, what, timeout=20):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port} within {timeout}s")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+NGINX_COMMON = """worker_processes 1;
+daemon off;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/{name}-body;
+  proxy_temp_path {dir}/{name}-proxy;
+  fastcgi_temp_path {dir}/{name}-fcgi;
+  uwsgi_temp_path {dir}/{name}-uwsgi;
+  scgi_temp_path {dir}/{name}-scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+{body}
+}}
+"""
+
+
+def nginx_conf(dir, name, body):
+    path = os.path.join(dir, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(NGINX_COMMON.format(dir=dir, name=name, body=body))
+    return path
+
+
+def parse_wrk(out):
+    def num(pattern):
+        m = re.search(pattern, out)
+        return m.group(1) if m else None
+
+    def ms(v):
+        m = re.match(r"([\d.]+)(us|ms|s)", v)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(num(r"Requests/sec:\s+([\d.]+)"))
+    requests = int(num(r"(\d+) requests in"))
+    p50 = ms(num(r"\n\s+50%\s+(\S+)"))
+    p99 = ms(num(r"\n\s+99%\s+(\S+)"))
+    non2xx = int(num(r"Non-2xx or 3xx responses: (\d+)") or 0)
+    sock = num(r"Socket errors: (.*)")
+    errors = non2xx + (sum(int(x) for x in re.findall(r"\d+", sock)) if sock else 0)
+    return dict(rps=rps, requests=requests, p50=p50, p99=p99, errors=errors, raw=out)
+
+
+def run_wrk(port, script, duration, conns):
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+           "-s", script, f"http://127.0.0.1:{port}"]
+    return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout)
+
+
+def ensure_oha():
+    oha = shutil.which("oha") or os.path.join(TOOLS, "bin", "oha")
+    if os.path.exists(oha):
+        return oha
+    print("installing oha from crates.io into benches/load/.tools (once) ...", flush=True)
+    r = subprocess.run(["cargo", "install", "oha", "--locked", "--root", TOOLS], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-2000:])
+        return None
+    return oha
+
+
+def run_oha(oha, port, rate, duration, conns, key):
+    cmd = ["taskset", "-c", LOAD_CPU, oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s",
+           "-c", str(conns), "-q", str(rate), "-H", f"Authorization: Bearer {key}",
+           f"http://127.0.0.1:{port}{PATH}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    try:
+        j = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return dict(error=(r.stdout + r.stderr)[-500:])
+    codes = j.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if k != "200") + sum(j.get("errorDistribution", {}).values())
+    pct = j.get("latencyPercentiles", {})
+    return dict(rps=j["summary"]["requestsPerSec"], p50=pct["p50"] * 1000, p99=pct["p99"] * 1000, errors=bad)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--keys", type=int, default=10_000)
+    ap.add_argument("--active-keys", type=int, default=1_000)
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--no-fixed-rate", action="store_true", help="skip the oha fixed-rate latency runs")
+    a = ap.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("needs 2 CPUs (proxy on CPU 0, backend and load on CPU 1)")
+    for tool in ("nginx", "wrk", "taskset", "pgrep"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: apt-get install nginx wrk")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not a.skip_build:
+        print("building release: vivgate and examples/passthrough ...", flush=True)
+        subprocess.run(["cargo", "build", "--release", "--bin", "vivgate", "--example", "passthrough"],
+                       cwd=ROOT, check=True)
+    vivgate = os.path.join(ROOT, "target", "release", "vivgate")
+    passthrough = os.path.join(ROOT, "target", "release", "examples", "passthrough")
+    oha = None if a.no_fixed_rate else ensure_oha()
+
+    dir = tempfile.mkdtemp(prefix="vivgate-load-")
+    procs = []
+
+    def start(cmd, cpu, env=None):
+        p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=subprocess.DEVNULL, stderr=open(
+            os.path.join(dir, f"{os.path.basename(cmd[0])}-{len(procs)}.log"), "w"), env=env)
+        procs.append(p)
+        return p
+
+    def stop_all(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(dir, ignore_errors=True)
+
+    signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
+    try:
+        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate")}
+        b = ports["backend"]
+        body = BODY.replace("'", "\\'")
+        backend_conf = nginx_conf(dir, "backend", f"""  server {{ listen 127.0.0.1:{b};
+    location / {{ default_type application/json; return 200 '{body}'; }} }}""")
+        proxy_conf = nginx_conf(dir, "proxy", f"""  upstream backend {{ server 127.0.0.1:{b}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{ports['nginx']};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+
+        keys = [f"vk_load_{i:06d}" for i in range(a.keys)]
+        with open(os.path.join(dir, "tenants.toml"), "w") as f:
+            for i, k in enumerate(keys):
+                f.write(f'[[groups]]\nid = "{i:024x}"\ntier = "load"\nstatus = "active"\n'
+                        f'keys = ["sha256:{hashlib.sha256(k.encode()).hexdigest()}"]\n\n')
+        with open(os.path.join(dir, "vivgate.toml"), "w") as f:
+            f.write(f"""tenants = "tenants.toml"
+[server]
+listen = "127.0.0.1:{ports['vivgate']}"
+threads = 1
+[tiers.load]
+api_calls = 1_000_000_000_000
+cdn_bytes = 1_000_000_000_000
+[upstreams.api]
+servers = ["127.0.0.1:{b}"]
+[[routes]]
+path = "/tenant/collectionObjects"
+methods = ["GET"]
+upstream = "api"
+required_query = ["collectionId"]
+id_query = ["collectionId"]
+meter = "calls"
+""")
+        step = a.keys // a.active_keys
+        active = keys[::step][: a.active_keys]
+        script = os.path.join(dir, "keys.lua")
+        with open(script, "w") as f:
+            f.write("local keys = {" + ",".join(f'"{k}"' for k in active) + "}\n")
+            f.write(f'local reqs = {{}}\nfor i, k in ipairs(keys) do reqs[i] = wrk.format("GET", "{PATH}", '
+                    '{["Host"] = "api.vivreal.test", ["Authorization"] = "Bearer " .. k}) end\n'
+                    "local i = 0\nrequest = function()\n  i = i % #reqs + 1\n  return reqs[i]\nend\n")
+
+        bp = start([nginx, "-c", backend_conf], LOAD_CPU)
+        wait_port(b, bp, "backend nginx")
+        np = start([nginx, "-c", proxy_conf], PROXY_CPU)
+        wait_port(ports["nginx"], np, "nginx proxy")
+        pp = start([passthrough, f"127.0.0.1:{ports['passthrough']}", f"127.0.0.1:{b}", "1"], PROXY_CPU)
+        wait_port(ports["passthrough"], pp, "passthrough")
+        env = dict(os.environ, RUST_LOG="warn")
+        t0 = time.time()
+        vp = start([vivgate, "--config", os.path.join(dir, "vivgate.toml")], PROXY_CPU, env)
+        wait_port(ports["vivgate"], vp, "vivgate")
+        load_s = time.time() - t0
+
+        pids = {"backend": [bp.pid] + children(bp.pid), "nginx": [np.pid] + children(np.pid),
+                "passthrough": [pp.pid], "vivgate": [vp.pid]}
+        targets = ["backend", "nginx", "passthrough", "vivgate"]
+        for t in targets:  # warm-up: connections, pools, caches
+            run_wrk(ports[t], script, 2, a.connections)
+        results = {t: [] for t in targets}
+        for r in range(a.rounds):
+            for t in targets:
+                before = cpu_ticks(pids[t])
+                res = run_wrk(ports[t], script, a.duration, a.connections)
+                res["cpu_us"] = (cpu_ticks(pids[t]) - before) / CLK_TCK * 1e6 / max(res["requests"], 1)
+                results[t].append(res)
+                print(f"round {r + 1}/{a.rounds} {t:<12} {res['rps']:>10.0f} req/s  p50 {res['p50']:.2f} ms  "
+                      f"p99 {res['p99']:.2f} ms  cpu {res['cpu_us']:.1f} us/req  errors {res['errors']}", flush=True)
+
+        fixed = {}
+        if oha:
+            rate = int(0.7 * statistics.median(x["rps"] for x in results["nginx"]))
+            for t in ["nginx", "passthrough", "vivgate"]:
+                fixed[t] = run_oha(oha, ports[t], rate, a.duration, a.connections, active[0])
+                print(f"fixed rate {rate}/s {t:<12} {fixed[t]}", flush=True)
+        else:
+            rate = None
+
+        vrss = int(open(f"/proc/{vp.pid}/status").read().split("VmRSS:")[1].split()[0])
+        print()
+        print(report(results, fixed, rate, a, load_s, vrss))
+    finally:
+        stop_all()
+
+
+def report(results, fixed, rate, a, load_s, vrss_kib):
+    med = {t: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+           for t, rs in results.items()}
+    errs = {t: sum(x["errors"] for x in rs) for t, rs in results.items()}
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
+                         text=True).stdout.strip()
+    lines = [f"Machine: {os.cpu_count()} CPUs ({cpu}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"Load: wrk -t1 -c{a.connections} -d{a.duration}s, {a.rounds} interleaved rounds, medians; "
+             f"proxy on CPU {PROXY_CPU} (1 worker), backend and wrk on CPU {LOAD_CPU}; "
+             f"vivgate with {a.keys} keys, load over {a.active_keys}",
+             "",
+             "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs nginx | req/s vs passthrough | CPU vs nginx | CPU vs passthrough | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in results:
+        m = med[t]
+        vs = lambda base, k: f"{m[k] / med[base][k]:.2f}×" if t != "backend" else "—"
+        lines.append(f"| {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
+                     f"{vs('nginx', 'rps')} | {vs('passthrough', 'rps')} | {vs('nginx', 'cpu_us')} | "
+                     f"{vs('passthrough', 'cpu_us')} | {errs[t]} |")
+    if fixed:
+        lines += ["", f"Fixed offered load (oha -q {rate}, 70 % of nginx's median rate, -c{a.connections}, "
+                  f"{a.duration}s, one key):", "",
+                  "| target | achieved req/s | p50 ms | p99 ms | p99 vs nginx | errors |", "|---|---|---|---|---|---|"]
+        for t, f in fixed.items():
+            if "error" in f:
+                lines.append(f"| {t} | oha failed: {f['error']!r} | | | | |")
+                continue
+            ratio = f["p99"] / fixed["nginx"]["p99"] if "p99" in fixed.get("nginx", {}) else float("nan")
+            lines.append(f"| {t} | {f['rps']:.0f} | {f['p50']:.2f} | {f['p99']:.2f} | {ratio:.2f}× | {f['errors']} |")
+    lines += ["", f"vivgate: {a.keys} keys loaded and listening in {load_s:.2f} s (process start included); "
+              f"RSS after the run {vrss_kib / 1024:.1f} MiB"]
+    ok = all(v == 0 for v in errs.values()) and all(f.get("errors", 1) == 0 for f in fixed.values())
+    lines.append("All answers were 200." if ok else "ERRORS: a run with errors is not a result.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
