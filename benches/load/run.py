@@ -129,6 +129,7 @@ def ensure_oha():
 
 def run_oha(oha, port, rate, duration, conns, key):
     cmd = ["taskset", "-c", LOAD_CPU, oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s",
+           "--wait-ongoing-requests-after-deadline", "--latency-correction",
            "-c", str(conns), "-q", str(rate), "-H", f"Authorization: Bearer {key}",
            f"http://127.0.0.1:{port}{PATH}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
