@@ -89,7 +89,7 @@ impl<S: UsageStore> Gateway<S> {
         &*self.clock
     }
 
-    pub fn next_request_id(&self) -> String {
+    pub fn next_request_id(&self) -> http::HeaderValue {
         self.request_ids.next()
     }
 
@@ -142,8 +142,12 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> http::HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut buf = [0u8; 32];
+        hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..16]).ok();
+        hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]).ok();
+        // 32 hex digits are always a valid header value
+        http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("0"))
     }
 }

@@ -4,6 +4,29 @@ use sha2::{Digest, Sha256};
 
 pub type KeyHash = [u8; 32];
 
+/// A map keyed by key hashes. SHA-256 output is already uniformly spread, so the map's hash is
+/// its first 8 bytes: no second hash on the request path. A client cannot shape the table: it
+/// holds only the hashes of keys we issued, and a lookup of any other hash probes one bucket.
+pub type KeyMap<V> =
+    std::collections::HashMap<KeyHash, V, std::hash::BuildHasherDefault<PrefixHasher>>;
+
+/// See [`KeyMap`]: takes the first 8 bytes written, ignores the length prefix.
+#[derive(Default)]
+pub struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut head = [0u8; 8];
+        let n = bytes.len().min(8);
+        head[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(head);
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
 /// SHA-256 of a presented API key.
 pub fn hash_key(key: &[u8]) -> KeyHash {
     Sha256::digest(key).into()

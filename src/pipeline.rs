@@ -103,18 +103,18 @@ pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
     if route.required_query.is_empty() && route.id_query.is_empty() {
         return Ok(());
     }
-    let pairs: Vec<(std::borrow::Cow<str>, std::borrow::Cow<str>)> =
-        form_urlencoded::parse(query.unwrap_or("").as_bytes()).collect();
+    let raw = query.unwrap_or("").as_bytes();
+    // (first value, given more than once); parsing borrows unless a name or value is encoded
     let find = |name: &str| {
-        let mut it = pairs.iter().filter(|(k, _)| k == name);
-        let first = it.next();
-        (first.map(|(_, v)| v.as_ref()), it.next().is_some())
+        let mut it = form_urlencoded::parse(raw).filter(|(k, _)| k == name);
+        let first = it.next().map(|(_, v)| v);
+        (first, it.next().is_some())
     };
     for name in &route.required_query {
         match find(name) {
             (None, _) => return Err(GatewayError::MissingParam(name.clone())),
             (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
-            (Some(""), false) => return Err(GatewayError::EmptyParam(name.clone())),
+            (Some(v), false) if v.is_empty() => return Err(GatewayError::EmptyParam(name.clone())),
             (Some(_), false) => {}
         }
     }
@@ -122,7 +122,7 @@ pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
         match find(name) {
             (None, _) => {}
             (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
-            (Some(v), false) if is_object_id(v) => {}
+            (Some(v), false) if is_object_id(&v) => {}
             (Some(_), false) => return Err(GatewayError::MalformedId(name.clone())),
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -36,9 +36,8 @@ impl<S: UsageStore> VivGate<S> {
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
-    request_id: String,
+    request_id: HeaderValue,
     snap: Option<Arc<Snapshot>>,
     group: Option<Group>,
     route: Option<Arc<Route>>,
@@ -54,6 +53,25 @@ pub struct Ctx {
     connect_retries: u8,
     connected: bool,
     upstream_responded: bool,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            request_id: HeaderValue::from_static(""),
+            snap: None,
+            group: None,
+            route: None,
+            now_ms: 0,
+            month: None,
+            take: None,
+            bytes_used: None,
+            quota_refused: None,
+            connect_retries: 0,
+            connected: false,
+            upstream_responded: false,
+        }
+    }
 }
 
 impl<S: UsageStore> VivGate<S> {
@@ -166,19 +184,26 @@ impl<S: UsageStore> VivGate<S> {
 
     /// `RateLimit-Policy` and `RateLimit` for the route's meters, or `None` when the request
     /// was not authenticated to a routed path. `served` is the response body size, if known.
-    fn rate_limit_headers(&self, ctx: &Ctx, served: Option<u64>) -> Option<(String, String)> {
+    fn rate_limit_headers(
+        &self,
+        ctx: &Ctx,
+        served: Option<u64>,
+    ) -> Option<(HeaderValue, HeaderValue)> {
         let (group, route, month) = (ctx.group.as_ref()?, ctx.route.as_ref()?, ctx.month?);
-        let t = month.seconds_until_end(ctx.now_ms);
         let tier = &group.tier;
-        let mut policy = String::new();
-        let mut state = String::new();
-        let mut push = |name: &str, q: u64, unit: &str, r: u64| {
-            if !policy.is_empty() {
-                policy.push_str(", ");
+        let policy = tier.policy(route.meters)?.clone();
+        let t = month.seconds_until_end(ctx.now_ms);
+        let mut state = String::with_capacity(96);
+        let mut num = itoa::Buffer::new();
+        let mut push = |name: &str, r: u64| {
+            if !state.is_empty() {
                 state.push_str(", ");
             }
-            policy.push_str(&format!("\"{name}\";q={q};qu=\"{unit}\""));
-            state.push_str(&format!("\"{name}\";r={r};t={t}"));
+            state.push_str(name);
+            state.push_str(";r=");
+            state.push_str(num.format(r));
+            state.push_str(";t=");
+            state.push_str(num.format(t));
         };
         if route.meters.calls {
             let r = match ctx.take {
@@ -189,7 +214,7 @@ impl<S: UsageStore> VivGate<S> {
                     tier.api_calls.saturating_sub(used)
                 }
             };
-            push("monthly-calls", tier.api_calls, "requests", r);
+            push("\"monthly-calls\"", r);
         }
         if route.meters.bytes {
             let used = ctx
@@ -198,9 +223,9 @@ impl<S: UsageStore> VivGate<S> {
             let r = tier
                 .cdn_bytes
                 .saturating_sub(used.saturating_add(served.unwrap_or(0)));
-            push("monthly-bytes", tier.cdn_bytes, "content-bytes", r);
+            push("\"monthly-bytes\"", r);
         }
-        (!policy.is_empty()).then_some((policy, state))
+        Some((policy, HeaderValue::try_from(state).ok()?))
     }
 
     /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
@@ -228,7 +253,7 @@ impl<S: UsageStore> VivGate<S> {
         let mut resp = ResponseHeader::build(e.status(), Some(8))?;
         resp.insert_header(header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(header::CONTENT_LENGTH, len)?;
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         match e {
             GatewayError::MethodNotAllowed(allow) => {
                 resp.insert_header(header::ALLOW, allow.as_str())?;
@@ -352,9 +377,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     /// Runs every check; a failure is answered here with the envelope and never forwarded.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
-            Some(v) if pipeline::valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.gw.next_request_id(),
         };
         match self.check_request(session, ctx).await {
@@ -452,10 +475,10 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
         }
         if let Some(g) = &ctx.group {
-            req.insert_header("x-vivreal-group-id", &*g.id)?;
-            req.insert_header("x-vivreal-tier", &*g.tier.name)?;
+            req.insert_header("x-vivreal-group-id", g.id_header.clone())?;
+            req.insert_header("x-vivreal-tier", g.tier.header.clone())?;
         }
-        req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        req.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             req.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }
@@ -469,10 +492,16 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_responded = true;
-        for name in HOP_BY_HOP {
-            resp.remove_header(name);
+        if resp
+            .headers
+            .keys()
+            .any(|n| HOP_BY_HOP.contains(&n.as_str()))
+        {
+            for name in HOP_BY_HOP {
+                resp.remove_header(name);
+            }
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         let served = resp
             .headers
             .get(header::CONTENT_LENGTH)
@@ -541,7 +570,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             );
         }
         tracing::debug!(
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id.to_str().unwrap_or(""),
             group = %group.id,
             status = session.response_written().map_or(0, |r| r.status.as_u16()),
             "request done"
@@ -556,7 +585,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             "{} {} request_id={}",
             req.method,
             req.uri.path(),
-            ctx.request_id
+            ctx.request_id.to_str().unwrap_or("")
         )
     }
 }

@@ -89,7 +89,7 @@ struct Cell {
 /// across an await; the only locks are the map's shard locks, held for one atomic operation.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    cells: DashMap<(GroupId, Month), Cell>,
+    cells: DashMap<(GroupId, Month), Cell, ahash::RandomState>,
 }
 
 impl MemoryStore {

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
 use serde::de::DeserializeOwned;
 
 pub use file::GroupStatus;
 use file::{ConfigFile, MeterSpec, TenantsFile};
 
-use crate::keys::{parse_key_hash, KeyHash};
+use crate::keys::{parse_key_hash, KeyHash, KeyMap};
 use crate::usage::GroupId;
 
 /// A config or tenants file that cannot be used, with where and why.
@@ -64,11 +64,46 @@ pub struct Tier {
     pub name: Arc<str>,
     pub api_calls: u64,
     pub cdn_bytes: u64,
+    /// Ready-made header values: the name (`X-Vivreal-Tier`) and the `RateLimit-Policy` for
+    /// routes that meter calls, bytes, or both.
+    pub header: HeaderValue,
+    pub policy_calls: HeaderValue,
+    pub policy_bytes: HeaderValue,
+    pub policy_both: HeaderValue,
+}
+
+impl Tier {
+    pub fn new(name: &str, api_calls: u64, cdn_bytes: u64) -> Tier {
+        let calls = format!("\"monthly-calls\";q={api_calls};qu=\"requests\"");
+        let bytes = format!("\"monthly-bytes\";q={cdn_bytes};qu=\"content-bytes\"");
+        let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        Tier {
+            name: name.into(),
+            api_calls,
+            cdn_bytes,
+            header: value(name),
+            policy_both: value(&format!("{calls}, {bytes}")),
+            policy_calls: value(&calls),
+            policy_bytes: value(&bytes),
+        }
+    }
+
+    /// The `RateLimit-Policy` value for a route's meters.
+    pub fn policy(&self, meters: Meters) -> Option<&HeaderValue> {
+        match (meters.calls, meters.bytes) {
+            (true, true) => Some(&self.policy_both),
+            (true, false) => Some(&self.policy_calls),
+            (false, true) => Some(&self.policy_bytes),
+            (false, false) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Group {
     pub id: GroupId,
+    /// `id` as a header value (`X-Vivreal-Group-Id`), made once.
+    pub id_header: HeaderValue,
     pub tier: Arc<Tier>,
     pub status: GroupStatus,
     pub overage_billing: bool,
@@ -174,7 +209,7 @@ pub struct Snapshot {
     pub max_drain_body: u64,
     pub tiers: BTreeMap<String, Arc<Tier>>,
     pub groups: Vec<Group>,
-    pub keys: HashMap<KeyHash, usize>,
+    pub keys: KeyMap<u32>,
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
 }
@@ -182,7 +217,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The group a key hash belongs to.
     pub fn group_for(&self, hash: &KeyHash) -> Option<&Group> {
-        self.keys.get(hash).map(|&i| &self.groups[i])
+        self.keys.get(hash).map(|&i| &self.groups[i as usize])
     }
 }
 
@@ -290,14 +325,7 @@ pub fn compile(
     // [tiers]
     let mut tiers: BTreeMap<String, Arc<Tier>> = BUILTIN_TIERS
         .iter()
-        .map(|&(n, c, b)| {
-            let t = Tier {
-                name: n.into(),
-                api_calls: c,
-                cdn_bytes: b,
-            };
-            (n.to_string(), Arc::new(t))
-        })
+        .map(|&(n, c, b)| (n.to_string(), Arc::new(Tier::new(n, c, b))))
         .collect();
     for (name, t) in &file.tiers {
         let builtin = tiers.get(name).cloned();
@@ -331,12 +359,10 @@ pub fn compile(
                 "tier names use [A-Za-z0-9._-]",
             ));
         }
-        let tier = Tier {
-            name: name.as_str().into(),
-            api_calls,
-            cdn_bytes,
-        };
-        tiers.insert(name.clone(), Arc::new(tier));
+        tiers.insert(
+            name.clone(),
+            Arc::new(Tier::new(name, api_calls, cdn_bytes)),
+        );
     }
 
     // [upstreams]
@@ -397,8 +423,7 @@ pub fn compile(
     // tenants
     let tf = tenants_path;
     let mut groups = Vec::with_capacity(tenants.groups.len());
-    let mut keys: HashMap<KeyHash, usize> = HashMap::new();
-    let mut key_owner: HashMap<KeyHash, usize> = HashMap::new();
+    let mut keys: KeyMap<u32> = KeyMap::default();
     let mut ids = HashSet::new();
     for (gi, g) in tenants.groups.iter().enumerate() {
         let field = |f: &str| format!("groups[{gi}].{f}");
@@ -430,18 +455,19 @@ pub fn compile(
         for (ki, k) in g.keys.iter().enumerate() {
             let hash =
                 parse_key_hash(k).map_err(|m| err(tf, format!("groups[{gi}].keys[{ki}]"), m))?;
-            if let Some(&other) = key_owner.get(&hash) {
+            if let Some(&other) = keys.get(&hash) {
                 return Err(err(
                     tf,
                     format!("groups[{gi}].keys[{ki}]"),
                     format!("the same key hash is already listed for groups[{other}]"),
                 ));
             }
-            key_owner.insert(hash, gi);
-            keys.insert(hash, gi);
+            keys.insert(hash, gi as u32);
         }
         groups.push(Group {
             id: g.id.as_str().into(),
+            id_header: HeaderValue::from_str(&g.id)
+                .map_err(|_| err(tf, field("id"), "not a valid header value"))?,
             tier,
             status: g.status,
             overage_billing: g.overage_billing,
