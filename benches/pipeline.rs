@@ -3,8 +3,10 @@
 //!
 //! `cargo bench --bench pipeline` (results in benches/README.md).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,7 +159,83 @@ fn counters(c: &mut Criterion) {
     g.finish();
 }
 
+/// The system allocator, counting the bytes currently allocated (for bytes per key).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// One-off figures for 1,000,000 keys, printed beside criterion's: the time to parse and compile
+/// a tenants TOML file, and the resident memory the compiled snapshot holds per key.
+fn load_and_memory_report() {
+    let n = 1_000_000;
+    let mut text = String::with_capacity(n * 140);
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[groups]]\nid = \"{i:024x}\"\ntier = \"bench\"\nstatus = \"active\"\nkeys = [\"{}\"]\n\n",
+            format_key_hash(&hash_key(key(i).as_bytes()))
+        ));
+    }
+    let start = Instant::now();
+    let snap = vivgate::config::load_from_str(
+        Path::new("bench.toml"),
+        CONFIG,
+        Path::new("tenants.toml"),
+        &text,
+    )
+    .unwrap();
+    let load = start.elapsed();
+    let mb = text.len() as f64 / 1e6;
+    drop(text);
+    let mut compact = String::with_capacity(n * 110);
+    for i in 0..n {
+        compact.push_str(&format!(
+            "{i:024x} bench active false {}\n",
+            format_key_hash(&hash_key(key(i).as_bytes()))
+        ));
+    }
+    let start = Instant::now();
+    let snap2 = vivgate::config::load_from_str(
+        Path::new("bench.toml"),
+        CONFIG,
+        Path::new("tenants.tsv"),
+        &compact,
+    )
+    .unwrap();
+    let compact_load = start.elapsed();
+    let compact_mb = compact.len() as f64 / 1e6;
+    drop((snap2, compact));
+    let held = LIVE.load(Ordering::Relaxed);
+    drop(snap);
+    let freed = held - LIVE.load(Ordering::Relaxed);
+    println!(
+        "1,000,000 keys: tenants TOML {mb:.0} MB parsed and compiled in {:.2} s; compact tenants file {compact_mb:.0} MB in {:.2} s; the snapshot holds {:.0} bytes per key (heap)",
+        load.as_secs_f64(),
+        compact_load.as_secs_f64(),
+        freed as f64 / n as f64
+    );
+}
+
 fn snapshot_build(c: &mut Criterion) {
+    load_and_memory_report();
     let mut g = c.benchmark_group("snapshot_1m_keys");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));

@@ -4,11 +4,24 @@ use sha2::{Digest, Sha256};
 
 pub type KeyHash = [u8; 32];
 
-/// A map keyed by key hashes. SHA-256 output is already uniformly spread, so the map's hash is
-/// its first 8 bytes: no second hash on the request path. A client cannot shape the table: it
-/// holds only the hashes of keys we issued, and a lookup of any other hash probes one bucket.
+/// The first 16 bytes of a key hash: what the in-memory key map stores (20 bytes an entry
+/// instead of 36). A presented key matches a stored one when the first 128 bits of their
+/// SHA-256 agree; finding a key that does so for someone else's key is a 128-bit second
+/// preimage, as out of reach as the full 256.
+pub type KeyPrefix = [u8; 16];
+
+pub fn key_prefix(hash: &KeyHash) -> KeyPrefix {
+    let mut p = [0u8; 16];
+    p.copy_from_slice(&hash[..16]);
+    p
+}
+
+/// A map keyed by key-hash prefixes. SHA-256 output is already uniformly spread, so the map's
+/// hash is its first 8 bytes: no second hash on the request path. A client cannot shape the
+/// table: it holds only the hashes of keys we issued, and a lookup of any other hash probes one
+/// bucket.
 pub type KeyMap<V> =
-    std::collections::HashMap<KeyHash, V, std::hash::BuildHasherDefault<PrefixHasher>>;
+    std::collections::HashMap<KeyPrefix, V, std::hash::BuildHasherDefault<PrefixHasher>>;
 
 /// See [`KeyMap`]: takes the first 8 bytes written, ignores the length prefix.
 #[derive(Default)]

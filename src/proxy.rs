@@ -475,7 +475,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
         }
         if let Some(g) = &ctx.group {
-            req.insert_header("x-vivreal-group-id", g.id_header.clone())?;
+            // group ids are checked at load to be [A-Za-z0-9._-], always a valid header value
+            req.insert_header("x-vivreal-group-id", &*g.id)?;
             req.insert_header("x-vivreal-tier", g.tier.header.clone())?;
         }
         req.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;

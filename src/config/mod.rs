@@ -2,6 +2,7 @@
 //! reads. Loading validates everything and either yields a whole snapshot or a [`ConfigError`]
 //! naming the file and the field path (`routes[2].upstream: unknown upstream "cdnn"`).
 
+pub mod compact;
 pub mod file;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 pub use file::GroupStatus;
 use file::{ConfigFile, MeterSpec, TenantsFile};
 
-use crate::keys::{parse_key_hash, KeyHash, KeyMap};
+use crate::keys::{key_prefix, parse_key_hash, KeyHash, KeyMap};
 use crate::usage::GroupId;
 
 /// A config or tenants file that cannot be used, with where and why.
@@ -102,8 +103,6 @@ impl Tier {
 #[derive(Debug, Clone)]
 pub struct Group {
     pub id: GroupId,
-    /// `id` as a header value (`X-Vivreal-Group-Id`), made once.
-    pub id_header: HeaderValue,
     pub tier: Arc<Tier>,
     pub status: GroupStatus,
     pub overage_billing: bool,
@@ -217,7 +216,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// The group a key hash belongs to.
     pub fn group_for(&self, hash: &KeyHash) -> Option<&Group> {
-        self.keys.get(hash).map(|&i| &self.groups[i as usize])
+        self.keys
+            .get(&key_prefix(hash))
+            .map(|&i| &self.groups[i as usize])
     }
 }
 
@@ -267,8 +268,28 @@ pub fn load(config_path: &Path) -> Result<Snapshot, ConfigError> {
         );
         e
     })?;
-    let tenants: TenantsFile = parse_toml(&tenants_path, &tenants_text)?;
-    compile(config_path, file, &tenants_path, tenants)
+    compile_with_tenants(config_path, file, &tenants_path, &tenants_text)
+}
+
+/// Parses the tenants text in the format its file name says (`.toml`, or the compact line
+/// format of [`compact`]) and compiles. Errors in a compact file name its line.
+fn compile_with_tenants(
+    config_path: &Path,
+    file: ConfigFile,
+    tenants_path: &Path,
+    tenants_text: &str,
+) -> Result<Snapshot, ConfigError> {
+    if !compact::is_compact(tenants_path) {
+        let tenants: TenantsFile = parse_toml(tenants_path, tenants_text)?;
+        return compile(config_path, file, tenants_path, tenants);
+    }
+    let (tenants, lines) = compact::parse(tenants_path, tenants_text)?;
+    compile(config_path, file, tenants_path, tenants).map_err(|mut e| {
+        if e.file == tenants_path {
+            e.field = compact::field_to_line(&e.field, &lines);
+        }
+        e
+    })
 }
 
 /// Compiles config and tenants text that did not come from files (the demo, tests); the paths
@@ -280,8 +301,7 @@ pub fn load_from_str(
     tenants_text: &str,
 ) -> Result<Snapshot, ConfigError> {
     let file: ConfigFile = parse_toml(config_path, config_text)?;
-    let tenants: TenantsFile = parse_toml(tenants_path, tenants_text)?;
-    compile(config_path, file, tenants_path, tenants)
+    compile_with_tenants(config_path, file, tenants_path, tenants_text)
 }
 
 /// Compiles parsed files into a snapshot, validating every cross-reference.
@@ -455,19 +475,17 @@ pub fn compile(
         for (ki, k) in g.keys.iter().enumerate() {
             let hash =
                 parse_key_hash(k).map_err(|m| err(tf, format!("groups[{gi}].keys[{ki}]"), m))?;
-            if let Some(&other) = keys.get(&hash) {
+            if let Some(&other) = keys.get(&key_prefix(&hash)) {
                 return Err(err(
                     tf,
                     format!("groups[{gi}].keys[{ki}]"),
                     format!("the same key hash is already listed for groups[{other}]"),
                 ));
             }
-            keys.insert(hash, gi as u32);
+            keys.insert(key_prefix(&hash), gi as u32);
         }
         groups.push(Group {
             id: g.id.as_str().into(),
-            id_header: HeaderValue::from_str(&g.id)
-                .map_err(|_| err(tf, field("id"), "not a valid header value"))?,
             tier,
             status: g.status,
             overage_billing: g.overage_billing,
