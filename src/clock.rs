@@ -64,6 +64,20 @@ impl Month {
         Month::from_ym(y, m)
     }
 
+    /// Months since year 0 (`year * 12 + month - 1`); the store's key.
+    pub fn index(self) -> u32 {
+        self.0.max(0) as u32
+    }
+
+    pub fn from_index(index: u32) -> Month {
+        Month(index as i32)
+    }
+
+    /// The month `n` months before this one.
+    pub fn minus(self, n: u32) -> Month {
+        Month(self.0 - n as i32)
+    }
+
     pub fn year(self) -> i32 {
         self.0.div_euclid(12)
     }

@@ -1,12 +1,12 @@
 //! The gateway's shared state: one `ArcSwap` config snapshot, the usage store and the clock.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::{self, ConfigError, Snapshot};
 use crate::usage::{MemoryStore, UsageStore};
 
@@ -45,19 +45,6 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     /// The config file to re-read on reload; `None` for an in-memory config.
     source: Option<PathBuf>,
     request_ids: RequestIds,
-}
-
-impl Gateway<MemoryStore> {
-    /// A gateway with the in-memory store and the system clock, reloadable from `source`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let snap = config::load(path)?;
-        Ok(Gateway::new(
-            snap,
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-            Some(path.to_path_buf()),
-        ))
-    }
 }
 
 impl<S: UsageStore> Gateway<S> {
@@ -113,6 +100,9 @@ impl<S: UsageStore> Gateway<S> {
         }
         if a.grace_period_seconds != b.grace_period_seconds {
             return Err(ReloadError::NeedsRestart("server.grace_period_seconds"));
+        }
+        if a.usage != b.usage {
+            return Err(ReloadError::NeedsRestart("usage"));
         }
         self.snapshot.store(Arc::new(new));
         Ok(())

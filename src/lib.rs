@@ -15,6 +15,7 @@ pub mod keys;
 pub mod pipeline;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod usage;
 
 pub use gateway::Gateway;

@@ -16,9 +16,12 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 use tokio::net::TcpListener;
 
+use crate::clock::{Clock, Month, SystemClock};
+use crate::config;
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
-use crate::usage::UsageStore;
+use crate::store::EmbeddedStore;
+use crate::usage::{MemoryStore, UsageStore};
 
 /// The pingora application for a gateway, ready for [`serve`].
 pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<HttpProxy<VivGate<S>>> {
@@ -130,9 +133,58 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
     }
 }
 
-/// Runs the gateway described by `config_path` under pingora's server until a stop signal.
+/// Flushes the usage store at its interval until shutdown; the final flush happens after the
+/// server has stopped (see [`run`]).
+struct FlushService<S: UsageStore> {
+    gw: Arc<Gateway<S>>,
+    every: Duration,
+}
+
+#[async_trait]
+impl<S: UsageStore> BackgroundService for FlushService<S> {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let gw = self.gw.clone();
+            match tokio::task::spawn_blocking(move || gw.store().flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("{e}; the counts stay in memory and are retried"),
+                Err(e) => tracing::error!("usage flush task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Runs the gateway described by `config_path` under pingora's server until a stop signal,
+/// then flushes the usage store one last time.
 pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let gw = Arc::new(Gateway::from_file(config_path)?);
+    let snap = config::load(config_path)?;
+    let source = Some(config_path.to_path_buf());
+    let clock = Arc::new(SystemClock);
+    let usage = snap.startup.usage.clone();
+    match &usage.path {
+        None => {
+            tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
+            let gw = Gateway::new(snap, Arc::new(MemoryStore::new()), clock, source);
+            run_with(Arc::new(gw), upgrade)
+        }
+        Some(path) => {
+            let now = Month::containing(clock.now_ms());
+            let store = EmbeddedStore::open(path, now, usage.retention_months)?;
+            tracing::info!(path = %path.display(), "usage store opened");
+            let gw = Gateway::new(snap, Arc::new(store), clock, source);
+            run_with(Arc::new(gw), upgrade)
+        }
+    }
+}
+
+fn run_with<S: UsageStore>(
+    gw: Arc<Gateway<S>>,
+    upgrade: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let snap = gw.snapshot();
     let startup = &snap.startup;
     let tag = sanitize(&startup.listen);
@@ -157,10 +209,21 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::
         "health checks",
         HealthService(gw.clone()),
     ));
-    tracing::info!(listen = %startup.listen, config = %config_path.display(), "vivgate starting");
+    server.add_service(background_service(
+        "usage flush",
+        FlushService {
+            gw: gw.clone(),
+            every: startup.usage.flush_interval,
+        },
+    ));
+    tracing::info!(listen = %startup.listen, config = %snap.config_path.display(), "vivgate starting");
+    drop(snap);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals(gw)),
+        shutdown_signal: Box::new(Signals(gw.clone())),
     });
+    // every request has finished or been cut off: what is in memory now is final
+    let n = gw.store().flush()?;
+    tracing::info!(cells = n, "usage flushed; vivgate stopped");
     Ok(())
 }
 

@@ -6,8 +6,8 @@
 //! [`UsageStore`] trait.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -75,6 +75,13 @@ pub trait UsageStore: Send + Sync + 'static {
 
     /// A copy of one group's counters for one month (zeros if nothing was counted).
     fn usage(&self, group: &str, month: Month) -> Usage;
+
+    /// Makes everything counted so far durable; a no-op for a store that is not. Called by a
+    /// background task at the flush interval and once more when the gateway stops. Never
+    /// called on the request path.
+    fn flush(&self) -> Result<usize, String> {
+        Ok(0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +90,31 @@ struct Cell {
     bytes: AtomicU64,
     calls_overage: AtomicU64,
     bytes_overage: AtomicU64,
+    /// Changed since the last flush (journaled stores only).
+    dirty: AtomicBool,
+    /// The values last written to durable storage: calls, bytes, calls_overage, bytes_overage.
+    flushed: [AtomicU64; 4],
+}
+
+impl Cell {
+    fn values(&self) -> [u64; 4] {
+        [
+            self.calls.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+            self.calls_overage.load(Ordering::Acquire),
+            self.bytes_overage.load(Ordering::Acquire),
+        ]
+    }
+}
+
+/// What changed in one (group, month) since the last flush, signed (a refund after a flush makes
+/// a negative delta), and the values to record as flushed once it is durable.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub group: GroupId,
+    pub month: Month,
+    pub delta: [i64; 4],
+    pub now: [u64; 4],
 }
 
 /// In-memory usage: exact atomic counters in a `DashMap` keyed by (group, month). No lock is held
@@ -90,6 +122,9 @@ struct Cell {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     cells: DashMap<(GroupId, Month), Cell, ahash::RandomState>,
+    /// Cells changed since the last [`MemoryStore::take_deltas`], each listed once; `None` when
+    /// nothing flushes this store.
+    journal: Option<Mutex<Vec<(GroupId, Month)>>>,
 }
 
 impl MemoryStore {
@@ -97,13 +132,121 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// A store that records which cells changed, for a durable store to flush.
+    pub fn journaled() -> Self {
+        MemoryStore {
+            cells: DashMap::default(),
+            journal: Some(Mutex::new(Vec::new())),
+        }
+    }
+
     fn with_cell<R>(&self, group: &GroupId, month: Month, f: impl FnOnce(&Cell) -> R) -> R {
         let key = (group.clone(), month);
         if let Some(cell) = self.cells.get(&key) {
-            return f(&cell);
+            let r = f(&cell);
+            self.mark(&cell, &key);
+            return r;
         }
-        let cell = self.cells.entry(key).or_default();
-        f(&cell)
+        let cell = self.cells.entry(key.clone()).or_default();
+        let r = f(&cell);
+        self.mark(&cell, &key);
+        r
+    }
+
+    /// Journals a changed cell, once per flush.
+    fn mark(&self, cell: &Cell, key: &(GroupId, Month)) {
+        if let Some(journal) = &self.journal {
+            if !cell.dirty.swap(true, Ordering::AcqRel) {
+                if let Ok(mut j) = journal.lock() {
+                    j.push(key.clone());
+                }
+            }
+        }
+    }
+
+    /// Sets a cell to values read from durable storage (at start).
+    pub fn load(&self, group: &GroupId, month: Month, u: Usage) {
+        let cell = self.cells.entry((group.clone(), month)).or_default();
+        let v = [u.calls, u.bytes, u.calls_overage, u.bytes_overage];
+        cell.calls.store(u.calls, Ordering::Release);
+        cell.bytes.store(u.bytes, Ordering::Release);
+        cell.calls_overage.store(u.calls_overage, Ordering::Release);
+        cell.bytes_overage.store(u.bytes_overage, Ordering::Release);
+        for (f, x) in cell.flushed.iter().zip(v) {
+            f.store(x, Ordering::Release);
+        }
+    }
+
+    /// The counters of a cell, if it is in memory.
+    pub fn get(&self, group: &str, month: Month) -> Option<Usage> {
+        self.cells.get(&(GroupId::from(group), month)).map(|c| {
+            let [calls, bytes, calls_overage, bytes_overage] = c.values();
+            Usage {
+                calls,
+                bytes,
+                calls_overage,
+                bytes_overage,
+            }
+        })
+    }
+
+    /// Everything that changed since the last call, as deltas against what was last flushed.
+    /// Pass them to [`MemoryStore::confirm`] once durable, or back to [`MemoryStore::retry`].
+    pub fn take_deltas(&self) -> Vec<Delta> {
+        let Some(journal) = &self.journal else {
+            return Vec::new();
+        };
+        let keys = journal
+            .lock()
+            .map(|mut j| std::mem::take(&mut *j))
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(keys.len());
+        for (group, month) in keys {
+            let Some(cell) = self.cells.get(&(group.clone(), month)) else {
+                continue;
+            };
+            // clear first: a change after this re-journals the cell for the next flush
+            cell.dirty.swap(false, Ordering::AcqRel);
+            let now = cell.values();
+            let mut delta = [0i64; 4];
+            for i in 0..4 {
+                delta[i] = now[i] as i64 - cell.flushed[i].load(Ordering::Acquire) as i64;
+            }
+            if delta != [0; 4] {
+                out.push(Delta {
+                    group,
+                    month,
+                    delta,
+                    now,
+                });
+            }
+        }
+        out
+    }
+
+    /// Records deltas as durable.
+    pub fn confirm(&self, deltas: &[Delta]) {
+        for d in deltas {
+            if let Some(cell) = self.cells.get(&(d.group.clone(), d.month)) {
+                for (f, x) in cell.flushed.iter().zip(d.now) {
+                    f.store(x, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Puts back deltas whose write failed, for the next flush.
+    pub fn retry(&self, deltas: &[Delta]) {
+        for d in deltas {
+            if let Some(cell) = self.cells.get(&(d.group.clone(), d.month)) {
+                self.mark(&cell, &(d.group.clone(), d.month));
+            }
+        }
+    }
+
+    /// Drops cells of months before `keep_from`.
+    pub fn prune_before(&self, keep_from: Month) {
+        self.cells.retain(|(_, m), _| *m >= keep_from);
     }
 
     /// Takes one call synchronously; see [`UsageStore::take_call`].
@@ -194,14 +337,7 @@ impl UsageStore for MemoryStore {
     }
 
     fn usage(&self, group: &str, month: Month) -> Usage {
-        self.cells
-            .get(&(GroupId::from(group), month))
-            .map_or_else(Usage::default, |c| Usage {
-                calls: c.calls.load(Ordering::Acquire),
-                bytes: c.bytes.load(Ordering::Acquire),
-                calls_overage: c.calls_overage.load(Ordering::Acquire),
-                bytes_overage: c.bytes_overage.load(Ordering::Acquire),
-            })
+        self.get(group, month).unwrap_or_default()
     }
 }
 

@@ -15,6 +15,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub usage: UsageSection,
+    #[serde(default)]
     pub tiers: BTreeMap<String, TierSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
@@ -80,6 +82,46 @@ fn default_max_json_body() -> u64 {
 }
 fn default_drain() -> u64 {
     65_536
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageSection {
+    /// `"embedded"` (durable, the default) or `"memory"` (lost on restart).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// The embedded store's file, relative to the config file.
+    #[serde(default = "default_store_path")]
+    pub path: String,
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval_ms: u64,
+    /// Months of usage kept, the current one included.
+    #[serde(default = "default_retention")]
+    pub retention_months: u32,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        UsageSection {
+            store: default_store(),
+            path: default_store_path(),
+            flush_interval_ms: default_flush_interval(),
+            retention_months: default_retention(),
+        }
+    }
+}
+
+fn default_store() -> String {
+    "embedded".into()
+}
+fn default_store_path() -> String {
+    "state/usage.redb".into()
+}
+fn default_flush_interval() -> u64 {
+    1_000
+}
+fn default_retention() -> u32 {
+    13
 }
 
 #[derive(Debug, Deserialize)]

@@ -195,6 +195,16 @@ pub struct StartupSettings {
     pub listen: String,
     pub threads: usize,
     pub grace_period_seconds: u64,
+    pub usage: UsageSettings,
+}
+
+/// Where usage is kept (`[usage]`); fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSettings {
+    /// `None`: in memory only. `Some(path)`: the embedded store's file (resolved).
+    pub path: Option<PathBuf>,
+    pub flush_interval: Duration,
+    pub retention_months: u32,
 }
 
 /// Everything the request path needs, compiled from both files. Immutable; a reload builds a
@@ -341,6 +351,36 @@ pub fn compile(
             ),
         ));
     }
+
+    // [usage]
+    let u = &file.usage;
+    let path = match u.store.as_str() {
+        "memory" => None,
+        "embedded" if u.path.is_empty() => return Err(err(cfg, "usage.path", "must not be empty")),
+        "embedded" => Some(cfg.parent().unwrap_or(Path::new(".")).join(&u.path)),
+        other => {
+            return Err(err(
+                cfg,
+                "usage.store",
+                format!("unknown store {other:?} (expected \"embedded\" or \"memory\")"),
+            ))
+        }
+    };
+    if !(10..=60_000).contains(&u.flush_interval_ms) {
+        return Err(err(
+            cfg,
+            "usage.flush_interval_ms",
+            "must be between 10 and 60000",
+        ));
+    }
+    if u.retention_months == 0 {
+        return Err(err(cfg, "usage.retention_months", "must be at least 1"));
+    }
+    let usage = UsageSettings {
+        path,
+        flush_interval: Duration::from_millis(u.flush_interval_ms),
+        retention_months: u.retention_months,
+    };
 
     // [tiers]
     let mut tiers: BTreeMap<String, Arc<Tier>> = BUILTIN_TIERS
@@ -497,6 +537,7 @@ pub fn compile(
             listen: s.listen.clone(),
             threads: s.threads,
             grace_period_seconds: s.grace_period_seconds,
+            usage,
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),

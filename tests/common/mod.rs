@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pingora::apps::http_app::HttpServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -494,4 +494,38 @@ pub async fn extra_backend() -> (Backend, SocketAddr, watch::Sender<bool>) {
         stop_rx,
     ));
     (backend, addr, stop)
+}
+
+/// The `vivgate` binary, for tests that run it as a process.
+pub fn vivgate() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vivgate"))
+}
+
+/// Kills and reaps the child when dropped, so a failing test leaves no process behind.
+pub struct Killer(pub std::process::Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,180 @@
+//! The durable embedded usage store, through the real binary: a restart continues from the stored
+//! counts, SIGTERM flushes everything, `kill -9` loses at most the last flush interval, and a
+//! corrupt store refuses to start.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const P: &str = "/tenant/integrationObjects?type=a";
+
+/// Runs the binary on the harness's config (its backend), with `[usage]` set by `usage`.
+async fn start(h: &Harness, port: u16, usage: &str) -> Killer {
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
+    let config = if config.contains("[usage]") {
+        config
+    } else {
+        config.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 1"),
+        ) + "\n[usage]\n"
+            + usage
+            + "\n"
+    };
+    h.write_config(&config);
+    let child = vivgate()
+        .arg("--config")
+        .arg(h.dir.path().join("vivgate.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the binary to listen", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    Killer(child)
+}
+
+async fn stop(mut k: Killer, sig: i32) {
+    signal(&k.0, sig);
+    let start = Instant::now();
+    while k.0.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the gateway did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls used this month by `key`'s tiny group, read from the RateLimit header of one more call.
+async fn used_after_one_more(addr: SocketAddr, key: &str, limit: u64) -> u64 {
+    let r = Client::connect(addr).await.get(P, Some(key)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.header("ratelimit").unwrap();
+    let remaining: u64 = v
+        .split(";r=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    limit - remaining - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_everything_and_a_restart_keeps_refusing_a_used_quota() {
+    let h = Harness::start().await;
+    let port = dead_addr().await.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // a flush interval far longer than the test: only the final flush on stop can save the counts
+    let usage = "store = \"embedded\"\npath = \"state/usage.redb\"\nflush_interval_ms = 60000";
+    let gw = start(&h, port, usage).await;
+    for _ in 0..5 {
+        assert_eq!(
+            Client::connect(addr)
+                .await
+                .get(P, Some("key-tiny"))
+                .await
+                .status,
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            Client::connect(addr)
+                .await
+                .get(P, Some("key-tiny-overage"))
+                .await
+                .status,
+            200
+        );
+    }
+    stop(gw, libc::SIGTERM).await;
+    assert!(h.dir.path().join("state/usage.redb").exists());
+
+    let gw = start(&h, port, usage).await;
+    let r = Client::connect(addr).await.get(P, Some("key-tiny")).await;
+    assert_envelope(&r, 402, "Monthly API call quota exceeded");
+    assert_eq!(used_after_one_more(addr, "key-tiny-overage", 5).await, 3);
+    // SIGINT is a graceful stop too, with the same final flush
+    stop(gw, libc::SIGINT).await;
+    let gw = start(&h, port, usage).await;
+    assert_eq!(used_after_one_more(addr, "key-tiny-overage", 5).await, 4);
+    stop(gw, libc::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_at_most_the_last_flush_interval() {
+    let h = Harness::start_with(|c| c.replace("api_calls = 5", "api_calls = 100000")).await;
+    let port = dead_addr().await.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let interval = Duration::from_millis(200);
+    let usage = "store = \"embedded\"\nflush_interval_ms = 200";
+    let gw = start(&h, port, usage).await;
+    let mut c = Client::connect(addr).await;
+    for _ in 0..40 {
+        assert_eq!(c.get(P, Some("key-tiny")).await.status, 200);
+    }
+    // more than one interval passes: those 40 must be durable
+    tokio::time::sleep(interval * 3).await;
+    let burst_start = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(c.get(P, Some("key-tiny")).await.status, 200);
+    }
+    let mut gw = gw;
+    gw.0.kill().unwrap();
+    gw.0.wait().unwrap();
+    let burst = burst_start.elapsed();
+    assert!(
+        burst < interval,
+        "the last 10 calls took {burst:?}; the bound below needs them inside one interval"
+    );
+
+    let gw = start(&h, port, usage).await;
+    let stored = used_after_one_more(addr, "key-tiny", 100_000).await;
+    eprintln!("kill -9: {stored} of 50 calls were durable; {} lost (all answered within the last {burst:?})", 50 - stored);
+    assert!(
+        (40..=50).contains(&stored),
+        "stored {stored}: calls answered more than one flush interval before the kill were lost"
+    );
+    stop(gw, libc::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_is_a_startup_error() {
+    let h = Harness::start().await;
+    let port = dead_addr().await.port();
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
+    h.write_config(
+        &(config.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        ) + "\n[usage]\nstore = \"embedded\"\npath = \"usage.redb\"\n"),
+    );
+    std::fs::write(h.dir.path().join("usage.redb"), vec![0x42; 16384]).unwrap();
+    let out = vivgate()
+        .arg("--config")
+        .arg(h.dir.path().join("vivgate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("usage store") && err.contains("usage.redb: cannot open"),
+        "{err}"
+    );
+    // and the file is left as it was, for the operator to inspect
+    assert_eq!(
+        std::fs::read(h.dir.path().join("usage.redb")).unwrap(),
+        vec![0x42; 16384]
+    );
+}
