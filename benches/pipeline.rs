@@ -115,7 +115,10 @@ fn pipeline(c: &mut Criterion) {
                     Some("collectionId=651f0c2ab4e8a90012345678"),
                 )
                 .unwrap();
-                let t = store.take_call_now(&a.group.id, month, a.group.tier.api_calls, false);
+                let vivgate::pipeline::Admitted::Forward { group, .. } = a else {
+                    unreachable!("bench requests are routed")
+                };
+                let t = store.take_call_now(&group.id, month, group.tier.api_calls, false);
                 black_box(matches!(t, Take::Admitted { .. }))
             })
         });

@@ -10,11 +10,20 @@ use crate::error::GatewayError;
 use crate::keys::{hash_key, KeyHash};
 use std::sync::Arc;
 
-/// A request that passed steps 1 to 5: its group and route.
+/// The path where a group reads its own usage with its own key (`GET /v1/usage`).
+pub const OWN_USAGE_PATH: &str = "/v1/usage";
+
+/// A request that passed the head checks.
 #[derive(Debug)]
-pub struct Admitted<'s> {
-    pub group: &'s Group,
-    pub route: &'s Arc<Route>,
+pub enum Admitted<'s> {
+    /// A routed request that passed steps 1 to 5, to forward.
+    Forward {
+        group: &'s Group,
+        route: &'s Arc<Route>,
+    },
+    /// `GET /v1/usage`: answered by the gateway, not metered, and checked before the frozen
+    /// status so a frozen group can see why.
+    OwnUsage { group: &'s Group },
 }
 
 /// A request refused by steps 1 to 5, with its group and route when it got that far (a response
@@ -25,8 +34,9 @@ pub struct Refused<'s> {
     pub matched: Option<(&'s Group, &'s Arc<Route>)>,
 }
 
-/// Steps 1 to 5, the checks on the request head, in the contract's order: key, group status,
-/// route, required parameters, ID parameters. No I/O, no allocation on success.
+/// Steps 1 to 5, the checks on the request head, in the contract's order: key, deactivated,
+/// (the group's own usage), frozen, route, required parameters, ID parameters. No I/O, no
+/// allocation on success.
 pub fn check_head<'s>(
     snap: &'s Snapshot,
     headers: &HeaderMap,
@@ -39,13 +49,19 @@ pub fn check_head<'s>(
         matched: None,
     };
     let (group, _key) = authenticate(snap, headers).map_err(refused)?;
+    if group.status == GroupStatus::Deactivated {
+        return Err(refused(GatewayError::GroupDeactivated));
+    }
+    if path == OWN_USAGE_PATH && (*method == Method::GET || *method == Method::HEAD) {
+        return Ok(Admitted::OwnUsage { group });
+    }
     group_status(group).map_err(refused)?;
     let route = route(snap, method, path).map_err(refused)?;
     query(route, query_string).map_err(|error| Refused {
         error,
         matched: Some((group, route)),
     })?;
-    Ok(Admitted { group, route })
+    Ok(Admitted::Forward { group, route })
 }
 
 /// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a

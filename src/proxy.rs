@@ -35,6 +35,12 @@ impl<S: UsageStore> VivGate<S> {
     }
 }
 
+/// What the head checks decided for a request that passed them.
+enum Checked {
+    Forward,
+    OwnUsage(Group),
+}
+
 /// Per-request state.
 pub struct Ctx {
     request_id: HeaderValue,
@@ -81,7 +87,7 @@ impl<S: UsageStore> VivGate<S> {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Checked, GatewayError> {
         let snap = self.gw.snapshot();
         let req = session.req_header();
         let (group, route, refused) = match pipeline::check_head(
@@ -91,7 +97,10 @@ impl<S: UsageStore> VivGate<S> {
             req.uri.path(),
             req.uri.query(),
         ) {
-            Ok(a) => (a.group, a.route.clone(), None),
+            Ok(pipeline::Admitted::Forward { group, route }) => (group, route.clone(), None),
+            Ok(pipeline::Admitted::OwnUsage { group }) => {
+                return Ok(Checked::OwnUsage(group.clone()));
+            }
             Err(pipeline::Refused {
                 error,
                 matched: Some((g, r)),
@@ -112,7 +121,48 @@ impl<S: UsageStore> VivGate<S> {
         if route.json_body {
             self.read_json_body(session, &snap).await?;
         }
-        self.take_quota(ctx).await
+        self.take_quota(ctx).await?;
+        Ok(Checked::Forward)
+    }
+
+    /// `GET /v1/usage`: the group's usage and limits this month, in the success envelope.
+    async fn own_usage(&self, session: &mut Session, ctx: &Ctx, group: &Group) -> Result<()> {
+        let now = self.gw.clock().now_ms();
+        let month = Month::containing(now);
+        let u = self.gw.store().usage(&group.id, month);
+        let body = serde_json::json!({
+            "success": true,
+            "data": {
+                "group": &*group.id,
+                "tier": &*group.tier.name,
+                "status": group.status,
+                "overage_billing": group.overage_billing,
+                "month": month.to_string(),
+                "resets_at": reset_at(month),
+                "calls": u.calls,
+                "calls_limit": group.tier.api_calls,
+                "calls_overage": u.calls_overage,
+                "bytes": u.bytes,
+                "bytes_limit": group.tier.cdn_bytes,
+                "bytes_overage": u.bytes_overage,
+            },
+            "error": null,
+        })
+        .to_string();
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        drain_for_keepalive(session, self.gw.snapshot().max_drain_body).await;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reads the whole body (bounded by `limits.max_json_body`) with pingora's retry buffer on,
@@ -381,7 +431,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             _ => self.gw.next_request_id(),
         };
         match self.check_request(session, ctx).await {
-            Ok(()) => {
+            Ok(Checked::OwnUsage(group)) => {
+                self.own_usage(session, ctx, &group).await?;
+                Ok(true)
+            }
+            Ok(Checked::Forward) => {
                 if expects_continue(session.req_header()) && !session.is_body_done() {
                     send_continue(session).await?;
                 }

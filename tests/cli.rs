@@ -265,3 +265,54 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn months_are_utc_whatever_the_host_time_zone() {
+    let h = Harness::start().await;
+    for tz in ["XYZ-14", "ABC+12", "UTC0"] {
+        let port = dead_addr().await.port();
+        let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
+        let config = config.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        let path = h.dir.path().join(format!("tz-{port}.toml"));
+        std::fs::write(&path, config + "\n[usage]\nstore = \"memory\"\n").unwrap();
+        let child = vivgate()
+            .arg("--config")
+            .arg(&path)
+            .env("TZ", tz)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _child = Killer(child);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for("the binary to listen", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        let r = Client::connect(addr)
+            .await
+            .get("/tenant/integrationObjects?type=a", Some("key-pro"))
+            .await;
+        assert_eq!(r.status, 200);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let expected = vivgate::clock::Month::containing(now_ms).seconds_until_end(now_ms) as i64;
+        let t: i64 = r
+            .header("ratelimit")
+            .unwrap()
+            .rsplit("t=")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (t - expected).abs() <= 2,
+            "TZ={tz}: t={t}, seconds to the next UTC month {expected}"
+        );
+    }
+}

@@ -126,6 +126,22 @@ async fn a_new_month_starts_from_zero_at_midnight_utc() {
         h.get(TINY, Some("key-tiny")).await.header("ratelimit"),
         Some("\"monthly-calls\";r=4;t=2678400")
     );
+
+    // February in a non-leap year ends on the 28th
+    h.clock.set(utc_ms(2027, 2, 28, 23, 59, 59, 999));
+    for _ in 0..5 {
+        assert_eq!(h.get(TINY, Some("key-tiny")).await.status, 200);
+    }
+    let r = h.get(TINY, Some("key-tiny")).await;
+    assert_envelope(&r, 402, "2027-03-01T00:00:00Z");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    h.clock.advance(1);
+    assert_eq!(
+        h.get(TINY, Some("key-tiny")).await.header("ratelimit"),
+        Some("\"monthly-calls\";r=4;t=2678400")
+    );
+    assert_eq!(store.usage(tiny, Month::from_ym(2027, 2)).calls, 5);
+    assert_eq!(store.usage(tiny, Month::from_ym(2027, 3)).calls, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,4 +245,60 @@ async fn response_bytes_are_metered_and_the_bandwidth_quota_is_enforced() {
         .await;
     assert_eq!(head.status, 200);
     assert_eq!(h.usage("key-pro").bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reads_its_own_usage_unmetered_even_when_frozen() {
+    let h = Harness::start().await;
+    for _ in 0..3 {
+        assert_eq!(h.get(TINY, Some("key-tiny")).await.status, 200);
+    }
+    assert_eq!(h.get("/cdn/a?size=700", Some("key-tiny")).await.status, 200);
+    for _ in 0..2 {
+        let r = h.get("/v1/usage", Some("key-tiny")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v = r.json();
+        assert_eq!(v["success"], true);
+        assert!(v["error"].is_null());
+        let d = &v["data"];
+        assert_eq!(d["group"], group_id("key-tiny"));
+        assert_eq!(d["tier"], "tiny");
+        assert_eq!(d["month"], "2026-11");
+        assert_eq!(d["resets_at"], "2026-12-01T00:00:00Z");
+        assert_eq!(
+            (d["calls"].as_u64(), d["calls_limit"].as_u64()),
+            (Some(4), Some(5)),
+            "{d}"
+        );
+        assert_eq!(
+            (d["bytes"].as_u64(), d["bytes_limit"].as_u64()),
+            (Some(700), Some(1500))
+        );
+        assert_eq!(d["calls_overage"], 0);
+    }
+    assert_eq!(h.usage("key-tiny").calls, 4, "reading usage is not metered");
+    assert_eq!(h.backend.received().len(), 4, "and never forwarded");
+
+    let r = h.get("/v1/usage", Some("key-frozen")).await;
+    assert_eq!(r.status, 200, "a frozen group can see why: {}", r.text());
+    assert_eq!(r.json()["data"]["status"], "frozen");
+    assert_envelope(
+        &h.get("/v1/usage", Some("key-deactivated")).await,
+        403,
+        "deactivated",
+    );
+    assert_envelope(
+        &h.get("/v1/usage", None).await,
+        401,
+        "Missing Authorization",
+    );
+    let mut c = h.client().await;
+    let r = c
+        .request(
+            "POST /v1/usage HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro\nContent-Length: 0",
+            b"",
+        )
+        .await;
+    assert_envelope(&r, 404, "Not found");
 }

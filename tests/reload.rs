@@ -92,3 +92,60 @@ async fn settings_that_need_a_restart_refuse_the_whole_reload() {
         .contains("server.threads cannot change"));
     assert_envelope(&h.get(P, Some("key-frozen")).await, 400, "frozen");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request_and_change_no_counter() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let h = Harness::start_with(|c| c.replace("api_calls = 5", "api_calls = 1000000")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, addr) = (stop.clone(), ok.clone(), h.addr);
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.get(P, Some("key-tiny")).await;
+                assert_eq!(
+                    r.status,
+                    200,
+                    "a request failed during reloads: {}",
+                    r.text()
+                );
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let good = tenants_toml();
+    let bad = "[[groups]]\nid = \"g\"\ntier = \"nope\"\nstatus = \"active\"\n";
+    let mut reloads = (0, 0);
+    for i in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if i % 2 == 0 {
+            h.write_tenants(&good);
+            h.gw.reload().unwrap();
+            reloads.0 += 1;
+        } else {
+            h.write_tenants(bad);
+            assert!(h.gw.reload().is_err());
+            reloads.1 += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let served = ok.load(Ordering::Relaxed);
+    assert!(served > 100, "only {served} requests in a second of load");
+    assert_eq!(
+        h.usage("key-tiny").calls,
+        served,
+        "every forwarded call counted once, none lost to a reload"
+    );
+    assert_eq!(h.backend.received().len() as u64, served);
+    eprintln!(
+        "{served} requests, {} good and {} bad reloads, 0 failures",
+        reloads.0, reloads.1
+    );
+}
