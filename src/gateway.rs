@@ -45,6 +45,8 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     /// The config file to re-read on reload; `None` for an in-memory config.
     source: Option<PathBuf>,
     request_ids: RequestIds,
+    /// Set when a stop or an upgrade begins: `/healthz` answers 503 from then on.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl<S: UsageStore> Gateway<S> {
@@ -60,6 +62,7 @@ impl<S: UsageStore> Gateway<S> {
             clock,
             source,
             request_ids: RequestIds::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -74,6 +77,15 @@ impl<S: UsageStore> Gateway<S> {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
+    }
+
+    /// Marks the gateway as stopping (a load balancer should drain it).
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     pub fn next_request_id(&self) -> http::HeaderValue {
@@ -103,6 +115,9 @@ impl<S: UsageStore> Gateway<S> {
         }
         if a.usage != b.usage {
             return Err(ReloadError::NeedsRestart("usage"));
+        }
+        if a.admin_listen != b.admin_listen {
+            return Err(ReloadError::NeedsRestart("admin.listen"));
         }
         self.snapshot.store(Arc::new(new));
         Ok(())

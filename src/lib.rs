@@ -5,6 +5,7 @@
 //! used-up monthly quotas, failing backends), always in Vivreal's error envelope, and forwards
 //! the rest. See `README.md` and `../shared/DESIGN.md`.
 
+pub mod admin;
 pub mod backend;
 pub mod clock;
 pub mod config;

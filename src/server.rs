@@ -16,6 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 use tokio::net::TcpListener;
 
+use crate::admin::AdminApp;
 use crate::clock::{Clock, Month, SystemClock};
 use crate::config;
 use crate::gateway::Gateway;
@@ -125,9 +126,18 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
                     Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
                     Err(e) => tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e}"),
                 },
-                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
-                _ = int.recv() => return ShutdownSignal::GracefulTerminate,
-                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+                _ = term.recv() => {
+                    self.0.begin_stop();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => {
+                    self.0.begin_stop();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = quit.recv() => {
+                    self.0.begin_stop();
+                    return ShutdownSignal::GracefulUpgrade;
+                }
             }
         }
     }
@@ -216,6 +226,9 @@ fn run_with<S: UsageStore>(
             every: startup.usage.flush_interval,
         },
     ));
+    if let Some(addr) = &startup.admin_listen {
+        start_admin(addr, gw.clone())?;
+    }
     tracing::info!(listen = %startup.listen, config = %snap.config_path.display(), "vivgate starting");
     drop(snap);
     server.run(RunArgs {
@@ -224,6 +237,38 @@ fn run_with<S: UsageStore>(
     // every request has finished or been cut off: what is in memory now is final
     let n = gw.store().flush()?;
     tracing::info!(cells = n, "usage flushed; vivgate stopped");
+    Ok(())
+}
+
+/// The admin listener runs on a thread of its own, outside pingora's services, so it keeps
+/// answering (`/healthz` → 503) while a stop drains the public listener.
+fn start_admin<S: UsageStore>(
+    addr: &str,
+    gw: Arc<Gateway<S>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("admin.listen {addr}: {e}"))?;
+    std_listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("vivgate-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    tracing::error!("admin listener could not start");
+                    return;
+                };
+                // the process exit ends this thread; it never shuts down on its own
+                let (_keep, never) = tokio::sync::watch::channel(false);
+                let app = Arc::new(pingora::apps::http_app::HttpServer::new_app(AdminApp::new(
+                    gw,
+                )));
+                serve(listener, app, never).await;
+            })
+        })?;
+    tracing::info!(admin = addr, "admin listener started");
     Ok(())
 }
 

@@ -17,6 +17,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub usage: UsageSection,
     #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
     pub tiers: BTreeMap<String, TierSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
@@ -82,6 +84,15 @@ fn default_max_json_body() -> u64 {
 }
 fn default_drain() -> u64 {
     65_536
+}
+
+/// The operator API. No `listen`: no admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    /// `sha256:<hex>` of the admin bearer token (from `vivgate hash-key`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -196,6 +196,8 @@ pub struct StartupSettings {
     pub threads: usize,
     pub grace_period_seconds: u64,
     pub usage: UsageSettings,
+    /// The admin listener's address, if any.
+    pub admin_listen: Option<String>,
 }
 
 /// Where usage is kept (`[usage]`); fixed at start.
@@ -221,9 +223,15 @@ pub struct Snapshot {
     pub keys: KeyMap<u32>,
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
+    /// The admin bearer token's hash; `None`: the admin API is open (loopback only).
+    pub admin_token: Option<KeyHash>,
 }
 
 impl Snapshot {
+    pub fn group(&self, id: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| &*g.id == id)
+    }
+
     /// The group a key hash belongs to.
     pub fn group_for(&self, hash: &KeyHash) -> Option<&Group> {
         self.keys
@@ -382,6 +390,40 @@ pub fn compile(
         retention_months: u.retention_months,
     };
 
+    // [admin]
+    let a = &file.admin;
+    let admin_token = match &a.token {
+        None => None,
+        Some(t) => Some(parse_key_hash(t).map_err(|m| err(cfg, "admin.token", m))?),
+    };
+    let admin_listen = match &a.listen {
+        None => None,
+        Some(l) => {
+            let addrs: Vec<SocketAddr> = l
+                .to_socket_addrs()
+                .map_err(|_| err(cfg, "admin.listen", format!("not an address: {l:?}")))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(err(cfg, "admin.listen", format!("not an address: {l:?}")));
+            }
+            if admin_token.is_none() && !addrs.iter().all(|a| a.ip().is_loopback()) {
+                return Err(err(
+                    cfg,
+                    "admin.listen",
+                    format!("{l:?} is not a loopback address: set admin.token to expose the admin API beyond this host"),
+                ));
+            }
+            Some(l.clone())
+        }
+    };
+    if a.listen.is_none() && a.token.is_some() {
+        return Err(err(
+            cfg,
+            "admin.token",
+            "set admin.listen too, or remove the token",
+        ));
+    }
+
     // [tiers]
     let mut tiers: BTreeMap<String, Arc<Tier>> = BUILTIN_TIERS
         .iter()
@@ -538,6 +580,7 @@ pub fn compile(
             threads: s.threads,
             grace_period_seconds: s.grace_period_seconds,
             usage,
+            admin_listen,
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
@@ -548,6 +591,7 @@ pub fn compile(
         keys,
         routes,
         upstreams,
+        admin_token,
     })
 }
 

@@ -1,0 +1,267 @@
+//! The operator API: health (503 once a stop begins), usage per group and month, reload, and the
+//! admin token.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use pingora::apps::http_app::HttpServer;
+use tokio::net::TcpListener;
+use vivgate::admin::AdminApp;
+
+const TOKEN_HASH: &str = "sha256:16175223c8ddce5ace0493c948569c211b03c4c6bb3d3e484434999448cffe01"; // "admin-secret"
+
+async fn with_admin(token: bool) -> (Harness, SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let h = Harness::start_with(move |c| {
+        let token = if token {
+            format!("token = \"{TOKEN_HASH}\"\n")
+        } else {
+            String::new()
+        };
+        c + &format!("\n[admin]\nlisten = \"127.0.0.1:9901\"\n{token}")
+    })
+    .await;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = Arc::new(HttpServer::new_app(AdminApp::new(h.gw.clone())));
+    tokio::spawn(vivgate::server::serve(l, app, stop_rx));
+    (h, addr, stop)
+}
+
+async fn admin(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
+    let auth = token
+        .map(|t| format!("\nAuthorization: Bearer {t}"))
+        .unwrap_or_default();
+    Client::connect(addr)
+        .await
+        .request(
+            &format!("{method} {path} HTTP/1.1\nHost: admin\nContent-Length: 0{auth}"),
+            b"",
+        )
+        .await
+}
+
+#[track_caller]
+fn assert_success(r: &Resp) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["success"], true);
+    assert!(v["error"].is_null());
+    v["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_exactly_what_was_served() {
+    let (h, a, _stop) = with_admin(true).await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("/tenant/integrationObjects?type=x", Some("key-tiny"))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        h.get("/cdn/x?size=1234", Some("key-tiny")).await.status,
+        200
+    );
+    for _ in 0..7 {
+        assert_eq!(
+            h.get(
+                "/tenant/integrationObjects?type=x",
+                Some("key-tiny-overage")
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    assert_envelope(
+        &h.get("/tenant/integrationObjects", Some("key-pro")).await,
+        400,
+        "type",
+    );
+
+    let d = assert_success(&admin(a, "GET", "/usage", Some("admin-secret")).await);
+    assert_eq!(d["month"], "2026-11");
+    let groups = d["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 6);
+    let find = |id: &str| groups.iter().find(|g| g["id"] == id).unwrap().clone();
+    let tiny = find(group_id("key-tiny"));
+    assert_eq!(
+        tiny,
+        serde_json::json!({"id": group_id("key-tiny"), "tier": "tiny", "status": "active",
+            "calls": 4, "calls_limit": 5, "bytes": 1234, "bytes_limit": 1500,
+            "calls_overage": 0, "bytes_overage": 0})
+    );
+    let over = find(group_id("key-tiny-overage"));
+    assert_eq!(
+        (over["calls"].as_u64(), over["calls_overage"].as_u64()),
+        (Some(7), Some(2))
+    );
+    assert_eq!(
+        find(group_id("key-pro"))["calls"],
+        0,
+        "a rejected request is free"
+    );
+
+    let one = assert_success(
+        &admin(
+            a,
+            "GET",
+            &format!("/usage/{}", group_id("key-tiny")),
+            Some("admin-secret"),
+        )
+        .await,
+    );
+    assert_eq!(one["group"], tiny);
+    let past = assert_success(&admin(a, "GET", "/usage?month=2026-10", Some("admin-secret")).await);
+    assert_eq!(past["month"], "2026-10");
+    assert!(past["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["calls"] == 0));
+    assert_envelope(
+        &admin(a, "GET", "/usage?month=2026-1", Some("admin-secret")).await,
+        400,
+        "YYYY-MM",
+    );
+    assert_envelope(
+        &admin(a, "GET", "/usage/nope", Some("admin-secret")).await,
+        404,
+        "Unknown group",
+    );
+    assert_envelope(
+        &admin(a, "DELETE", "/usage", Some("admin-secret")).await,
+        405,
+        "Method not allowed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_everything_but_healthz() {
+    let (h, a, _stop) = with_admin(true).await;
+    assert_eq!(
+        assert_success(&admin(a, "GET", "/healthz", None).await)["status"],
+        "serving"
+    );
+    for token in [None, Some("wrong"), Some("")] {
+        for (m, p) in [
+            ("GET", "/usage"),
+            ("POST", "/reload"),
+            ("GET", "/usage/x"),
+            ("GET", "/nothing"),
+        ] {
+            let r = admin(a, m, p, token).await;
+            assert_eq!(r.status, 401, "{m} {p} with {token:?}");
+            assert_eq!(r.json()["error"], "Missing or invalid admin token");
+            assert_eq!(r.json()["success"], false);
+        }
+    }
+    assert_envelope(
+        &admin(a, "GET", "/nothing", Some("admin-secret")).await,
+        404,
+        "Not found",
+    );
+    // the stop begins: health says so, the rest still answers
+    h.gw.begin_stop();
+    let r = admin(a, "GET", "/healthz", None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "Stopping");
+    assert_success(&admin(a, "GET", "/usage", Some("admin-secret")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_applies_or_says_why_not() {
+    let (h, a, _stop) = with_admin(false).await;
+    assert_eq!(
+        admin(a, "GET", "/usage", None).await.status,
+        200,
+        "no token: open on loopback"
+    );
+    let hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-pro"));
+    h.write_tenants(&tenants_toml().replace(
+        &hash,
+        &vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"k2")),
+    ));
+    assert_eq!(
+        assert_success(&admin(a, "POST", "/reload", None).await)["reloaded"],
+        true
+    );
+    assert_envelope(
+        &h.get("/tenant/integrationObjects?type=x", Some("key-pro"))
+            .await,
+        401,
+        "Invalid",
+    );
+    assert_eq!(
+        h.get("/tenant/integrationObjects?type=x", Some("k2"))
+            .await
+            .status,
+        200
+    );
+
+    h.write_tenants("[[groups]]\nid = \"g\"\ntier = \"gold\"\nstatus = \"active\"\n");
+    let r = admin(a, "POST", "/reload", None).await;
+    assert_envelope(&r, 400, "groups[0].tier: unknown tier \"gold\"");
+    assert_eq!(
+        h.get("/tenant/integrationObjects?type=x", Some("k2"))
+            .await
+            .status,
+        200,
+        "old config kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_answers_503_on_healthz_as_soon_as_a_stop_begins() {
+    let h = Harness::start().await;
+    let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 2"),
+        )
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[usage]\nstore = \"memory\"\n");
+    h.write_config(&config);
+    let child = vivgate()
+        .arg("--config")
+        .arg(h.dir.path().join("vivgate.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killer(child);
+    let a: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_for("the admin listener", || async {
+        tokio::net::TcpStream::connect(a).await.is_ok()
+    })
+    .await;
+    assert_eq!(admin(a, "GET", "/healthz", None).await.status, 200);
+    let start = std::time::Instant::now();
+    signal(&child.0, libc::SIGTERM);
+    wait_for("healthz to answer 503", || async {
+        admin(a, "GET", "/healthz", None).await.status == 503
+    })
+    .await;
+    let seen = start.elapsed();
+    assert!(
+        seen < std::time::Duration::from_millis(1500),
+        "503 only after {seen:?}"
+    );
+    assert_eq!(
+        child.0.try_wait().unwrap(),
+        None,
+        "still draining when healthz says 503"
+    );
+    wait_for("the process to exit", || {
+        let done = child.0.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+}
