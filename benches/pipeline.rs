@@ -104,11 +104,13 @@ fn pipeline(c: &mut Criterion) {
             })
             .collect();
         let mut i = 0usize;
+        let none = vivgate::overrides::Overrides::default();
         g.bench_function(BenchmarkId::new("check_head_and_take", n), |b| {
             b.iter(|| {
                 i = (i + 1) % headers.len();
                 let a = check_head(
                     &snap,
+                    &none,
                     &headers[i],
                     &Method::GET,
                     "/tenant/collectionObjects",

@@ -62,7 +62,7 @@ impl<S: UsageStore> AdminApp<S> {
         json!({
             "id": &*g.id,
             "tier": &*g.tier.name,
-            "status": g.status,
+            "status": self.gw.overrides().status_of(g),
             "calls": u.calls,
             "calls_limit": g.tier.api_calls,
             "bytes": u.bytes,
@@ -90,7 +90,7 @@ impl<S: UsageStore> AdminApp<S> {
             && hash_key(v[7..].trim_ascii()) == token
     }
 
-    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+    async fn route(&self, session: &mut ServerSession, body: &[u8]) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let query = req.uri.query().unwrap_or("").to_string();
@@ -149,7 +149,124 @@ impl<S: UsageStore> AdminApp<S> {
                     fail(StatusCode::CONFLICT, &format!("Reload refused: {e}"))
                 }
             },
-            (_, "/usage" | "/reload") => fail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (Method::GET, "/overrides") => {
+                let o = self.gw.overrides();
+                let revoked: Vec<Value> = o
+                    .revoked
+                    .iter()
+                    .map(|(k, g)| json!({"key": k, "group": g}))
+                    .collect();
+                ok(json!({"status": &o.status, "revoked_keys": revoked}))
+            }
+            (Method::DELETE, p) if p.starts_with("/overrides/") => {
+                let id = p["/overrides/".len()..].to_string();
+                let removed = self.gw.change_overrides(|o| {
+                    o.status.remove(&id).is_some() || o.revoked.remove(&id).is_some()
+                });
+                match removed {
+                    Ok(true) => {
+                        tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, id = %id, "override removed");
+                        ok(json!({"removed": id}))
+                    }
+                    Ok(false) => fail(StatusCode::NOT_FOUND, "No such override"),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        fail(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "The change could not be saved",
+                        )
+                    }
+                }
+            }
+            (m, p) if p.starts_with("/groups/") => {
+                self.group_change(m, &p["/groups/".len()..], body, &caller)
+            }
+            (_, "/usage" | "/reload" | "/overrides") => {
+                fail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+            }
+            _ => fail(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+}
+
+impl<S: UsageStore> AdminApp<S> {
+    /// `PUT /groups/<id>/status` with `{"status": "frozen"}`, and
+    /// `DELETE /groups/<id>/keys/<sha256:hex>`: saved as overrides, in force for the next request.
+    fn group_change(
+        &self,
+        method: Method,
+        rest: &str,
+        body: &[u8],
+        caller: &str,
+    ) -> Response<Vec<u8>> {
+        let snap = self.gw.snapshot();
+        let (id, what) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(group) = snap.group(id) else {
+            return fail(StatusCode::NOT_FOUND, "Unknown group");
+        };
+        let saved = |r: Result<(), String>, what: String| match r {
+            Ok(()) => {
+                tracing::info!(target: "vivgate::audit", %caller, group = id, "{what}");
+                None
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Some(fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The change could not be saved",
+                ))
+            }
+        };
+        match (method, what) {
+            (Method::PUT, "status") => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    status: crate::config::GroupStatus,
+                }
+                let Ok(Body { status }) = serde_json::from_slice::<Body>(body) else {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "Body must be {\"status\": \"active\" | \"frozen\" | \"deactivated\"}",
+                    );
+                };
+                let gid = id.to_string();
+                let r = self.gw.change_overrides(|o| {
+                    o.status.insert(gid, status);
+                });
+                if let Some(err) = saved(r, format!("PUT /groups/{id}/status: {status:?}")) {
+                    return err;
+                }
+                ok(json!({"group": id, "status": status}))
+            }
+            (Method::DELETE, k) if k.starts_with("keys/") => {
+                let raw = &k["keys/".len()..];
+                let text = if raw.starts_with("sha256:") {
+                    raw.to_string()
+                } else {
+                    format!("sha256:{raw}")
+                };
+                let Ok(hash) = crate::keys::parse_key_hash(&text) else {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "The key is given as sha256:<64 lowercase hex>",
+                    );
+                };
+                if snap.group_for(&hash).is_none_or(|g| g.id != group.id) {
+                    return fail(StatusCode::NOT_FOUND, "This group has no such key");
+                }
+                let r = self.gw.change_overrides(|o| o.revoke(&hash, id));
+                if let Some(err) = saved(
+                    r,
+                    format!(
+                        "DELETE /groups/{id}/keys: key {} revoked",
+                        crate::keys::fingerprint(&hash)
+                    ),
+                ) {
+                    return err;
+                }
+                ok(json!({"group": id, "revoked": text}))
+            }
             _ => fail(StatusCode::NOT_FOUND, "Not found"),
         }
     }
@@ -163,20 +280,20 @@ impl<S: UsageStore> ServeHttp for AdminApp<S> {
             _ => self.gw.next_request_id(),
         };
         // admin requests carry no meaningful body; read and drop what there is (bounded)
-        let mut seen = 0usize;
+        let mut body = Vec::new();
         let mut too_large = false;
         while let Ok(Some(chunk)) = session.read_request_body().await {
-            seen += chunk.len();
-            if seen > 65_536 {
+            if body.len() + chunk.len() > 65_536 {
                 too_large = true;
                 session.set_keepalive(None);
                 break;
             }
+            body.extend_from_slice(&chunk);
         }
         let mut resp = if too_large {
             fail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
         } else {
-            self.route(session).await
+            self.route(session, &body).await
         };
         resp.headers_mut().insert("x-request-id", id);
         resp

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, Snapshot};
+use crate::overrides::Overrides;
 use crate::usage::{MemoryStore, UsageStore};
 
 /// Why a reload was refused. The running snapshot stays in place.
@@ -45,6 +46,10 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     /// The config file to re-read on reload; `None` for an in-memory config.
     source: Option<PathBuf>,
     request_ids: RequestIds,
+    /// Admin overrides (status, revoked keys), applied on top of the snapshot.
+    overrides: ArcSwap<Overrides>,
+    /// Serializes admin changes to the overrides (read, change, save, swap).
+    overrides_lock: std::sync::Mutex<()>,
     /// Set when a stop or an upgrade begins: `/healthz` answers 503 from then on.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -63,6 +68,8 @@ impl<S: UsageStore> Gateway<S> {
             source,
             request_ids: RequestIds::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            overrides: ArcSwap::from_pointee(Overrides::default()),
+            overrides_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -77,6 +84,33 @@ impl<S: UsageStore> Gateway<S> {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
+    }
+
+    /// The admin overrides in force.
+    pub fn overrides(&self) -> arc_swap::Guard<Arc<Overrides>> {
+        self.overrides.load()
+    }
+
+    /// Loads the overrides kept in the store (at start). A store that cannot be read is an
+    /// error: starting without them would un-revoke keys.
+    pub fn load_overrides(&self) -> Result<(), String> {
+        let o = self.store.load_overrides()?.indexed();
+        self.overrides.store(Arc::new(o));
+        Ok(())
+    }
+
+    /// Applies an admin change: saved to the store first, then in force for the next request.
+    pub fn change_overrides<R>(&self, f: impl FnOnce(&mut Overrides) -> R) -> Result<R, String> {
+        let _one_at_a_time = self
+            .overrides_lock
+            .lock()
+            .map_err(|_| "overrides lock poisoned")?;
+        let mut next = Overrides::clone(&self.overrides.load());
+        let r = f(&mut next);
+        let next = next.indexed();
+        self.store.save_overrides(&next)?;
+        self.overrides.store(Arc::new(next));
+        Ok(r)
     }
 
     /// Marks the gateway as stopping (a load balancer should drain it).

@@ -8,6 +8,7 @@ use http::{HeaderMap, Method};
 use crate::config::{Group, GroupStatus, PathRoutes, Route, Snapshot};
 use crate::error::GatewayError;
 use crate::keys::{hash_key, KeyHash};
+use crate::overrides::Overrides;
 use std::sync::Arc;
 
 /// The path where a group reads its own usage with its own key (`GET /v1/usage`).
@@ -39,6 +40,7 @@ pub struct Refused<'s> {
 /// allocation on success.
 pub fn check_head<'s>(
     snap: &'s Snapshot,
+    overrides: &Overrides,
     headers: &HeaderMap,
     method: &Method,
     path: &str,
@@ -48,14 +50,21 @@ pub fn check_head<'s>(
         error,
         matched: None,
     };
-    let (group, _key) = authenticate(snap, headers).map_err(refused)?;
-    if group.status == GroupStatus::Deactivated {
+    let (group, key) = authenticate(snap, headers).map_err(refused)?;
+    let status = if overrides.is_empty() {
+        group.status
+    } else if overrides.is_revoked(&key) {
+        return Err(refused(GatewayError::InvalidKey));
+    } else {
+        overrides.status_of(group)
+    };
+    if status == GroupStatus::Deactivated {
         return Err(refused(GatewayError::GroupDeactivated));
     }
     if path == OWN_USAGE_PATH && (*method == Method::GET || *method == Method::HEAD) {
         return Ok(Admitted::OwnUsage { group });
     }
-    group_status(group).map_err(refused)?;
+    group_status(status).map_err(refused)?;
     let route = route(snap, method, path).map_err(refused)?;
     query(route, query_string).map_err(|error| Refused {
         error,
@@ -91,8 +100,8 @@ fn bearer_token(v: &[u8]) -> Option<&[u8]> {
 }
 
 /// Step 2: a deactivated group is refused (403), a frozen one too (400, message says "frozen").
-pub fn group_status(group: &Group) -> Result<(), GatewayError> {
-    match group.status {
+pub fn group_status(status: GroupStatus) -> Result<(), GatewayError> {
+    match status {
         GroupStatus::Active => Ok(()),
         GroupStatus::Deactivated => Err(GatewayError::GroupDeactivated),
         GroupStatus::Frozen => Err(GatewayError::GroupFrozen),
@@ -239,8 +248,8 @@ upstream = "a"
         assert_eq!(&*g.id, "g1");
         assert_eq!(hash, hash_key(b"k1"));
         let (g2, _) = authenticate(&s, &headers(&["Bearer k2"])).unwrap();
-        assert_eq!(group_status(g), Ok(()));
-        assert_eq!(group_status(g2), Err(GatewayError::GroupFrozen));
+        assert_eq!(group_status(g.status), Ok(()));
+        assert_eq!(group_status(g2.status), Err(GatewayError::GroupFrozen));
     }
 
     #[test]

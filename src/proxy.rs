@@ -90,8 +90,10 @@ impl<S: UsageStore> VivGate<S> {
     ) -> Result<Checked, GatewayError> {
         let snap = self.gw.snapshot();
         let req = session.req_header();
+        let overrides = self.gw.overrides();
         let (group, route, refused) = match pipeline::check_head(
             &snap,
+            &overrides,
             &req.headers,
             &req.method,
             req.uri.path(),
@@ -135,7 +137,7 @@ impl<S: UsageStore> VivGate<S> {
             "data": {
                 "group": &*group.id,
                 "tier": &*group.tier.name,
-                "status": group.status,
+                "status": self.gw.overrides().status_of(group),
                 "overage_billing": group.overage_billing,
                 "month": month.to_string(),
                 "resets_at": reset_at(month),

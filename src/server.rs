@@ -195,6 +195,7 @@ fn run_with<S: UsageStore>(
     gw: Arc<Gateway<S>>,
     upgrade: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    gw.load_overrides()?;
     let snap = gw.snapshot();
     let startup = &snap.startup;
     let tag = sanitize(&startup.listen);

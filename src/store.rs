@@ -17,6 +17,8 @@ use crate::clock::Month;
 use crate::usage::{Delta, GroupId, MemoryStore, Take, Usage, UsageStore};
 
 const USAGE: TableDefinition<(u32, &str), (u64, u64, u64, u64)> = TableDefinition::new("usage");
+/// Small named values; `overrides` holds the admin overrides as JSON.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 pub struct EmbeddedStore {
     mem: MemoryStore,
@@ -180,6 +182,37 @@ impl UsageStore for EmbeddedStore {
             .get(group, month)
             .or_else(|| self.read_one(group, month))
             .unwrap_or_default()
+    }
+
+    fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("usage store {}: overrides: {e}", self.path.display())
+        };
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(fail(&e)),
+        };
+        match table.get("overrides").map_err(|e| fail(&e))? {
+            None => Ok(Default::default()),
+            Some(v) => serde_json::from_str(v.value()).map_err(|e| fail(&e)),
+        }
+    }
+
+    fn save_overrides(&self, o: &crate::overrides::Overrides) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("usage store {}: overrides: {e}", self.path.display())
+        };
+        let json = serde_json::to_string(o).map_err(|e| fail(&e))?;
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut table = txn.open_table(META).map_err(|e| fail(&e))?;
+            table
+                .insert("overrides", json.as_str())
+                .map_err(|e| fail(&e))?;
+        }
+        txn.commit().map_err(|e| fail(&e))
     }
 
     fn flush(&self) -> Result<usize, String> {

@@ -82,6 +82,16 @@ pub trait UsageStore: Send + Sync + 'static {
     fn flush(&self) -> Result<usize, String> {
         Ok(0)
     }
+
+    /// The admin overrides kept with the usage; none for a store that is not durable.
+    fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {
+        Ok(Default::default())
+    }
+
+    /// Keeps the admin overrides durably before they take effect.
+    fn save_overrides(&self, _overrides: &crate::overrides::Overrides) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]

@@ -265,3 +265,175 @@ async fn the_binary_answers_503_on_healthz_as_soon_as_a_stop_begins() {
     })
     .await;
 }
+
+async fn admin_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
+    Client::connect(addr)
+        .await
+        .request(
+            &format!("{method} {path} HTTP/1.1\nHost: admin\nContent-Type: application/json\nContent-Length: {}", body.len()),
+            body.as_bytes(),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_overrides_and_revocations_win_over_the_tenants_file() {
+    let (h, a, _stop) = with_admin(false).await;
+    let pro = group_id("key-pro");
+    let p = "/tenant/integrationObjects?type=x";
+    assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+
+    let r = admin_body(
+        a,
+        "PUT",
+        &format!("/groups/{pro}/status"),
+        r#"{"status": "frozen"}"#,
+    )
+    .await;
+    assert_eq!(
+        assert_success(&r),
+        serde_json::json!({"group": pro, "status": "frozen"})
+    );
+    assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
+    assert_eq!(
+        h.get("/v1/usage", Some("key-pro")).await.json()["data"]["status"],
+        "frozen"
+    );
+
+    // revoke the rotated key of the tiny group; its other key keeps working
+    let rotated = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-rotated"));
+    let tiny = group_id("key-tiny");
+    let r = admin(a, "DELETE", &format!("/groups/{tiny}/keys/{rotated}"), None).await;
+    assert_eq!(assert_success(&r)["revoked"], rotated);
+    assert_envelope(
+        &h.get(p, Some("key-rotated")).await,
+        401,
+        "Invalid or revoked",
+    );
+    assert_eq!(h.get(p, Some("key-tiny")).await.status, 200);
+
+    // a reload of the (unchanged) tenants file does not undo them
+    h.gw.reload().unwrap();
+    assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
+    assert_envelope(
+        &h.get(p, Some("key-rotated")).await,
+        401,
+        "Invalid or revoked",
+    );
+    let o = assert_success(&admin(a, "GET", "/overrides", None).await);
+    assert_eq!(o["status"][pro], "frozen");
+    assert_eq!(
+        o["revoked_keys"],
+        serde_json::json!([{"key": rotated, "group": tiny}])
+    );
+    let usage = assert_success(&admin(a, "GET", &format!("/usage/{pro}"), None).await);
+    assert_eq!(usage["group"]["status"], "frozen");
+
+    // refusals
+    assert_envelope(
+        &admin_body(
+            a,
+            "PUT",
+            &format!("/groups/{pro}/status"),
+            r#"{"status": "paused"}"#,
+        )
+        .await,
+        400,
+        "Body must be",
+    );
+    assert_envelope(
+        &admin_body(a, "PUT", "/groups/nope/status", r#"{"status": "frozen"}"#).await,
+        404,
+        "Unknown group",
+    );
+    let pro_key = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-pro"));
+    assert_envelope(
+        &admin(a, "DELETE", &format!("/groups/{tiny}/keys/{pro_key}"), None).await,
+        404,
+        "no such key",
+    );
+    assert_envelope(
+        &admin(a, "DELETE", &format!("/groups/{tiny}/keys/abc"), None).await,
+        400,
+        "sha256:",
+    );
+    assert_envelope(
+        &admin(a, "DELETE", "/overrides/nothing", None).await,
+        404,
+        "No such override",
+    );
+
+    // removing the overrides gives the tenants file its say again
+    assert_success(&admin(a, "DELETE", &format!("/overrides/{pro}"), None).await);
+    assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+    assert_success(&admin(a, "DELETE", &format!("/overrides/{rotated}"), None).await);
+    assert_eq!(h.get(p, Some("key-rotated")).await.status, 200);
+    assert_eq!(
+        assert_success(&admin(a, "GET", "/overrides", None).await),
+        serde_json::json!({"status": {}, "revoked_keys": []})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_survive_a_restart_with_the_embedded_store() {
+    let h = Harness::start().await;
+    let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 1"),
+        )
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n");
+    h.write_config(&config);
+    let a: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let g: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let p = "/tenant/integrationObjects?type=x";
+    for round in 0..2 {
+        let child = vivgate()
+            .arg("--config")
+            .arg(h.dir.path().join("vivgate.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = Killer(child);
+        wait_for("the gateway", || async {
+            tokio::net::TcpStream::connect(g).await.is_ok()
+        })
+        .await;
+        wait_for("the admin listener", || async {
+            tokio::net::TcpStream::connect(a).await.is_ok()
+        })
+        .await;
+        if round == 0 {
+            assert_eq!(
+                Client::connect(g)
+                    .await
+                    .get(p, Some("key-pro"))
+                    .await
+                    .status,
+                200
+            );
+            let r = admin_body(
+                a,
+                "PUT",
+                &format!("/groups/{}/status", group_id("key-pro")),
+                r#"{"status": "deactivated"}"#,
+            )
+            .await;
+            assert_success(&r);
+        }
+        assert_envelope(
+            &Client::connect(g).await.get(p, Some("key-pro")).await,
+            403,
+            "deactivated",
+        );
+        signal(&child.0, libc::SIGTERM);
+        wait_for("the process to exit", || {
+            let done = child.0.try_wait().unwrap().is_some();
+            async move { done }
+        })
+        .await;
+    }
+}
