@@ -149,6 +149,36 @@ impl<S: UsageStore> AdminApp<S> {
                     fail(StatusCode::CONFLICT, &format!("Reload refused: {e}"))
                 }
             },
+            (Method::GET, "/metrics") => {
+                let snap = self.gw.snapshot();
+                let metrics = self.gw.metrics();
+                let mut per_tier: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+                for t in snap.tiers.values() {
+                    per_tier.insert(&t.name, (0, 0));
+                }
+                for g in &snap.groups {
+                    let u = self.gw.store().usage(&g.id, now);
+                    let e = per_tier.entry(&g.tier.name).or_default();
+                    e.0 += u.calls;
+                    e.1 += u.bytes;
+                }
+                for (tier, (calls, bytes)) in per_tier {
+                    metrics
+                        .usage_calls
+                        .with_label_values(&[tier])
+                        .set(calls as i64);
+                    metrics
+                        .usage_bytes
+                        .with_label_values(&[tier])
+                        .set(bytes as i64);
+                }
+                let text = metrics.render(self.gw.clock().now_ms());
+                reply(
+                    StatusCode::OK,
+                    text.into_bytes(),
+                    "text/plain; version=0.0.4",
+                )
+            }
             (Method::GET, "/overrides") => {
                 let o = self.gw.overrides();
                 let revoked: Vec<Value> = o

@@ -49,6 +49,31 @@ impl GatewayError {
         }
     }
 
+    /// A short, stable name for metrics (`rejections_total{reason=…}`).
+    pub fn reason(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            MissingKey => "missing_key",
+            InvalidKey => "invalid_key",
+            GroupDeactivated => "group_deactivated",
+            GroupFrozen => "group_frozen",
+            NoRoute => "no_route",
+            MethodNotAllowed(_) => "method_not_allowed",
+            MissingParam(_) => "missing_param",
+            EmptyParam(_) => "empty_param",
+            DuplicateParam(_) => "duplicate_param",
+            MalformedId(_) => "malformed_id",
+            InvalidJson => "invalid_json",
+            BodyTooLarge => "body_too_large",
+            BadRequest => "bad_request",
+            QuotaExceeded(Meter::Calls, _) => "quota_calls",
+            QuotaExceeded(Meter::Bytes, _) => "quota_bytes",
+            UpstreamUnreachable => "upstream_unreachable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal",
+        }
+    }
+
     pub fn message(&self) -> String {
         use GatewayError::*;
         match self {

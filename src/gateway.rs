@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, Snapshot};
+use crate::metrics::Metrics;
 use crate::overrides::Overrides;
 use crate::usage::{MemoryStore, UsageStore};
 
@@ -46,6 +47,7 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     /// The config file to re-read on reload; `None` for an in-memory config.
     source: Option<PathBuf>,
     request_ids: RequestIds,
+    metrics: Metrics,
     /// Admin overrides (status, revoked keys), applied on top of the snapshot.
     overrides: ArcSwap<Overrides>,
     /// Serializes admin changes to the overrides (read, change, save, swap).
@@ -69,6 +71,7 @@ impl<S: UsageStore> Gateway<S> {
             request_ids: RequestIds::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             overrides: ArcSwap::from_pointee(Overrides::default()),
+            metrics: Metrics::new(),
             overrides_lock: std::sync::Mutex::new(()),
         }
     }
@@ -130,8 +133,16 @@ impl<S: UsageStore> Gateway<S> {
     /// running one and says why. Usage counters live in the store and are not touched.
     pub fn reload(&self) -> Result<(), ReloadError> {
         let path = self.source.as_deref().ok_or(ReloadError::NoSource)?;
-        let new = config::load(path).map_err(ReloadError::Invalid)?;
-        self.swap(new)
+        let result = config::load(path)
+            .map_err(ReloadError::Invalid)
+            .and_then(|new| self.swap(new));
+        let label = if result.is_ok() { "ok" } else { "refused" };
+        self.metrics.reloads.with_label_values(&[label]).inc();
+        result
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Swaps in a compiled snapshot unless it changes a setting that needs a restart.

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
 pub mod overrides;
 pub mod pipeline;
 pub mod proxy;

@@ -183,6 +183,7 @@ mod tests {
 
     fn route_with(required: &[&str], ids: &[&str]) -> Route {
         Route {
+            name: "/t".into(),
             upstream: 0,
             required_query: required.iter().map(|s| s.to_string()).collect(),
             id_query: ids.iter().map(|s| s.to_string()).collect(),

@@ -59,6 +59,10 @@ pub struct Ctx {
     connect_retries: u8,
     connected: bool,
     upstream_responded: bool,
+    /// Why the gateway answered by itself, for the metrics.
+    rejected: Option<&'static str>,
+    /// When an upstream server was chosen (the latency histogram's start).
+    upstream_started: Option<std::time::Instant>,
 }
 
 impl Default for Ctx {
@@ -76,6 +80,8 @@ impl Default for Ctx {
             connect_retries: 0,
             connected: false,
             upstream_responded: false,
+            rejected: None,
+            upstream_started: None,
         }
     }
 }
@@ -444,6 +450,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 Ok(false)
             }
             Err(e) => {
+                ctx.rejected = Some(e.reason());
                 self.reject(session, ctx, &e).await?;
                 Ok(true)
             }
@@ -456,6 +463,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         };
         // each attempt starts unconnected: what is charged depends on the last one
         ctx.connected = false;
+        ctx.upstream_started = Some(std::time::Instant::now());
         let up = &snap.upstreams[route.upstream];
         let backend = up
             .lb
@@ -549,6 +557,12 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_responded = true;
+        if let Some(t) = ctx.upstream_started {
+            self.gw
+                .metrics()
+                .upstream_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
         if resp
             .headers
             .keys()
@@ -580,6 +594,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     ) -> FailToProxy {
         let err = classify(e.etype(), e.esource());
         let code = err.as_ref().map_or(0, GatewayError::status);
+        ctx.rejected = Some(err.as_ref().map_or("client_gone", GatewayError::reason));
         session.set_keepalive(None);
         // a request whose backend was never reached is not charged
         if !ctx.connected {
@@ -612,6 +627,18 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     /// Meters what was served: the response body bytes actually sent on bandwidth-metered
     /// routes. (A call whose backend was never reached was refunded in `fail_to_proxy`.)
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let metrics = self.gw.metrics();
+        let status = session
+            .response_written()
+            .map_or(http::StatusCode::OK, |r| r.status);
+        let route_name = ctx.route.as_ref().map_or("none", |r| &*r.name);
+        metrics
+            .requests
+            .with_label_values(&[route_name, status.as_str()])
+            .inc();
+        if let Some(reason) = ctx.rejected {
+            metrics.rejections.with_label_values(&[reason]).inc();
+        }
         let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
             return;
         };

@@ -159,10 +159,18 @@ impl<S: UsageStore> BackgroundService for FlushService<S> {
                 _ = shutdown.changed() => return,
             }
             let gw = self.gw.clone();
-            match tokio::task::spawn_blocking(move || gw.store().flush()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!("{e}; the counts stay in memory and are retried"),
-                Err(e) => tracing::error!("usage flush task failed: {e}"),
+            let result = tokio::task::spawn_blocking(move || gw.store().flush()).await;
+            let now = self.gw.clock().now_ms();
+            match result {
+                Ok(Ok(_)) => self.gw.metrics().flushed(now, true),
+                Ok(Err(e)) => {
+                    self.gw.metrics().flushed(now, false);
+                    tracing::error!("{e}; the counts stay in memory and are retried");
+                }
+                Err(e) => {
+                    self.gw.metrics().flushed(now, false);
+                    tracing::error!("usage flush task failed: {e}");
+                }
             }
         }
     }

@@ -437,3 +437,47 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_answers_rejections_usage_and_reloads() {
+    let (h, a, _stop) = with_admin(true).await;
+    let p = "/tenant/integrationObjects?type=x";
+    for _ in 0..5 {
+        assert_eq!(h.get(p, Some("key-tiny")).await.status, 200);
+    }
+    assert_eq!(h.get(p, Some("key-tiny")).await.status, 402);
+    assert_eq!(h.get(p, None).await.status, 401);
+    assert_eq!(h.get("/nope", Some("key-pro")).await.status, 404);
+    assert_eq!(h.get("/cdn/x?size=300", Some("key-pro")).await.status, 200);
+    h.gw.reload().unwrap();
+    h.write_tenants("not toml");
+    assert!(h.gw.reload().is_err());
+
+    let r = admin(a, "GET", "/metrics", None).await;
+    assert_eq!(r.status, 401, "metrics need the token too");
+    let r = admin(a, "GET", "/metrics", Some("admin-secret")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = r.text();
+    for line in [
+        "vivgate_requests_total{route=\"/tenant/integrationObjects\",status=\"200\"} 5",
+        "vivgate_requests_total{route=\"/tenant/integrationObjects\",status=\"402\"} 1",
+        "vivgate_requests_total{route=\"none\",status=\"401\"} 1",
+        "vivgate_requests_total{route=\"none\",status=\"404\"} 1",
+        "vivgate_requests_total{route=\"/cdn/\",status=\"200\"} 1",
+        "vivgate_rejections_total{reason=\"quota_calls\"} 1",
+        "vivgate_rejections_total{reason=\"missing_key\"} 1",
+        "vivgate_rejections_total{reason=\"no_route\"} 1",
+        "vivgate_upstream_response_seconds_count 6",
+        "vivgate_usage_calls{tier=\"tiny\"} 5",
+        "vivgate_usage_calls{tier=\"pro\"} 1",
+        "vivgate_usage_bytes{tier=\"pro\"} 300",
+        "vivgate_reloads_total{result=\"ok\"} 1",
+        "vivgate_reloads_total{result=\"refused\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}

@@ -116,6 +116,8 @@ pub struct Meters {
 
 #[derive(Debug)]
 pub struct Route {
+    /// The route's path or prefix, as configured (the metrics label).
+    pub name: Arc<str>,
     /// Index into [`Snapshot::upstreams`].
     pub upstream: usize,
     pub required_query: Vec<String>,
@@ -697,6 +699,7 @@ fn compile_routes(
             }
         }
         let route = Arc::new(Route {
+            name: path.as_str().into(),
             upstream,
             required_query: r.required_query.clone(),
             id_query: r.id_query.clone(),
