@@ -46,6 +46,12 @@ fn fail(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     reply(status, envelope(message), "application/json")
 }
 
+/// A 500 whose cause goes to the log, not to the caller.
+fn internal(cause: &str) -> Response<Vec<u8>> {
+    tracing::error!("admin: {cause}");
+    fail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+}
+
 /// `YYYY-MM`
 fn parse_month(s: &str) -> Option<Month> {
     let (y, m) = s.split_once('-')?;
@@ -57,9 +63,11 @@ fn parse_month(s: &str) -> Option<Month> {
 }
 
 impl<S: UsageStore> AdminApp<S> {
-    fn group_usage(&self, g: &Group, month: Month) -> Value {
-        let u = self.gw.store().usage(&g.id, month);
-        json!({
+    /// One group's usage; a past month is read from the store's file, and a read error is an
+    /// error (billing must never see zeros that are not).
+    fn group_usage(&self, g: &Group, month: Month) -> Result<Value, String> {
+        let u = self.gw.store().usage_checked(&g.id, month)?;
+        Ok(json!({
             "id": &*g.id,
             "tier": &*g.tier.name,
             "status": self.gw.overrides().status_of(g),
@@ -69,7 +77,7 @@ impl<S: UsageStore> AdminApp<S> {
             "bytes_limit": g.tier.cdn_bytes,
             "calls_overage": u.calls_overage,
             "bytes_overage": u.bytes_overage,
-        })
+        }))
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -120,23 +128,28 @@ impl<S: UsageStore> AdminApp<S> {
                         },
                     };
                 let snap = self.gw.snapshot();
-                let groups: Vec<Value> = snap
-                    .groups
-                    .iter()
-                    .map(|g| self.group_usage(g, month))
-                    .collect();
-                ok(json!({"month": month.to_string(), "groups": groups}))
+                let groups: Result<Vec<Value>, String> = tokio::task::block_in_place(|| {
+                    snap.groups
+                        .iter()
+                        .map(|g| self.group_usage(g, month))
+                        .collect()
+                });
+                match groups {
+                    Ok(groups) => ok(json!({"month": month.to_string(), "groups": groups})),
+                    Err(e) => internal(&e),
+                }
             }
             (Method::GET, p) if p.starts_with("/usage/") => {
                 let snap = self.gw.snapshot();
                 match snap.group(&p["/usage/".len()..]) {
-                    Some(g) => {
-                        ok(json!({"month": now.to_string(), "group": self.group_usage(g, now)}))
-                    }
+                    Some(g) => match self.group_usage(g, now) {
+                        Ok(u) => ok(json!({"month": now.to_string(), "group": u})),
+                        Err(e) => internal(&e),
+                    },
                     None => fail(StatusCode::NOT_FOUND, "Unknown group"),
                 }
             }
-            (Method::POST, "/reload") => match self.gw.reload() {
+            (Method::POST, "/reload") => match tokio::task::block_in_place(|| self.gw.reload()) {
                 Ok(()) => {
                     tracing::info!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "configuration reloaded");
                     ok(json!({"reloaded": true}))
@@ -152,26 +165,29 @@ impl<S: UsageStore> AdminApp<S> {
             (Method::GET, "/metrics") => {
                 let snap = self.gw.snapshot();
                 let metrics = self.gw.metrics();
-                let mut per_tier: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-                for t in snap.tiers.values() {
-                    per_tier.insert(&t.name, (0, 0));
-                }
-                for g in &snap.groups {
-                    let u = self.gw.store().usage(&g.id, now);
-                    let e = per_tier.entry(&g.tier.name).or_default();
-                    e.0 += u.calls;
-                    e.1 += u.bytes;
-                }
-                for (tier, (calls, bytes)) in per_tier {
-                    metrics
-                        .usage_calls
-                        .with_label_values(&[tier])
-                        .set(calls as i64);
-                    metrics
-                        .usage_bytes
-                        .with_label_values(&[tier])
-                        .set(bytes as i64);
-                }
+                tokio::task::block_in_place(|| {
+                    let mut per_tier: std::collections::BTreeMap<&str, (u64, u64)> =
+                        Default::default();
+                    for t in snap.tiers.values() {
+                        per_tier.insert(&t.name, (0, 0));
+                    }
+                    for g in &snap.groups {
+                        let u = self.gw.store().usage(&g.id, now);
+                        let e = per_tier.entry(&g.tier.name).or_default();
+                        e.0 += u.calls;
+                        e.1 += u.bytes;
+                    }
+                    for (tier, (calls, bytes)) in per_tier {
+                        metrics
+                            .usage_calls
+                            .with_label_values(&[tier])
+                            .set(calls as i64);
+                        metrics
+                            .usage_bytes
+                            .with_label_values(&[tier])
+                            .set(bytes as i64);
+                    }
+                });
                 let text = metrics.render(self.gw.clock().now_ms());
                 reply(
                     StatusCode::OK,
@@ -189,13 +205,24 @@ impl<S: UsageStore> AdminApp<S> {
                 ok(json!({"status": &o.status, "revoked_keys": revoked}))
             }
             (Method::DELETE, p) if p.starts_with("/overrides/") => {
-                let id = p["/overrides/".len()..].to_string();
+                let raw = &p["/overrides/".len()..];
+                // a key hash may be given bare, as in DELETE /groups/<id>/keys/<hash>
+                let id = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    format!("sha256:{raw}")
+                } else {
+                    raw.to_string()
+                };
+                // the audit line names a key by its fingerprint only
+                let shown = match crate::keys::parse_key_hash(&id) {
+                    Ok(h) => format!("key {}", crate::keys::fingerprint(&h)),
+                    Err(_) => format!("group {id}"),
+                };
                 let removed = self.gw.change_overrides(|o| {
                     o.status.remove(&id).is_some() || o.revoked.remove(&id).is_some()
                 });
                 match removed {
                     Ok(true) => {
-                        tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, id = %id, "override removed");
+                        tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, "override removed: {shown}");
                         ok(json!({"removed": id}))
                     }
                     Ok(false) => fail(StatusCode::NOT_FOUND, "No such override"),
@@ -309,7 +336,7 @@ impl<S: UsageStore> ServeHttp for AdminApp<S> {
             Some(v) if crate::pipeline::valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.gw.next_request_id(),
         };
-        // admin requests carry no meaningful body; read and drop what there is (bounded)
+        // the body (bounded): only PUT /groups/<id>/status uses one
         let mut body = Vec::new();
         let mut too_large = false;
         while let Ok(Some(chunk)) = session.read_request_body().await {

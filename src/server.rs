@@ -105,7 +105,9 @@ impl<S: UsageStore> BackgroundService for HealthService<S> {
 /// pingora handles only QUIT, TERM and INT, and an unhandled SIGHUP would kill the process:
 /// SIGHUP reloads the config here; TERM and INT stop gracefully; QUIT hands over to a new
 /// process (`-u`).
-struct Signals<S: UsageStore>(Arc<Gateway<S>>);
+/// The gateway, and whether a graceful upgrade (SIGQUIT) can hand over (not with a store file
+/// that only one process may hold).
+struct Signals<S: UsageStore>(Arc<Gateway<S>>, bool);
 
 #[async_trait]
 impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
@@ -123,8 +125,8 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.0.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
-                    Err(e) => tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e}"),
+                    Ok(()) => tracing::info!(target: "vivgate::audit", "SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
                 },
                 _ = term.recv() => {
                     self.0.begin_stop();
@@ -135,6 +137,13 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = quit.recv() => {
+                    if !self.1 {
+                        tracing::error!(
+                            "SIGQUIT ignored: an upgrade cannot take over the embedded usage store while this \
+                             process holds it (its file is locked); restart instead, or use store = \"memory\""
+                        );
+                        continue;
+                    }
                     self.0.begin_stop();
                     return ShutdownSignal::GracefulUpgrade;
                 }
@@ -143,8 +152,8 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
     }
 }
 
-/// Flushes the usage store at its interval until shutdown; the final flush happens after the
-/// server has stopped (see [`run`]).
+/// Flushes the usage store at its interval until the runtime stops; the final flush happens
+/// after the server has stopped (see [`run`]).
 struct FlushService<S: UsageStore> {
     gw: Arc<Gateway<S>>,
     every: Duration,
@@ -152,12 +161,11 @@ struct FlushService<S: UsageStore> {
 
 #[async_trait]
 impl<S: UsageStore> BackgroundService for FlushService<S> {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // keeps flushing through the grace period of a stop, so a kill -9 then still loses at
+        // most one interval; the runtime's shutdown ends this loop
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.every) => {}
-                _ = shutdown.changed() => return,
-            }
+            tokio::time::sleep(self.every).await;
             let gw = self.gw.clone();
             let result = tokio::task::spawn_blocking(move || gw.store().flush()).await;
             let now = self.gw.clock().now_ms();
@@ -187,21 +195,24 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::
         None => {
             tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
             let gw = Gateway::new(snap, Arc::new(MemoryStore::new()), clock, source);
-            run_with(Arc::new(gw), upgrade)
+            run_with(Arc::new(gw), upgrade, true)
         }
         Some(path) => {
             let now = Month::containing(clock.now_ms());
             let store = EmbeddedStore::open(path, now, usage.retention_months)?;
             tracing::info!(path = %path.display(), "usage store opened");
             let gw = Gateway::new(snap, Arc::new(store), clock, source);
-            run_with(Arc::new(gw), upgrade)
+            run_with(Arc::new(gw), upgrade, false)
         }
     }
 }
 
+/// `can_hand_over`: whether SIGQUIT may hand the sockets to a new process (not while this one
+/// holds a store file that only one process can open).
 fn run_with<S: UsageStore>(
     gw: Arc<Gateway<S>>,
     upgrade: bool,
+    can_hand_over: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     gw.load_overrides()?;
     let snap = gw.snapshot();
@@ -236,12 +247,12 @@ fn run_with<S: UsageStore>(
         },
     ));
     if let Some(addr) = &startup.admin_listen {
-        start_admin(addr, gw.clone())?;
+        start_admin(addr, gw.clone(), upgrade)?;
     }
     tracing::info!(listen = %startup.listen, config = %snap.config_path.display(), "vivgate starting");
     drop(snap);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals(gw.clone())),
+        shutdown_signal: Box::new(Signals(gw.clone(), can_hand_over)),
     });
     // every request has finished or been cut off: what is in memory now is final
     let n = gw.store().flush()?;
@@ -251,20 +262,45 @@ fn run_with<S: UsageStore>(
 
 /// The admin listener runs on a thread of its own, outside pingora's services, so it keeps
 /// answering (`/healthz` → 503) while a stop drains the public listener.
+///
+/// When taking over from an old process (`upgrade`), the old one still holds the admin port
+/// until it exits: the port is then retried in the background instead of failing the start.
 fn start_admin<S: UsageStore>(
     addr: &str,
     gw: Arc<Gateway<S>>,
+    upgrade: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let std_listener =
-        std::net::TcpListener::bind(addr).map_err(|e| format!("admin.listen {addr}: {e}"))?;
-    std_listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let bind = |addr: &str| -> std::io::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let first = match bind(addr) {
+        Ok(l) => Some(l),
+        Err(e) if !upgrade => return Err(format!("admin.listen {addr}: {e}").into()),
+        Err(_) => None,
+    };
+    let addr_owned = addr.to_string();
+    // two workers: a slow request (a reload of a large tenants file) never holds up /healthz
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vivgate-admin")
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("vivgate-admin".into())
         .spawn(move || {
             rt.block_on(async move {
+                let std_listener = match first {
+                    Some(l) => l,
+                    None => loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Ok(l) = bind(&addr_owned) {
+                            tracing::info!(admin = %addr_owned, "admin listener taken over");
+                            break l;
+                        }
+                    },
+                };
                 let Ok(listener) = TcpListener::from_std(std_listener) else {
                     tracing::error!("admin listener could not start");
                     return;

@@ -9,7 +9,8 @@
 //! the retention are deleted.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -17,16 +18,20 @@ use crate::clock::Month;
 use crate::usage::{Delta, GroupId, MemoryStore, Take, Usage, UsageStore};
 
 const USAGE: TableDefinition<(u32, &str), (u64, u64, u64, u64)> = TableDefinition::new("usage");
-/// Small named values; `overrides` holds the admin overrides as JSON.
+/// Small named values: `overrides` (the admin overrides, JSON), `flush_seq` (the number of the
+/// last flush written), `last_month` (the newest month the store has seen, as an index).
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 pub struct EmbeddedStore {
     mem: MemoryStore,
-    db: Database,
+    /// `None` only while the file is being reopened after an error.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
-    retention_months: u32,
-    /// One flush at a time; holds the oldest month kept.
-    flushing: Mutex<Month>,
+    /// Months from this index on are complete in memory (loaded at open, or counted since and
+    /// not pruned); older months are read from the file.
+    complete_from: AtomicU32,
+    /// One flush at a time; the number of the last flush attempted.
+    flushing: Mutex<u64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -45,27 +50,61 @@ fn add(v: u64, d: i64) -> u64 {
     }
 }
 
+/// The most months of retention accepted (a century).
+pub const MAX_RETENTION_MONTHS: u32 = 1200;
+
+fn meta_u64(txn: &redb::ReadTransaction, key: &str) -> Result<Option<u64>, redb::Error> {
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get(key)?.and_then(|v| v.value().parse().ok()))
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path`. A file that is not a valid store is an error,
     /// never a silent reset to zero.
+    ///
+    /// Retention: rows older than `retention_months` (the current month included) are deleted
+    /// here, at start only. The cutoff trusts the clock by at most one month beyond the newest
+    /// month the store has seen, so a clock that jumps ahead cannot delete live months.
     pub fn open(path: &Path, now: Month, retention_months: u32) -> Result<Self, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             format!("usage store {}: {what}: {e}", path.display())
         };
+        let retention = retention_months.clamp(1, MAX_RETENTION_MONTHS);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail("cannot create its directory", &e))?;
         }
         let db = Database::create(path).map_err(|e| fail("cannot open", &e))?;
-        let keep_from = now.minus(retention_months.max(1) - 1);
+        let (seq, last) = {
+            let txn = db.begin_read().map_err(|e| fail("cannot read", &e))?;
+            let seq = meta_u64(&txn, "flush_seq").map_err(|e| fail("cannot read", &e))?;
+            let last = meta_u64(&txn, "last_month").map_err(|e| fail("cannot read", &e))?;
+            (seq.unwrap_or(0), last.map(|m| Month::from_index(m as u32)))
+        };
+        let trusted = match last {
+            Some(l) if now > l.next() => {
+                tracing::warn!(
+                    "usage store: the clock says {now}, the store has seen up to {l}; pruning as if it were {}",
+                    l.next()
+                );
+                l.next()
+            }
+            Some(l) if now < l => l,
+            _ => now,
+        };
+        let keep_from = trusted.minus(retention - 1);
         let store = EmbeddedStore {
             mem: MemoryStore::journaled(),
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
-            retention_months: retention_months.max(1),
-            flushing: Mutex::new(keep_from),
+            complete_from: AtomicU32::new(now.minus(1).index()),
+            flushing: Mutex::new(seq),
         };
         store
-            .prune(keep_from)
+            .start_txn(keep_from, trusted)
             .map_err(|e| fail("cannot prune", &e))?;
         for month in [now.minus(1), now] {
             for (group, u) in store
@@ -82,20 +121,47 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn prune(&self, keep_from: Month) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, redb::Error> {
+        self.db
+            .read()
+            .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))
+    }
+
+    /// Deletes rows before `keep_from` and records `newest` as the newest month seen.
+    fn start_txn(&self, keep_from: Month, newest: Month) -> Result<(), redb::Error> {
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
             table.retain(|(m, _), _| m >= keep_from.index())?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("last_month", newest.index().to_string().as_str())?;
         }
         txn.commit()?;
-        self.mem.prune_before(keep_from);
+        Ok(())
+    }
+
+    /// After a write error redb refuses every later operation until the file is reopened.
+    fn reopen(&self) -> Result<(), redb::Error> {
+        let mut slot = self
+            .db
+            .write()
+            .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))?;
+        slot.take(); // release the file lock first
+        *slot = Some(Database::create(&self.path).map_err(redb::Error::from)?);
         Ok(())
     }
 
     /// Every group's stored usage for one month.
     pub fn read_month(&self, month: Month) -> Result<Vec<(String, Usage)>, redb::Error> {
-        let txn = self.db.begin_read()?;
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let txn = db.begin_read()?;
         let table = match txn.open_table(USAGE) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -119,21 +185,38 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    fn read_one(&self, group: &str, month: Month) -> Option<Usage> {
-        let txn = self.db.begin_read().ok()?;
-        let table = txn.open_table(USAGE).ok()?;
-        let v = table.get((month.index(), group)).ok()??;
-        let (calls, bytes, calls_overage, bytes_overage) = v.value();
-        Some(Usage {
-            calls,
-            bytes,
-            calls_overage,
-            bytes_overage,
-        })
+    fn read_one(&self, group: &str, month: Month) -> Result<Usage, redb::Error> {
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(USAGE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Usage::default()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table
+            .get((month.index(), group))?
+            .map(|v| {
+                let (calls, bytes, calls_overage, bytes_overage) = v.value();
+                Usage {
+                    calls,
+                    bytes,
+                    calls_overage,
+                    bytes_overage,
+                }
+            })
+            .unwrap_or_default())
     }
 
-    fn write(&self, deltas: &[Delta]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    /// Adds the deltas and records the flush number, in one transaction.
+    fn write(&self, deltas: &[Delta], seq: u64) -> Result<(), redb::Error> {
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
             for d in deltas {
@@ -147,9 +230,21 @@ impl EmbeddedStore {
                 );
                 table.insert(key, new)?;
             }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("flush_seq", seq.to_string().as_str())?;
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The flush number the file holds (after a reopen: did the failed write land?).
+    fn stored_seq(&self) -> Result<u64, redb::Error> {
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let txn = db.begin_read()?;
+        Ok(meta_u64(&txn, "flush_seq")?.unwrap_or(0))
     }
 }
 
@@ -176,19 +271,30 @@ impl UsageStore for EmbeddedStore {
         self.mem.add_bytes(group, month, n, limit, overage_billing)
     }
 
-    /// From memory when the month is loaded or was counted since the start, else from the file.
+    /// From memory for the months memory holds whole (every month the request path uses);
+    /// older months come from the file. Never waits on the file for a current month.
     fn usage(&self, group: &str, month: Month) -> Usage {
-        self.mem
-            .get(group, month)
-            .or_else(|| self.read_one(group, month))
-            .unwrap_or_default()
+        if month.index() >= self.complete_from.load(Ordering::Acquire) {
+            return self.mem.get(group, month).unwrap_or_default();
+        }
+        self.read_one(group, month).unwrap_or_default()
+    }
+
+    fn usage_checked(&self, group: &str, month: Month) -> Result<Usage, String> {
+        if month.index() >= self.complete_from.load(Ordering::Acquire) {
+            return Ok(self.mem.get(group, month).unwrap_or_default());
+        }
+        self.read_one(group, month)
+            .map_err(|e| format!("usage store {}: {e}", self.path.display()))
     }
 
     fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {
         let fail = |e: &dyn std::fmt::Display| {
             format!("usage store {}: overrides: {e}", self.path.display())
         };
-        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let guard = self.db().map_err(|e| fail(&e))?;
+        let db = guard.as_ref().ok_or_else(|| fail(&"store closed"))?;
+        let txn = db.begin_read().map_err(|e| fail(&e))?;
         let table = match txn.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
@@ -205,40 +311,54 @@ impl UsageStore for EmbeddedStore {
             format!("usage store {}: overrides: {e}", self.path.display())
         };
         let json = serde_json::to_string(o).map_err(|e| fail(&e))?;
-        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
-        {
-            let mut table = txn.open_table(META).map_err(|e| fail(&e))?;
-            table
-                .insert("overrides", json.as_str())
-                .map_err(|e| fail(&e))?;
+        let result = (|| -> Result<(), redb::Error> {
+            let guard = self.db()?;
+            let db = guard
+                .as_ref()
+                .ok_or(redb::Error::Corrupted("store closed".into()))?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(META)?;
+                table.insert("overrides", json.as_str())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.reopen();
+            return Err(fail(&e));
         }
-        txn.commit().map_err(|e| fail(&e))
+        Ok(())
     }
 
     fn flush(&self) -> Result<usize, String> {
-        let mut keep_from = self
+        let mut seq = self
             .flushing
             .lock()
             .map_err(|_| "flush lock poisoned".to_string())?;
         let deltas = self.mem.take_deltas();
         if !deltas.is_empty() {
-            if let Err(e) = self.write(&deltas) {
-                self.mem.retry(&deltas);
-                return Err(format!(
-                    "usage store {}: flush failed: {e}",
-                    self.path.display()
-                ));
+            *seq += 1;
+            if let Err(e) = self.write(&deltas, *seq) {
+                // redb refuses everything after an I/O error until reopened; then the flush
+                // number tells whether the commit landed before the error surfaced
+                let landed = self.reopen().and_then(|()| self.stored_seq()).ok() == Some(*seq);
+                if !landed {
+                    self.mem.retry(&deltas);
+                    return Err(format!(
+                        "usage store {}: flush failed: {e}",
+                        self.path.display()
+                    ));
+                }
             }
             self.mem.confirm(&deltas);
         }
-        // once a month, drop what is past the retention
+        // memory keeps the current and the previous month whole; older clean cells go
         if let Some(newest) = deltas.iter().map(|d| d.month).max() {
-            let from = newest.minus(self.retention_months - 1);
-            if from > *keep_from {
-                self.prune(from).map_err(|e| {
-                    format!("usage store {}: prune failed: {e}", self.path.display())
-                })?;
-                *keep_from = from;
+            let keep = newest.minus(1);
+            if keep.index() > self.complete_from.load(Ordering::Acquire) {
+                self.complete_from.store(keep.index(), Ordering::Release);
+                self.mem.prune_clean_before(keep);
             }
         }
         Ok(deltas.len())
@@ -301,30 +421,81 @@ mod tests {
     }
 
     #[test]
-    fn old_months_are_read_from_the_file_and_pruned_past_retention() {
+    fn retention_prunes_at_start_and_a_clock_jump_cannot_delete_live_months() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.redb");
-        let jan = Month::from_ym(2026, 1);
-        {
-            let s = EmbeddedStore::open(&path, jan, 3).unwrap();
-            for (i, m) in [jan, jan.next(), jan.next().next(), jan.next().next().next()]
-                .into_iter()
-                .enumerate()
-            {
-                s.add_bytes(&g("a"), m, 100 + i as u64, u64::MAX, false);
-            }
+        let m = |mo| Month::from_ym(2026, mo);
+        // one month at a time, as a long-running fleet would: January to April, retention 3
+        for (i, now) in [m(1), m(2), m(3), m(4)].into_iter().enumerate() {
+            let s = EmbeddedStore::open(&path, now, 3).unwrap();
+            s.add_bytes(&g("a"), now, 100 + i as u64, u64::MAX, false);
             s.flush().unwrap();
         }
-        // April is current; retention 3 keeps February to April
-        let april = Month::from_ym(2026, 4);
-        let s = EmbeddedStore::open(&path, april, 3).unwrap();
-        assert_eq!(s.usage("a", jan).bytes, 0, "pruned");
+        let s = EmbeddedStore::open(&path, m(4), 3).unwrap();
         assert_eq!(
-            s.usage("a", Month::from_ym(2026, 2)).bytes,
+            s.usage_checked("a", m(1)).unwrap().bytes,
+            0,
+            "January is past the retention"
+        );
+        assert_eq!(
+            s.usage_checked("a", m(2)).unwrap().bytes,
             101,
             "read from the file"
         );
-        assert_eq!(s.usage("a", april).bytes, 103);
+        assert_eq!(s.usage("a", m(4)).bytes, 103);
+        drop(s);
+        // the clock leaps to 2030: pruning advances one month past April, no more
+        let s = EmbeddedStore::open(&path, Month::from_ym(2030, 1), 3).unwrap();
+        assert_eq!(s.usage_checked("a", m(2)).unwrap().bytes, 0);
+        assert_eq!(s.usage_checked("a", m(3)).unwrap().bytes, 102);
+        assert_eq!(s.usage_checked("a", m(4)).unwrap().bytes, 103);
+    }
+
+    #[test]
+    fn counts_made_during_flushes_are_all_durable_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.redb");
+        let m = Month::from_ym(2026, 11);
+        let s = EmbeddedStore::open(&path, m, 13).unwrap();
+        let groups: Vec<GroupId> = (0..50).map(|i| g(&format!("g{i}"))).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|t| {
+            let (s2, stop2) = (&s, &stop);
+            let flusher = t.spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    s2.flush().unwrap();
+                }
+            });
+            let mut writers = Vec::new();
+            for w in 0..2 {
+                let (s, groups) = (&s, &groups);
+                writers.push(t.spawn(move || {
+                    for k in 0..20_000usize {
+                        let gid = &groups[(k * 7 + w) % groups.len()];
+                        s.mem.take_call_now(gid, m, u64::MAX, false);
+                        if k % 3 == 0 {
+                            let t = s.mem.take_call_now(gid, m, u64::MAX, false);
+                            s.refund_call(gid, m, t);
+                        }
+                        s.add_bytes(gid, m, 10, u64::MAX, false);
+                    }
+                }));
+            }
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            flusher.join().unwrap();
+        });
+        s.flush().unwrap();
+        let expected: Vec<Usage> = groups.iter().map(|gid| s.usage(gid, m)).collect();
+        assert_eq!(expected.iter().map(|u| u.calls).sum::<u64>(), 40_000);
+        assert_eq!(expected.iter().map(|u| u.bytes).sum::<u64>(), 400_000);
+        drop(s);
+        let s = EmbeddedStore::open(&path, m, 13).unwrap();
+        for (gid, e) in groups.iter().zip(expected) {
+            assert_eq!(s.usage_checked(gid, m).unwrap(), e, "{gid}");
+        }
     }
 
     #[test]

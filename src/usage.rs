@@ -76,6 +76,12 @@ pub trait UsageStore: Send + Sync + 'static {
     /// A copy of one group's counters for one month (zeros if nothing was counted).
     fn usage(&self, group: &str, month: Month) -> Usage;
 
+    /// Like `usage`, for operators and billing: a month that can only be read from durable
+    /// storage is read there, and a read error is an error, never zeros.
+    fn usage_checked(&self, group: &str, month: Month) -> Result<Usage, String> {
+        Ok(self.usage(group, month))
+    }
+
     /// Makes everything counted so far durable; a no-op for a store that is not. Called by a
     /// background task at the flush interval and once more when the gateway stops. Never
     /// called on the request path.
@@ -259,6 +265,19 @@ impl MemoryStore {
         self.cells.retain(|(_, m), _| *m >= keep_from);
     }
 
+    /// Drops cells of months before `keep_from` whose every count is already durable. A cell
+    /// counted again later starts from zero and flushes as a delta, so nothing is lost.
+    pub fn prune_clean_before(&self, keep_from: Month) {
+        self.cells.retain(|(_, m), c| {
+            *m >= keep_from
+                || c.dirty.load(Ordering::Acquire)
+                || c.values()
+                    .iter()
+                    .zip(&c.flushed)
+                    .any(|(v, f)| *v != f.load(Ordering::Acquire))
+        });
+    }
+
     /// Takes one call synchronously; see [`UsageStore::take_call`].
     pub fn take_call_now(
         &self,
@@ -316,10 +335,15 @@ impl UsageStore for MemoryStore {
 
     fn refund_call(&self, group: &GroupId, month: Month, take: Take) {
         if let Take::Admitted { overage, .. } = take {
+            let dec = |a: &AtomicU64| {
+                let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(1))
+                });
+            };
             self.with_cell(group, month, |c| {
-                c.calls.fetch_sub(1, Ordering::AcqRel);
+                dec(&c.calls);
                 if overage {
-                    c.calls_overage.fetch_sub(1, Ordering::AcqRel);
+                    dec(&c.calls_overage);
                 }
             });
         }

@@ -155,6 +155,12 @@ async fn the_admin_token_guards_everything_but_healthz() {
             ("POST", "/reload"),
             ("GET", "/usage/x"),
             ("GET", "/nothing"),
+            ("GET", "/metrics"),
+            ("GET", "/overrides"),
+            ("DELETE", "/overrides/x"),
+            ("PUT", "/groups/aaaaaaaaaaaaaaaaaaaaaa01/status"),
+            ("DELETE", "/groups/aaaaaaaaaaaaaaaaaaaaaa03/keys/x"),
+            ("GET", "/healthz/../usage"),
         ] {
             let r = admin(a, m, p, token).await;
             assert_eq!(r.status, 401, "{m} {p} with {token:?}");
@@ -406,6 +412,7 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
             tokio::net::TcpStream::connect(a).await.is_ok()
         })
         .await;
+        let rotated = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-rotated"));
         if round == 0 {
             assert_eq!(
                 Client::connect(g)
@@ -423,11 +430,32 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
             )
             .await;
             assert_success(&r);
+            let r = admin(
+                a,
+                "DELETE",
+                &format!("/groups/{}/keys/{rotated}", group_id("key-tiny")),
+                None,
+            )
+            .await;
+            assert_success(&r);
         }
         assert_envelope(
             &Client::connect(g).await.get(p, Some("key-pro")).await,
             403,
             "deactivated",
+        );
+        assert_envelope(
+            &Client::connect(g).await.get(p, Some("key-rotated")).await,
+            401,
+            "Invalid or revoked",
+        );
+        assert_eq!(
+            Client::connect(g)
+                .await
+                .get(p, Some("key-tiny"))
+                .await
+                .status,
+            200
         );
         signal(&child.0, libc::SIGTERM);
         wait_for("the process to exit", || {
@@ -435,6 +463,7 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
             async move { done }
         })
         .await;
+        assert!(child.0.wait().unwrap().success(), "a graceful stop exits 0");
     }
 }
 

@@ -44,13 +44,17 @@ async fn start(h: &Harness, port: u16, usage: &str) -> Killer {
 async fn stop(mut k: Killer, sig: i32) {
     signal(&k.0, sig);
     let start = Instant::now();
-    while k.0.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(s) = k.0.try_wait().unwrap() {
+            break s;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "the gateway did not stop"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
 }
 
 /// Calls used this month by `key`'s tiny group, read from the RateLimit header of one more call.

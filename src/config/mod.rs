@@ -383,8 +383,15 @@ pub fn compile(
             "must be between 10 and 60000",
         ));
     }
-    if u.retention_months == 0 {
-        return Err(err(cfg, "usage.retention_months", "must be at least 1"));
+    if !(1..=crate::store::MAX_RETENTION_MONTHS).contains(&u.retention_months) {
+        return Err(err(
+            cfg,
+            "usage.retention_months",
+            format!(
+                "must be between 1 and {}",
+                crate::store::MAX_RETENTION_MONTHS
+            ),
+        ));
     }
     let usage = UsageSettings {
         path,
