@@ -149,7 +149,7 @@ impl<S: UsageStore> AdminApp<S> {
                     None => fail(StatusCode::NOT_FOUND, "Unknown group"),
                 }
             }
-            (Method::POST, "/reload") => match tokio::task::block_in_place(|| self.gw.reload()) {
+            (Method::POST, "/reload") => match self.gw.clone().reload_in_background().await {
                 Ok(()) => {
                     tracing::info!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "configuration reloaded");
                     ok(json!({"reloaded": true}))
@@ -161,6 +161,7 @@ impl<S: UsageStore> AdminApp<S> {
                 Err(e @ ReloadError::NoSource) => {
                     fail(StatusCode::CONFLICT, &format!("Reload refused: {e}"))
                 }
+                Err(e @ ReloadError::CouldNotRun(_)) => internal(&e.to_string()),
             },
             (Method::GET, "/metrics") => {
                 let snap = self.gw.snapshot();

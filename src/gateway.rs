@@ -20,6 +20,8 @@ pub enum ReloadError {
     Invalid(ConfigError),
     /// A setting that only takes effect at start changed; names the key.
     NeedsRestart(&'static str),
+    /// The reload could not run at all (no thread for it).
+    CouldNotRun(String),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -27,6 +29,7 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::NoSource => write!(f, "this gateway was not started from a config file"),
             ReloadError::Invalid(e) => write!(f, "{e}"),
+            ReloadError::CouldNotRun(e) => write!(f, "the reload could not run: {e}"),
             ReloadError::NeedsRestart(key) => {
                 write!(
                     f,
@@ -139,6 +142,29 @@ impl<S: UsageStore> Gateway<S> {
         let label = if result.is_ok() { "ok" } else { "refused" };
         self.metrics.reloads.with_label_values(&[label]).inc();
         result
+    }
+
+    /// [`Gateway::reload`] on a thread of its own at a low CPU priority (nice 10), so that
+    /// compiling a large key set takes little CPU time from the requests being served (on a
+    /// saturated core it gets about a tenth); the caller awaits the result.
+    pub async fn reload_in_background(self: Arc<Self>) -> Result<(), ReloadError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("vivgate-reload".into())
+            .spawn(move || {
+                // Linux keeps the nice value per thread: this lowers this thread only
+                // SAFETY: gettid and setpriority take no pointers
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+                }
+                let _ = tx.send(self.reload());
+            });
+        if let Err(e) = spawned {
+            return Err(ReloadError::CouldNotRun(e.to_string()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ReloadError::CouldNotRun("the reload thread ended".into())))
     }
 
     pub fn metrics(&self) -> &Metrics {

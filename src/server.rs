@@ -124,7 +124,7 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => match self.0.reload() {
+                _ = hup.recv() => match self.0.clone().reload_in_background().await {
                     Ok(()) => tracing::info!(target: "vivgate::audit", "SIGHUP: configuration reloaded"),
                     Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
                 },

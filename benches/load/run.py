@@ -152,6 +152,9 @@ def main():
     ap.add_argument("--active-keys", type=int, default=1_000)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--no-fixed-rate", action="store_true", help="skip the oha fixed-rate latency runs")
+    ap.add_argument("--reload-keys", type=int, default=0,
+                    help="also measure p99 while reloading a compact tenants file of this many keys "
+                         "(e.g. 1000000), against a steady run with the same keys")
     a = ap.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, backend and load on CPU 1)")
@@ -268,10 +271,63 @@ meter = "calls"
                     print(f"fixed rate {rate}/s {t:<12} {fixed[(base, rate, t)]}", flush=True)
 
         vrss = int(open(f"/proc/{vp.pid}/status").read().split("VmRSS:")[1].split()[0])
+        reload_lines = reload_under_load(a, dir, ports, b, vivgate, start, script) if a.reload_keys else []
         print()
         print(report(results, fixed, a, load_s, vrss))
+        if reload_lines:
+            print()
+            print("\n".join(reload_lines))
     finally:
         stop_all()
+
+
+def reload_under_load(a, dir, ports, backend_port, vivgate, start, script):
+    """p99 of a wrk run during which a compact tenants file of --reload-keys keys is reloaded
+    twice (SIGHUP), against a steady run of the same length with the same keys loaded."""
+    n = a.reload_keys
+    print(f"writing a compact tenants file of {n} keys ...", flush=True)
+    with open(os.path.join(dir, "big.tsv"), "w") as f:
+        f.write("# id tier status overage keys\n")
+        for i in range(n):
+            k = f"vk_load_{i:06d}"
+            f.write(f"{i:024x} load active false sha256:{hashlib.sha256(k.encode()).hexdigest()}\n")
+    port = free_port()
+    conf = open(os.path.join(dir, "vivgate.toml")).read()
+    conf = conf.replace('tenants = "tenants.toml"', 'tenants = "big.tsv"').replace(
+        f"listen = \"127.0.0.1:{ports['vivgate']}\"", f"listen = \"127.0.0.1:{port}\"")
+    with open(os.path.join(dir, "big.toml"), "w") as f:
+        f.write(conf)
+    t0 = time.time()
+    vp = start([vivgate, "--config", os.path.join(dir, "big.toml")], PROXY_CPU, dict(os.environ, RUST_LOG="warn"))
+    wait_port(port, vp, "vivgate with the big key set", timeout=60)
+    load_s = time.time() - t0
+    run_wrk(port, script, 2, a.connections)
+    secs = 20
+    steady = run_wrk(port, script, secs, a.connections)
+
+    def hup():
+        time.sleep(5)
+        vp.send_signal(signal.SIGHUP)
+        time.sleep(7)
+        vp.send_signal(signal.SIGHUP)
+
+    import threading
+    th = threading.Thread(target=hup)
+    th.start()
+    during = run_wrk(port, script, secs, a.connections)
+    th.join()
+    errors = steady["errors"] + during["errors"]
+    return [
+        f"Reload under load: {n} keys from a compact .tsv file (listening {load_s:.1f} s after start); "
+        f"wrk -t1 -c{a.connections} -d{secs}s, two SIGHUP reloads during the second run:",
+        "",
+        "| run | req/s | p50 ms | p99 ms | p99 vs steady | errors |",
+        "|---|---|---|---|---|---|",
+        f"| steady | {steady['rps']:.0f} | {steady['p50']:.2f} | {steady['p99']:.2f} | 1.00× | {steady['errors']} |",
+        f"| two reloads | {during['rps']:.0f} | {during['p50']:.2f} | {during['p99']:.2f} | "
+        f"{during['p99'] / steady['p99']:.2f}× | {during['errors']} |",
+        "" if errors == 0 else "ERRORS during the reload runs: not a result.",
+    ]
 
 
 def report(results, fixed, a, load_s, vrss_kib):
