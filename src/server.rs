@@ -105,9 +105,7 @@ impl<S: UsageStore> BackgroundService for HealthService<S> {
 /// pingora handles only QUIT, TERM and INT, and an unhandled SIGHUP would kill the process:
 /// SIGHUP reloads the config here; TERM and INT stop gracefully; QUIT hands over to a new
 /// process (`-u`).
-/// The gateway, and whether a graceful upgrade (SIGQUIT) can hand over (not with a store file
-/// that only one process may hold).
-struct Signals<S: UsageStore>(Arc<Gateway<S>>, bool);
+struct Signals<S: UsageStore>(Arc<Gateway<S>>);
 
 #[async_trait]
 impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
@@ -137,11 +135,9 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = quit.recv() => {
-                    if !self.1 {
-                        tracing::error!(
-                            "SIGQUIT ignored: an upgrade cannot take over the embedded usage store while this \
-                             process holds it (its file is locked); restart instead, or use store = \"memory\""
-                        );
+                    // the new process opens the store once this one lets go of it
+                    if let Err(e) = self.0.store().release_for_handover() {
+                        tracing::error!("SIGQUIT ignored: the usage store could not be handed over: {e}");
                         continue;
                     }
                     self.0.begin_stop();
@@ -186,37 +182,13 @@ impl<S: UsageStore> BackgroundService for FlushService<S> {
 
 /// Runs the gateway described by `config_path` under pingora's server until a stop signal,
 /// then flushes the usage store one last time.
+///
+/// With `upgrade` (`-u`), pingora's bootstrap first takes the listening sockets over from the
+/// running process, which releases the usage store just before it hands them over (see
+/// [`UsageStore::release_for_handover`]); the store is opened after that.
 pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
     let snap = config::load(config_path)?;
-    let source = Some(config_path.to_path_buf());
-    let clock = Arc::new(SystemClock);
-    let usage = snap.startup.usage.clone();
-    match &usage.path {
-        None => {
-            tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
-            let gw = Gateway::new(snap, Arc::new(MemoryStore::new()), clock, source);
-            run_with(Arc::new(gw), upgrade, true)
-        }
-        Some(path) => {
-            let now = Month::containing(clock.now_ms());
-            let store = EmbeddedStore::open(path, now, usage.retention_months)?;
-            tracing::info!(path = %path.display(), "usage store opened");
-            let gw = Gateway::new(snap, Arc::new(store), clock, source);
-            run_with(Arc::new(gw), upgrade, false)
-        }
-    }
-}
-
-/// `can_hand_over`: whether SIGQUIT may hand the sockets to a new process (not while this one
-/// holds a store file that only one process can open).
-fn run_with<S: UsageStore>(
-    gw: Arc<Gateway<S>>,
-    upgrade: bool,
-    can_hand_over: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
-    gw.load_overrides()?;
-    let snap = gw.snapshot();
-    let startup = &snap.startup;
+    let startup = snap.startup.clone();
     let tag = sanitize(&startup.listen);
     let conf = ServerConf {
         threads: startup.threads,
@@ -232,6 +204,35 @@ fn run_with<S: UsageStore>(
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+
+    let source = Some(config_path.to_path_buf());
+    let clock = Arc::new(SystemClock);
+    match &startup.usage.path {
+        None => {
+            tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
+            let gw = Gateway::new(snap, Arc::new(MemoryStore::new()), clock, source);
+            run_with(server, Arc::new(gw), upgrade)
+        }
+        Some(path) => {
+            let now = Month::containing(clock.now_ms());
+            let wait = Duration::from_secs(if upgrade { 10 } else { 0 });
+            let store =
+                EmbeddedStore::open_waiting(path, now, startup.usage.retention_months, wait)?;
+            tracing::info!(path = %path.display(), "usage store opened");
+            let gw = Gateway::new(snap, Arc::new(store), clock, source);
+            run_with(server, Arc::new(gw), upgrade)
+        }
+    }
+}
+
+fn run_with<S: UsageStore>(
+    mut server: Server,
+    gw: Arc<Gateway<S>>,
+    upgrade: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    gw.load_overrides()?;
+    let snap = gw.snapshot();
+    let startup = &snap.startup;
     let mut proxy = http_proxy_service(&server.configuration, VivGate::new(gw.clone()));
     proxy.add_tcp(&startup.listen);
     server.add_service(proxy);
@@ -252,9 +253,10 @@ fn run_with<S: UsageStore>(
     tracing::info!(listen = %startup.listen, config = %snap.config_path.display(), "vivgate starting");
     drop(snap);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals(gw.clone(), can_hand_over)),
+        shutdown_signal: Box::new(Signals(gw.clone())),
     });
-    // every request has finished or been cut off: what is in memory now is final
+    // every request has finished or been cut off: what is in memory now is final (after a
+    // handover it goes to a handover file the new process merges)
     let n = gw.store().flush()?;
     tracing::info!(cells = n, "usage flushed; vivgate stopped");
     Ok(())

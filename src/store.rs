@@ -32,6 +32,16 @@ pub struct EmbeddedStore {
     complete_from: AtomicU32,
     /// One flush at a time; the number of the last flush attempted.
     flushing: Mutex<u64>,
+    /// Set once an upgrade has taken the file over: flushes go to handover files instead.
+    released: std::sync::atomic::AtomicBool,
+}
+
+/// One delta in a handover file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HandoverDelta {
+    g: String,
+    m: u32,
+    d: [i64; 4],
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -102,6 +112,7 @@ impl EmbeddedStore {
             path: path.to_path_buf(),
             complete_from: AtomicU32::new(now.minus(1).index()),
             flushing: Mutex::new(seq),
+            released: std::sync::atomic::AtomicBool::new(false),
         };
         store
             .start_txn(keep_from, trusted)
@@ -114,7 +125,150 @@ impl EmbeddedStore {
                 store.mem.load(&GroupId::from(group.as_str()), month, u);
             }
         }
+        store
+            .merge_handovers()
+            .map_err(|e| fail("cannot merge handover files", &e))?;
         Ok(store)
+    }
+
+    /// Like [`EmbeddedStore::open`], retrying for up to `wait` while another process still
+    /// holds the file (the old process of an upgrade releases it just before it hands over).
+    pub fn open_waiting(
+        path: &Path,
+        now: Month,
+        retention_months: u32,
+        wait: std::time::Duration,
+    ) -> Result<Self, String> {
+        let start = std::time::Instant::now();
+        loop {
+            match Self::open(path, now, retention_months) {
+                Err(e) if e.contains("already open") && start.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `usage.redb.handover-<pid>-<nanos>-<n>` files in the store's directory, oldest first.
+    fn handover_files(&self) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Vec::new();
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let prefix = format!("{}.handover-", name.to_string_lossy());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let n = p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        n.starts_with(&prefix) && !n.ends_with(".tmp")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    /// Adds what an old process counted after it handed the file over: each file's deltas and
+    /// a marker naming it go in one transaction, so a file is merged exactly once even if this
+    /// process dies before deleting it.
+    fn merge_handovers(&self) -> Result<usize, String> {
+        let mut merged = 0;
+        for file in self.handover_files() {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let marker = format!("handover:{name}");
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let deltas: Vec<HandoverDelta> =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let applied = (|| -> Result<bool, redb::Error> {
+                let guard = self.db()?;
+                let db = guard
+                    .as_ref()
+                    .ok_or(redb::Error::Corrupted("store closed".into()))?;
+                let txn = db.begin_write()?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    if meta.get(marker.as_str())?.is_some() {
+                        return Ok(false);
+                    }
+                    meta.insert(marker.as_str(), "1")?;
+                    let mut table = txn.open_table(USAGE)?;
+                    for d in &deltas {
+                        let key = (d.m, d.g.as_str());
+                        let old = table.get(key)?.map(|v| v.value()).unwrap_or((0, 0, 0, 0));
+                        let new = (
+                            add(old.0, d.d[0]),
+                            add(old.1, d.d[1]),
+                            add(old.2, d.d[2]),
+                            add(old.3, d.d[3]),
+                        );
+                        table.insert(key, new)?;
+                    }
+                }
+                txn.commit()?;
+                Ok(true)
+            })()
+            .map_err(|e| e.to_string())?;
+            if applied {
+                for d in &deltas {
+                    self.mem
+                        .absorb(&GroupId::from(d.g.as_str()), Month::from_index(d.m), d.d);
+                }
+                merged += deltas.len();
+            }
+            let _ = std::fs::remove_file(&file);
+        }
+        Ok(merged)
+    }
+
+    /// After a handover: deltas go to a new handover file (written whole, synced, renamed).
+    fn write_handover(&self, deltas: &[Delta], seq: u64) -> Result<(), String> {
+        let rows: Vec<HandoverDelta> = deltas
+            .iter()
+            .map(|d| HandoverDelta {
+                g: d.group.to_string(),
+                m: d.month.index(),
+                d: d.delta,
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let base = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = self.path.with_file_name(format!(
+            "{base}.handover-{}-{nanos}-{seq:08}",
+            std::process::id()
+        ));
+        let tmp = self.path.with_file_name(format!(
+            "{base}.handover-{}-{nanos}-{seq:08}.tmp",
+            std::process::id()
+        ));
+        let io = |e: std::io::Error| format!("{}: {e}", tmp.display());
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &target).map_err(io)?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -331,11 +485,44 @@ impl UsageStore for EmbeddedStore {
         Ok(())
     }
 
+    fn release_for_handover(&self) -> Result<(), String> {
+        self.flush()?;
+        let _one_flush_at_a_time = self
+            .flushing
+            .lock()
+            .map_err(|_| "flush lock poisoned".to_string())?;
+        self.released.store(true, Ordering::SeqCst);
+        let mut slot = self
+            .db
+            .write()
+            .map_err(|_| "store lock poisoned".to_string())?;
+        slot.take(); // closes the file: the new process can open it now
+        Ok(())
+    }
+
     fn flush(&self) -> Result<usize, String> {
         let mut seq = self
             .flushing
             .lock()
             .map_err(|_| "flush lock poisoned".to_string())?;
+        if self.released.load(Ordering::SeqCst) {
+            let deltas = self.mem.take_deltas();
+            if !deltas.is_empty() {
+                *seq += 1;
+                if let Err(e) = self.write_handover(&deltas, *seq) {
+                    self.mem.retry(&deltas);
+                    return Err(format!(
+                        "usage store {}: handover write failed: {e}",
+                        self.path.display()
+                    ));
+                }
+                self.mem.confirm(&deltas);
+            }
+            return Ok(deltas.len());
+        }
+        if let Err(e) = self.merge_handovers() {
+            tracing::error!("usage store {}: {e}", self.path.display());
+        }
         let deltas = self.mem.take_deltas();
         if !deltas.is_empty() {
             *seq += 1;
@@ -496,6 +683,43 @@ mod tests {
         for (gid, e) in groups.iter().zip(expected) {
             assert_eq!(s.usage_checked(gid, m).unwrap(), e, "{gid}");
         }
+    }
+
+    #[test]
+    fn a_handover_is_merged_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.redb");
+        let m = Month::from_ym(2026, 11);
+        let old = EmbeddedStore::open(&path, m, 13).unwrap();
+        old.mem.take_call_now(&g("a"), m, 100, false);
+        old.release_for_handover().unwrap();
+        // counted after the handover: goes to a handover file, not the (closed) database
+        for _ in 0..3 {
+            old.mem.take_call_now(&g("a"), m, 100, false);
+        }
+        assert_eq!(old.flush().unwrap(), 1);
+        let files = old.handover_files();
+        assert_eq!(files.len(), 1);
+        let kept = std::fs::read(&files[0]).unwrap();
+        let new = EmbeddedStore::open(&path, m, 13).unwrap();
+        assert_eq!(
+            new.usage("a", m).calls,
+            4,
+            "1 flushed before the handover, 3 after"
+        );
+        assert!(new.handover_files().is_empty(), "merged files are deleted");
+        // a file that comes back (the merger died before deleting it) is not counted again
+        std::fs::write(&files[0], kept).unwrap();
+        new.flush().unwrap();
+        assert_eq!(new.usage("a", m).calls, 4);
+        drop(new);
+        assert_eq!(
+            EmbeddedStore::open(&path, m, 13)
+                .unwrap()
+                .usage("a", m)
+                .calls,
+            4
+        );
     }
 
     #[test]

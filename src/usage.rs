@@ -98,6 +98,13 @@ pub trait UsageStore: Send + Sync + 'static {
     fn save_overrides(&self, _overrides: &crate::overrides::Overrides) -> Result<(), String> {
         Ok(())
     }
+
+    /// A zero-downtime upgrade begins: make everything durable and let a new process take the
+    /// storage over. What this process counts afterwards (its in-flight requests) must reach
+    /// the new one. A no-op for a store that is not durable.
+    fn release_for_handover(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +197,29 @@ impl MemoryStore {
         cell.bytes_overage.store(u.bytes_overage, Ordering::Release);
         for (f, x) in cell.flushed.iter().zip(v) {
             f.store(x, Ordering::Release);
+        }
+    }
+
+    /// Adds counts that are already durable (merged from another process's handover): they
+    /// count for quotas here and are not flushed again.
+    pub fn absorb(&self, group: &GroupId, month: Month, delta: [i64; 4]) {
+        let cell = self.cells.entry((group.clone(), month)).or_default();
+        let counters = [
+            &cell.calls,
+            &cell.bytes,
+            &cell.calls_overage,
+            &cell.bytes_overage,
+        ];
+        for ((c, f), d) in counters.into_iter().zip(&cell.flushed).zip(delta) {
+            let apply = |v: u64| {
+                Some(if d >= 0 {
+                    v.saturating_add(d as u64)
+                } else {
+                    v.saturating_sub(d.unsigned_abs())
+                })
+            };
+            let _ = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, apply);
+            let _ = f.fetch_update(Ordering::AcqRel, Ordering::Acquire, apply);
         }
     }
 

@@ -182,3 +182,95 @@ async fn a_corrupt_store_is_a_startup_error() {
         vec![0x42; 16384]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_loses_and_doubles_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let h = Harness::start_with(|c| c.replace("api_calls = 5", "api_calls = 1000000")).await;
+    let port = dead_addr().await.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let usage = "store = \"embedded\"\nflush_interval_ms = 200";
+    let old = start(&h, port, usage).await;
+
+    // load: a new connection per request, so both processes get some while both listen
+    let done = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (done, ok, failed) = (done.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                drop(stream);
+                let r = Client::connect(addr)
+                    .await
+                    .request(&format!("GET {P} HTTP/1.1\nHost: t\nAuthorization: Bearer key-tiny\nConnection: close"), b"")
+                    .await;
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // the new binary waits for the sockets; the old one hands them over on SIGQUIT
+    let new = vivgate()
+        .arg("--config")
+        .arg(h.dir.path().join("vivgate.toml"))
+        .arg("-u")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let new = Killer(new);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut old = old;
+    signal(&old.0, libc::SIGQUIT);
+    // both serve for a while (pingora keeps the old one listening 5 s), then the old one
+    // drains for its grace period and exits
+    let start_wait = Instant::now();
+    let old_status = loop {
+        if let Some(s) = old.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(20),
+            "the old process did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(old_status.success(), "{old_status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let served = ok.load(Ordering::Relaxed);
+    assert!(served > 100, "only {served} requests");
+    // the new process merges the old one's last counts at its next flush, then stops cleanly
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop(new, libc::SIGTERM).await;
+    let fresh = start(&h, port, usage).await;
+    let stored = used_after_one_more(addr, "key-tiny", 1_000_000).await;
+    eprintln!(
+        "upgrade under load: {served} calls served, {stored} stored, {} failed",
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        stored, served,
+        "every call served across the upgrade is counted exactly once"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the upgrade"
+    );
+    stop(fresh, libc::SIGTERM).await;
+}

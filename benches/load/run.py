@@ -296,7 +296,7 @@ def reload_under_load(a, dir, ports, backend_port, vivgate, start, script):
     conf = conf.replace('tenants = "tenants.toml"', 'tenants = "big.tsv"').replace(
         f"listen = \"127.0.0.1:{ports['vivgate']}\"", f"listen = \"127.0.0.1:{port}\"")
     with open(os.path.join(dir, "big.toml"), "w") as f:
-        f.write(conf)
+        f.write(conf + '\n[usage]\npath = "state/big.redb"\n')
     t0 = time.time()
     vp = start([vivgate, "--config", os.path.join(dir, "big.toml")], PROXY_CPU, dict(os.environ, RUST_LOG="warn"))
     wait_port(port, vp, "vivgate with the big key set", timeout=60)
