@@ -150,9 +150,17 @@ impl<S: UsageStore> AdminApp<S> {
                 }
             }
             (Method::POST, "/reload") => match self.gw.clone().reload_in_background().await {
-                Ok(()) => {
-                    tracing::info!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "configuration reloaded");
-                    ok(json!({"reloaded": true}))
+                Ok(report) => {
+                    tracing::info!(
+                        target: "vivgate::audit",
+                        endpoint = "POST /reload",
+                        %caller,
+                        "configuration reloaded: groups {:?}, keys {:?}, routes {:?}",
+                        report.groups,
+                        report.keys,
+                        report.routes
+                    );
+                    ok(json!({"reloaded": true, "changes": report}))
                 }
                 Err(e @ (ReloadError::Invalid(_) | ReloadError::NeedsRestart(_))) => {
                     tracing::warn!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "reload refused: {e}");

@@ -43,6 +43,7 @@ const MAX_RECORDED: usize = 10_000;
 #[derive(Default, Clone)]
 pub struct Backend {
     received: Arc<Mutex<Vec<Received>>>,
+    total: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Backend {
@@ -50,7 +51,12 @@ impl Backend {
         Self::default()
     }
 
-    /// Everything received so far, oldest first.
+    /// How many requests were received in all (the record keeps only the last 10,000).
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The requests received so far (the last 10,000), oldest first.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -85,6 +91,8 @@ impl ServeHttp for Backend {
                 .collect(),
             body,
         };
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut v) = self.received.lock() {
             if v.len() >= MAX_RECORDED {
                 v.remove(0);

@@ -134,7 +134,7 @@ impl<S: UsageStore> Gateway<S> {
 
     /// Re-reads the config and tenants files and swaps the new snapshot in whole, or keeps the
     /// running one and says why. Usage counters live in the store and are not touched.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.source.as_deref().ok_or(ReloadError::NoSource)?;
         let result = config::load(path)
             .map_err(ReloadError::Invalid)
@@ -147,7 +147,7 @@ impl<S: UsageStore> Gateway<S> {
     /// [`Gateway::reload`] on a thread of its own at a low CPU priority (nice 10), so that
     /// compiling a large key set takes little CPU time from the requests being served (on a
     /// saturated core it gets about a tenth); the caller awaits the result.
-    pub async fn reload_in_background(self: Arc<Self>) -> Result<(), ReloadError> {
+    pub async fn reload_in_background(self: Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("vivgate-reload".into())
@@ -172,8 +172,8 @@ impl<S: UsageStore> Gateway<S> {
     }
 
     /// Swaps in a compiled snapshot unless it changes a setting that needs a restart.
-    pub fn swap(&self, new: Snapshot) -> Result<(), ReloadError> {
-        let old = self.snapshot.load();
+    pub fn swap(&self, new: Snapshot) -> Result<ReloadReport, ReloadError> {
+        let old = self.snapshot.load_full();
         let (a, b) = (&old.startup, &new.startup);
         if a.listen != b.listen {
             return Err(ReloadError::NeedsRestart("server.listen"));
@@ -190,8 +190,84 @@ impl<S: UsageStore> Gateway<S> {
         if a.admin_listen != b.admin_listen {
             return Err(ReloadError::NeedsRestart("admin.listen"));
         }
-        self.snapshot.store(Arc::new(new));
-        Ok(())
+        let report = ReloadReport::between(&old, &new);
+        drop(old);
+        let replaced = self.snapshot.swap(Arc::new(new));
+        retire(replaced);
+        Ok(report)
+    }
+}
+
+/// Drops a replaced snapshot on the calling (reload) thread: waits, at most 10 s, until the
+/// requests that still hold it are done, so the last of them does not spend its time freeing a
+/// million keys on a worker thread.
+fn retire(old: Arc<Snapshot>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(old);
+}
+
+/// What a reload changed: counts before and after, and the groups added, removed or changed
+/// (tier, status or overage billing), at most [`ReloadReport::MAX_LISTED`] of each.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    pub groups: [usize; 2],
+    pub keys: [usize; 2],
+    pub routes: [usize; 2],
+    pub upstreams: [usize; 2],
+    pub groups_added: Vec<String>,
+    pub groups_removed: Vec<String>,
+    pub groups_changed: Vec<String>,
+    /// True when a list above was cut at `MAX_LISTED`.
+    pub truncated: bool,
+}
+
+impl ReloadReport {
+    pub const MAX_LISTED: usize = 100;
+
+    fn between(old: &Snapshot, new: &Snapshot) -> ReloadReport {
+        let before: std::collections::HashMap<&str, &config::Group> =
+            old.groups.iter().map(|g| (&*g.id, g)).collect();
+        let mut r = ReloadReport {
+            groups: [old.groups.len(), new.groups.len()],
+            keys: [old.keys.len(), new.keys.len()],
+            routes: [old.routes.len(), new.routes.len()],
+            upstreams: [old.upstreams.len(), new.upstreams.len()],
+            groups_added: Vec::new(),
+            groups_removed: Vec::new(),
+            groups_changed: Vec::new(),
+            truncated: false,
+        };
+        let mut push = |list: &mut Vec<String>, id: &str| {
+            if list.len() < Self::MAX_LISTED {
+                list.push(id.to_string());
+            } else {
+                r.truncated = true;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for g in &new.groups {
+            seen.insert(&*g.id);
+            match before.get(&*g.id) {
+                None => push(&mut r.groups_added, &g.id),
+                Some(o)
+                    if o.tier.name != g.tier.name
+                        || o.status != g.status
+                        || o.overage_billing != g.overage_billing =>
+                {
+                    push(&mut r.groups_changed, &g.id)
+                }
+                Some(_) => {}
+            }
+        }
+        for g in &old.groups {
+            if !seen.contains(&*g.id) {
+                push(&mut r.groups_removed, &g.id);
+            }
+        }
+        r
     }
 }
 

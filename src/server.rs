@@ -86,6 +86,8 @@ pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: Shu
             up.lb.backends().run_health_check(true).await;
             last.insert(key, Instant::now());
         }
+        // not held across the sleep: a reload retires the old snapshot as soon as it can
+        drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shutdown.changed() => return,
@@ -123,7 +125,11 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.0.clone().reload_in_background().await {
-                    Ok(()) => tracing::info!(target: "vivgate::audit", "SIGHUP: configuration reloaded"),
+                    Ok(r) => tracing::info!(
+                        target: "vivgate::audit",
+                        "SIGHUP: configuration reloaded: groups {:?}, keys {:?}, routes {:?}",
+                        r.groups, r.keys, r.routes
+                    ),
                     Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
                 },
                 _ = term.recv() => {

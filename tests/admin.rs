@@ -194,10 +194,10 @@ async fn post_reload_applies_or_says_why_not() {
         &hash,
         &vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"k2")),
     ));
-    assert_eq!(
-        assert_success(&admin(a, "POST", "/reload", None).await)["reloaded"],
-        true
-    );
+    let d = assert_success(&admin(a, "POST", "/reload", None).await);
+    assert_eq!(d["reloaded"], true);
+    assert_eq!(d["changes"]["keys"], serde_json::json!([7, 7]));
+    assert_eq!(d["changes"]["groups_changed"], serde_json::json!([]));
     assert_envelope(
         &h.get("/tenant/integrationObjects?type=x", Some("key-pro"))
             .await,

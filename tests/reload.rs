@@ -22,7 +22,16 @@ async fn a_good_reload_applies_keys_and_status_and_keeps_counters() {
         "id = \"aaaaaaaaaaaaaaaaaaaaaa01\"\ntier = \"pro\"\nstatus = \"frozen\"",
     );
     h.write_tenants(&tenants);
-    h.gw.reload().unwrap();
+    let report = h.gw.reload().unwrap();
+    assert_eq!(report.groups, [6, 6]);
+    assert_eq!(report.keys, [7, 7]);
+    assert_eq!(
+        report.groups_changed,
+        vec!["aaaaaaaaaaaaaaaaaaaaaa01".to_string()]
+    );
+    assert!(
+        report.groups_added.is_empty() && report.groups_removed.is_empty() && !report.truncated
+    );
 
     assert_envelope(&h.get(P, Some("key-tiny")).await, 401, "Invalid or revoked");
     assert_envelope(&h.get(P, Some("key-pro")).await, 400, "frozen");
@@ -143,7 +152,7 @@ async fn reloads_under_load_fail_no_request_and_change_no_counter() {
         served,
         "every forwarded call counted once, none lost to a reload"
     );
-    assert_eq!(h.backend.received().len() as u64, served);
+    assert_eq!(h.backend.total(), served);
     eprintln!(
         "{served} requests, {} good and {} bad reloads, 0 failures",
         reloads.0, reloads.1
