@@ -36,6 +36,16 @@ pub struct EmbeddedStore {
     released: std::sync::atomic::AtomicBool,
 }
 
+/// A read hold on the open database.
+struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl DbGuard<'_> {
+    fn db(&self) -> &Database {
+        // checked in `open_db`; the slot cannot change while it is held for reading
+        self.0.as_ref().expect("open database")
+    }
+}
+
 /// One delta in a handover file.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct HandoverDelta {
@@ -50,6 +60,25 @@ impl std::fmt::Debug for EmbeddedStore {
             .field("path", &self.path)
             .finish()
     }
+}
+
+fn usage_of((calls, bytes, calls_overage, bytes_overage): (u64, u64, u64, u64)) -> Usage {
+    Usage {
+        calls,
+        bytes,
+        calls_overage,
+        bytes_overage,
+    }
+}
+
+/// A stored row plus signed deltas.
+fn add4(old: (u64, u64, u64, u64), d: [i64; 4]) -> (u64, u64, u64, u64) {
+    (
+        add(old.0, d[0]),
+        add(old.1, d[1]),
+        add(old.2, d[2]),
+        add(old.3, d[3]),
+    )
 }
 
 fn add(v: u64, d: i64) -> u64 {
@@ -195,10 +224,8 @@ impl EmbeddedStore {
             let deltas: Vec<HandoverDelta> =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
             let applied = (|| -> Result<bool, redb::Error> {
-                let guard = self.db()?;
-                let db = guard
-                    .as_ref()
-                    .ok_or(redb::Error::Corrupted("store closed".into()))?;
+                let guard = self.open_db()?;
+                let db = guard.db();
                 let txn = db.begin_write()?;
                 {
                     let mut meta = txn.open_table(META)?;
@@ -210,12 +237,7 @@ impl EmbeddedStore {
                     for d in &deltas {
                         let key = (d.m, d.g.as_str());
                         let old = table.get(key)?.map(|v| v.value()).unwrap_or((0, 0, 0, 0));
-                        let new = (
-                            add(old.0, d.d[0]),
-                            add(old.1, d.d[1]),
-                            add(old.2, d.d[2]),
-                            add(old.3, d.d[3]),
-                        );
+                        let new = add4(old, d.d);
                         table.insert(key, new)?;
                     }
                 }
@@ -275,18 +297,22 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, redb::Error> {
-        self.db
+    /// The open database, held for reading (not while it is being reopened).
+    fn open_db(&self) -> Result<DbGuard<'_>, redb::Error> {
+        let guard = self
+            .db
             .read()
-            .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))
+            .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))?;
+        if guard.is_none() {
+            return Err(redb::Error::Corrupted("store closed".into()));
+        }
+        Ok(DbGuard(guard))
     }
 
     /// Deletes rows before `keep_from` and records `newest` as the newest month seen.
     fn start_txn(&self, keep_from: Month, newest: Month) -> Result<(), redb::Error> {
-        let guard = self.db()?;
-        let db = guard
-            .as_ref()
-            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let guard = self.open_db()?;
+        let db = guard.db();
         let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
@@ -311,10 +337,8 @@ impl EmbeddedStore {
 
     /// Every group's stored usage for one month.
     pub fn read_month(&self, month: Month) -> Result<Vec<(String, Usage)>, redb::Error> {
-        let guard = self.db()?;
-        let db = guard
-            .as_ref()
-            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let guard = self.open_db()?;
+        let db = guard.db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(USAGE) {
             Ok(t) => t,
@@ -325,25 +349,14 @@ impl EmbeddedStore {
         let mut out = Vec::new();
         for row in table.range((m, "")..(m + 1, ""))? {
             let (k, v) = row?;
-            let (calls, bytes, calls_overage, bytes_overage) = v.value();
-            out.push((
-                k.value().1.to_string(),
-                Usage {
-                    calls,
-                    bytes,
-                    calls_overage,
-                    bytes_overage,
-                },
-            ));
+            out.push((k.value().1.to_string(), usage_of(v.value())));
         }
         Ok(out)
     }
 
     fn read_one(&self, group: &str, month: Month) -> Result<Usage, redb::Error> {
-        let guard = self.db()?;
-        let db = guard
-            .as_ref()
-            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let guard = self.open_db()?;
+        let db = guard.db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(USAGE) {
             Ok(t) => t,
@@ -352,36 +365,21 @@ impl EmbeddedStore {
         };
         Ok(table
             .get((month.index(), group))?
-            .map(|v| {
-                let (calls, bytes, calls_overage, bytes_overage) = v.value();
-                Usage {
-                    calls,
-                    bytes,
-                    calls_overage,
-                    bytes_overage,
-                }
-            })
+            .map(|v| usage_of(v.value()))
             .unwrap_or_default())
     }
 
     /// Adds the deltas and records the flush number, in one transaction.
     fn write(&self, deltas: &[Delta], seq: u64) -> Result<(), redb::Error> {
-        let guard = self.db()?;
-        let db = guard
-            .as_ref()
-            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let guard = self.open_db()?;
+        let db = guard.db();
         let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
             for d in deltas {
                 let key = (d.month.index(), &*d.group);
                 let old = table.get(key)?.map(|v| v.value()).unwrap_or((0, 0, 0, 0));
-                let new = (
-                    add(old.0, d.delta[0]),
-                    add(old.1, d.delta[1]),
-                    add(old.2, d.delta[2]),
-                    add(old.3, d.delta[3]),
-                );
+                let new = add4(old, d.delta);
                 table.insert(key, new)?;
             }
             let mut meta = txn.open_table(META)?;
@@ -393,10 +391,8 @@ impl EmbeddedStore {
 
     /// The flush number the file holds (after a reopen: did the failed write land?).
     fn stored_seq(&self) -> Result<u64, redb::Error> {
-        let guard = self.db()?;
-        let db = guard
-            .as_ref()
-            .ok_or(redb::Error::Corrupted("store closed".into()))?;
+        let guard = self.open_db()?;
+        let db = guard.db();
         let txn = db.begin_read()?;
         Ok(meta_u64(&txn, "flush_seq")?.unwrap_or(0))
     }
@@ -446,8 +442,8 @@ impl UsageStore for EmbeddedStore {
         let fail = |e: &dyn std::fmt::Display| {
             format!("usage store {}: overrides: {e}", self.path.display())
         };
-        let guard = self.db().map_err(|e| fail(&e))?;
-        let db = guard.as_ref().ok_or_else(|| fail(&"store closed"))?;
+        let guard = self.open_db().map_err(|e| fail(&e))?;
+        let db = guard.db();
         let txn = db.begin_read().map_err(|e| fail(&e))?;
         let table = match txn.open_table(META) {
             Ok(t) => t,
@@ -466,10 +462,8 @@ impl UsageStore for EmbeddedStore {
         };
         let json = serde_json::to_string(o).map_err(|e| fail(&e))?;
         let result = (|| -> Result<(), redb::Error> {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or(redb::Error::Corrupted("store closed".into()))?;
+            let guard = self.open_db()?;
+            let db = guard.db();
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(META)?;

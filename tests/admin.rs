@@ -68,6 +68,7 @@ async fn usage_reports_exactly_what_was_served() {
         h.get("/cdn/x?size=1234", Some("key-tiny")).await.status,
         200
     );
+    h.wait_bytes("key-tiny", 1234).await;
     for _ in 0..7 {
         assert_eq!(
             h.get(
@@ -478,17 +479,14 @@ async fn metrics_count_answers_rejections_usage_and_reloads() {
     assert_eq!(h.get(p, None).await.status, 401);
     assert_eq!(h.get("/nope", Some("key-pro")).await.status, 404);
     assert_eq!(h.get("/cdn/x?size=300", Some("key-pro")).await.status, 200);
+    h.wait_bytes("key-pro", 300).await;
     h.gw.reload().unwrap();
     h.write_tenants("not toml");
     assert!(h.gw.reload().is_err());
 
     let r = admin(a, "GET", "/metrics", None).await;
     assert_eq!(r.status, 401, "metrics need the token too");
-    let r = admin(a, "GET", "/metrics", Some("admin-secret")).await;
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    let text = r.text();
-    for line in [
+    let expected = [
         "vivgate_requests_total{route=\"/tenant/integrationObjects\",status=\"200\"} 5",
         "vivgate_requests_total{route=\"/tenant/integrationObjects\",status=\"402\"} 1",
         "vivgate_requests_total{route=\"none\",status=\"401\"} 1",
@@ -503,7 +501,20 @@ async fn metrics_count_answers_rejections_usage_and_reloads() {
         "vivgate_usage_bytes{tier=\"pro\"} 300",
         "vivgate_reloads_total{result=\"ok\"} 1",
         "vivgate_reloads_total{result=\"refused\"} 1",
-    ] {
+    ];
+    // requests are counted when the gateway logs them, just after the client has the answer
+    let mut text = String::new();
+    for _ in 0..100 {
+        let r = admin(a, "GET", "/metrics", Some("admin-secret")).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+        text = r.text();
+        if expected.iter().all(|line| text.lines().any(|l| l == *line)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for line in expected {
         assert!(
             text.lines().any(|l| l == line),
             "missing {line:?} in:\n{text}"

@@ -162,6 +162,11 @@ async fn a_slow_request_belongs_to_the_month_of_its_check() {
     assert_eq!(slow.await.unwrap().status, 200);
     let store = h.gw.store();
     let tiny = group_id("key-tiny");
+    wait_for("the bytes to be metered", || {
+        let done = store.usage(tiny, Month::from_ym(2026, 11)).bytes >= 700;
+        async move { done }
+    })
+    .await;
     let nov = store.usage(tiny, Month::from_ym(2026, 11));
     assert_eq!((nov.calls, nov.bytes), (1, 700));
     assert_eq!(store.usage(tiny, Month::from_ym(2026, 12)).bytes, 0);
@@ -190,6 +195,7 @@ async fn overage_groups_are_never_refused_and_overage_is_counted() {
             200
         );
     }
+    h.wait_bytes("key-tiny-overage", 2000).await;
     let u = h.usage("key-tiny-overage");
     assert_eq!((u.bytes, u.bytes_overage), (2000, 500));
     assert_eq!((u.calls, u.calls_overage), (10, 5));
@@ -211,6 +217,7 @@ async fn response_bytes_are_metered_and_the_bandwidth_quota_is_enforced() {
         r.header("ratelimit"),
         Some("\"monthly-calls\";r=4;t=1339200, \"monthly-bytes\";r=500;t=1339200")
     );
+    h.wait_bytes("key-tiny", 1000).await;
     assert_eq!(h.usage("key-tiny").bytes, 1000);
     // 1000 < 1500 so this one is admitted, and may overshoot
     assert_eq!(
@@ -219,6 +226,7 @@ async fn response_bytes_are_metered_and_the_bandwidth_quota_is_enforced() {
             .status,
         200
     );
+    h.wait_bytes("key-tiny", 2000).await;
     assert_eq!(h.usage("key-tiny").bytes, 2000);
     let r = h.get("/cdn/logo.png?size=10", Some("key-tiny")).await;
     assert_envelope(&r, 402, "Monthly CDN bandwidth quota exceeded");
@@ -254,6 +262,7 @@ async fn a_group_reads_its_own_usage_unmetered_even_when_frozen() {
         assert_eq!(h.get(TINY, Some("key-tiny")).await.status, 200);
     }
     assert_eq!(h.get("/cdn/a?size=700", Some("key-tiny")).await.status, 200);
+    h.wait_bytes("key-tiny", 700).await;
     for _ in 0..2 {
         let r = h.get("/v1/usage", Some("key-tiny")).await;
         assert_eq!(r.status, 200, "{}", r.text());

@@ -260,6 +260,16 @@ impl Harness {
         self.gw.store().usage(group_id(key), month)
     }
 
+    /// Waits until `key`'s group has at least `bytes` metered this month. Bytes are metered
+    /// when the gateway logs a request, which can be just after the client has the response.
+    pub async fn wait_bytes(&self, key: &str, bytes: u64) {
+        wait_for("the response bytes to be metered", || {
+            let done = self.usage(key).bytes >= bytes;
+            async move { done }
+        })
+        .await;
+    }
+
     pub fn write_tenants(&self, text: &str) {
         std::fs::write(self.dir.path().join("tenants.toml"), text).unwrap();
     }
