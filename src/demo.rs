@@ -223,6 +223,7 @@ fn instructions(listen: SocketAddr, backend: SocketAddr) -> String {
         ("200 valid JSON", format!("curl -i {pro} -H 'Content-Type: application/json' -d '{{\"title\": \"hi\"}}' '{base}/tenant/collectionObjects'")),
         ("402 quota (4th call)", format!("for i in 1 2 3 4; do curl -s -H 'Authorization: Bearer demo-tiny-key' '{base}/tenant/integrationObjects?type=x'; echo; done")),
         ("CDN bytes metered", format!("curl -si {pro} '{base}/cdn/logo.png?size=2048' | head -n 12")),
+        ("200 the group's own usage (not metered)", format!("curl -s {pro} '{base}/v1/usage'")),
         ("502 backend unreachable", format!("curl -i {pro} '{base}/offline/x'")),
         ("504 backend too slow", format!("curl -i {pro} '{base}/slow/report?ms=3000'")),
     ];
