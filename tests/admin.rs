@@ -228,22 +228,13 @@ async fn post_reload_applies_or_says_why_not() {
 async fn the_binary_answers_503_on_healthz_as_soon_as_a_stop_begins() {
     let h = Harness::start().await;
     let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
-    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-        .unwrap()
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 2"),
-        )
-        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[usage]\nstore = \"memory\"\n");
-    h.write_config(&config);
-    let child = vivgate()
-        .arg("--config")
-        .arg(h.dir.path().join("vivgate.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Killer(child);
+    let config = h.binary_config(
+        "admin.toml",
+        port,
+        "grace_period_seconds = 2",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[usage]\nstore = \"memory\""),
+    );
+    let mut child = spawn_binary(&config, &[], &[], port).await;
     let a: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     wait_for("the admin listener", || async {
         tokio::net::TcpStream::connect(a).await.is_ok()
@@ -266,11 +257,7 @@ async fn the_binary_answers_503_on_healthz_as_soon_as_a_stop_begins() {
         None,
         "still draining when healthz says 503"
     );
-    wait_for("the process to exit", || {
-        let done = child.0.try_wait().unwrap().is_some();
-        async move { done }
-    })
-    .await;
+    wait_exit(&mut child, None, std::time::Duration::from_secs(10)).await;
 }
 
 async fn admin_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
@@ -385,30 +372,17 @@ async fn status_overrides_and_revocations_win_over_the_tenants_file() {
 async fn overrides_survive_a_restart_with_the_embedded_store() {
     let h = Harness::start().await;
     let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
-    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-        .unwrap()
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 1"),
-        )
-        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n");
-    h.write_config(&config);
+    let config = h.binary_config(
+        "admin.toml",
+        port,
+        "grace_period_seconds = 1",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+    );
     let a: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let g: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let p = "/tenant/integrationObjects?type=x";
     for round in 0..2 {
-        let child = vivgate()
-            .arg("--config")
-            .arg(h.dir.path().join("vivgate.toml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut child = Killer(child);
-        wait_for("the gateway", || async {
-            tokio::net::TcpStream::connect(g).await.is_ok()
-        })
-        .await;
+        let mut child = spawn_binary(&config, &[], &[], port).await;
         wait_for("the admin listener", || async {
             tokio::net::TcpStream::connect(a).await.is_ok()
         })
@@ -458,13 +432,13 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
                 .status,
             200
         );
-        signal(&child.0, libc::SIGTERM);
-        wait_for("the process to exit", || {
-            let done = child.0.try_wait().unwrap().is_some();
-            async move { done }
-        })
+        let status = wait_exit(
+            &mut child,
+            Some(libc::SIGTERM),
+            std::time::Duration::from_secs(15),
+        )
         .await;
-        assert!(child.0.wait().unwrap().success(), "a graceful stop exits 0");
+        assert!(status.success(), "a graceful stop exits 0: {status:?}");
     }
 }
 

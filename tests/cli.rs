@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -119,27 +119,10 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
     // real binary, on a port picked by binding port 0 (then freed for the binary to take).
     let h = Harness::start().await;
     let port = dead_addr().await.port();
-    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-        .unwrap()
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\ngrace_period_seconds = 1"),
-        );
-    h.write_config(&config);
-    let child = vivgate()
-        .arg("--config")
-        .arg(h.dir.path().join("vivgate.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Killer(child);
+    let config = h.binary_config("vivgate.toml", port, "grace_period_seconds = 1", "");
+    let mut child = spawn_binary(&config, &[], &[], port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let path = "/tenant/integrationObjects?type=a";
-    wait_for("the binary to listen", || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
 
     let get =
         |key: &'static str| async move { Client::connect(addr).await.get(path, Some(key)).await };
@@ -174,19 +157,11 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
         "SIGHUP must not kill the process"
     );
 
-    signal(&child.0, libc::SIGTERM);
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "SIGTERM must stop the gateway promptly"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "SIGTERM stops the gateway promptly and cleanly: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,15 +218,8 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
         "quota",
     );
 
-    signal(&child.0, libc::SIGINT);
-    let start = Instant::now();
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "Ctrl-C must stop the demo"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Ctrl-C stops the demo
+    wait_exit(&mut child, Some(libc::SIGINT), Duration::from_secs(10)).await;
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut out).unwrap();
     for needle in [
@@ -271,27 +239,14 @@ async fn months_are_utc_whatever_the_host_time_zone() {
     let h = Harness::start().await;
     for tz in ["XYZ-14", "ABC+12", "UTC0"] {
         let port = dead_addr().await.port();
-        let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
-        let config = config.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
+        let config = h.binary_config(
+            &format!("tz-{port}.toml"),
+            port,
+            "",
+            "[usage]\nstore = \"memory\"",
         );
-        let path = h.dir.path().join(format!("tz-{port}.toml"));
-        std::fs::write(&path, config + "\n[usage]\nstore = \"memory\"\n").unwrap();
-        let child = vivgate()
-            .arg("--config")
-            .arg(&path)
-            .env("TZ", tz)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let _child = Killer(child);
+        let _child = spawn_binary(&config, &[], &[("TZ", tz)], port).await;
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for("the binary to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
         let r = Client::connect(addr)
             .await
             .get("/tenant/integrationObjects?type=a", Some("key-pro"))

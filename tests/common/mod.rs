@@ -364,6 +364,14 @@ impl Client {
 
     /// Sends `head` (request line and headers, without the final blank line) and `body`.
     pub async fn request(&mut self, head: &str, body: &[u8]) -> Resp {
+        self.try_request(head, body)
+            .await
+            .expect("connection closed before a response head")
+    }
+
+    /// Like [`Client::request`]; `None` when the server closed the connection without
+    /// answering (or the request could not be sent).
+    pub async fn try_request(&mut self, head: &str, body: &[u8]) -> Option<Resp> {
         let mut raw = head
             .trim_end()
             .replace('\n', "\r\n")
@@ -372,8 +380,8 @@ impl Client {
         raw.extend_from_slice(b"\r\n\r\n");
         raw.extend_from_slice(body);
         self.head = head.starts_with("HEAD ");
-        self.send_raw(&raw).await;
-        self.read_response().await
+        self.stream.write_all(&raw).await.ok()?;
+        self.try_read_response().await
     }
 
     pub async fn get(&mut self, path: &str, key: Option<&str>) -> Resp {
@@ -407,6 +415,13 @@ impl Client {
 
     /// Reads one response (any 1xx responses are returned as they come).
     pub async fn read_response(&mut self) -> Resp {
+        self.try_read_response()
+            .await
+            .expect("connection closed before a response head")
+    }
+
+    /// Like [`Client::read_response`]; `None` when the connection closes before a head.
+    pub async fn try_read_response(&mut self) -> Option<Resp> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut headers);
@@ -430,14 +445,14 @@ impl Client {
                         body: Vec::new(),
                     };
                     if (100..200).contains(&status) || status == 204 || status == 304 || self.head {
-                        return resp;
+                        return Some(resp);
                     }
                     resp.body = self.read_body(&resp).await;
-                    return resp;
+                    return Some(resp);
                 }
                 httparse::Status::Partial => {
                     if self.fill().await == 0 {
-                        panic!("connection closed before a response head");
+                        return None;
                     }
                 }
             }
@@ -537,5 +552,68 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Harness {
+    /// Writes `name` beside the harness config for the real binary: the gateway on
+    /// 127.0.0.1:`port`, `server_extra` lines added to `[server]`, `tail` appended; returns its path.
+    pub fn binary_config(&self, name: &str, port: u16, server_extra: &str, tail: &str) -> PathBuf {
+        let config = std::fs::read_to_string(self.dir.path().join("vivgate.toml"))
+            .unwrap()
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\"\n{server_extra}"),
+            );
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{config}\n{tail}\n")).unwrap();
+        path
+    }
+}
+
+/// Runs the binary on `config` with `args` and `env`, and waits until 127.0.0.1:`port` accepts.
+pub async fn spawn_binary(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    port: u16,
+) -> Killer {
+    let child = vivgate()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killer(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the binary to listen", || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    child
+}
+
+/// Sends `sig` (none: only waits) and waits, at most `within`, for the process to exit.
+pub async fn wait_exit(
+    k: &mut Killer,
+    sig: Option<i32>,
+    within: Duration,
+) -> std::process::ExitStatus {
+    if let Some(sig) = sig {
+        signal(&k.0, sig);
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = k.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < within,
+            "the process did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
