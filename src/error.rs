@@ -27,6 +27,25 @@ pub enum GatewayError {
     UpstreamUnreachable,
     UpstreamTimeout,
     Internal,
+    /// A request the gateway will not parse further: ambiguous framing, a path that is not
+    /// canonical, a malformed head. The reason is public and never quotes the request.
+    Malformed(&'static str),
+    /// The request head is over `limits.max_head_bytes` or `limits.max_header_lines`.
+    HeadTooLarge,
+    /// The request head did not arrive within `limits.head_timeout_ms`.
+    HeadTimeout,
+    /// `CONNECT`: the gateway tunnels nothing.
+    ConnectNotAllowed,
+    /// An `Upgrade` request on a route that does not allow it.
+    UpgradeNotAllowed,
+    /// A JSON body nested deeper than `limits.max_json_depth`.
+    JsonTooDeep,
+    /// Too many failed authentications from this client address; retry after this many seconds.
+    AuthBlocked(u64),
+    /// The group's tier allows this many requests per second, and they are spent.
+    BurstLimited(u32),
+    /// `limits.max_connections` connections are open.
+    TooManyConnections,
 }
 
 impl GatewayError {
@@ -46,6 +65,12 @@ impl GatewayError {
             UpstreamUnreachable => 502,
             UpstreamTimeout => 504,
             Internal => 500,
+            Malformed(_) | UpgradeNotAllowed | JsonTooDeep => 400,
+            HeadTooLarge => 431,
+            HeadTimeout => 408,
+            ConnectNotAllowed => 405,
+            AuthBlocked(_) | BurstLimited(_) => 429,
+            TooManyConnections => 503,
         }
     }
 
@@ -71,6 +96,15 @@ impl GatewayError {
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal",
+            Malformed(_) => "malformed_request",
+            HeadTooLarge => "head_too_large",
+            HeadTimeout => "head_timeout",
+            ConnectNotAllowed => "connect",
+            UpgradeNotAllowed => "upgrade_not_allowed",
+            JsonTooDeep => "json_too_deep",
+            AuthBlocked(_) => "auth_blocked",
+            BurstLimited(_) => "burst_limited",
+            TooManyConnections => "too_many_connections",
         }
     }
 
@@ -105,6 +139,21 @@ impl GatewayError {
             UpstreamUnreachable => "Bad gateway: the service is unreachable".into(),
             UpstreamTimeout => "Gateway timeout: the service did not answer in time".into(),
             Internal => "Internal server error".into(),
+            Malformed(why) => format!("Bad request: {why}"),
+            HeadTooLarge => "Request header fields too large".into(),
+            HeadTimeout => "Request timeout: the request head did not arrive in time".into(),
+            ConnectNotAllowed => "Method not allowed".into(),
+            UpgradeNotAllowed => {
+                "Bad request: protocol upgrade is not allowed on this route".into()
+            }
+            JsonTooDeep => "Invalid JSON body: nested too deeply".into(),
+            AuthBlocked(_) => {
+                "Too many failed authentication attempts from this address; retry later".into()
+            }
+            BurstLimited(n) => {
+                format!("Too many requests: this group's tier allows {n} requests per second")
+            }
+            TooManyConnections => "Service unavailable: too many connections".into(),
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     overrides_lock: std::sync::Mutex<()>,
     /// Set when a stop or an upgrade begins: `/healthz` answers 503 from then on.
     stopping: std::sync::atomic::AtomicBool,
+    failed_auth: crate::abuse::FailedAuth,
+    burst: crate::abuse::Burst,
+    /// Client connections open now (for `limits.max_connections`).
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl<S: UsageStore> Gateway<S> {
@@ -76,6 +80,9 @@ impl<S: UsageStore> Gateway<S> {
             overrides: ArcSwap::from_pointee(Overrides::default()),
             metrics: Metrics::new(),
             overrides_lock: std::sync::Mutex::new(()),
+            failed_auth: Default::default(),
+            burst: Default::default(),
+            connections: Default::default(),
         }
     }
 
@@ -169,6 +176,22 @@ impl<S: UsageStore> Gateway<S> {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn failed_auth(&self) -> &crate::abuse::FailedAuth {
+        &self.failed_auth
+    }
+
+    pub fn burst(&self) -> &crate::abuse::Burst {
+        &self.burst
+    }
+
+    /// Counts a client connection open until the guard drops; `None` when `max` are open.
+    pub fn open_connection(&self, max: usize) -> Option<ConnectionGuard<'_>> {
+        use std::sync::atomic::Ordering;
+        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnectionGuard(&self.connections);
+        (prev < max).then_some(guard)
     }
 
     /// Swaps in a compiled snapshot unless it changes a setting that needs a restart.
@@ -301,5 +324,14 @@ impl RequestIds {
         hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]).ok();
         // 32 hex digits are always a valid header value
         http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("0"))
+    }
+}
+
+/// One open client connection; see [`Gateway::open_connection`].
+pub struct ConnectionGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

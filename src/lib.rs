@@ -5,12 +5,14 @@
 //! used-up monthly quotas, failing backends), always in Vivreal's error envelope, and forwards
 //! the rest. See `README.md` and `../shared/DESIGN.md`.
 
+pub mod abuse;
 pub mod admin;
 pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod front;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;

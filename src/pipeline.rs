@@ -10,6 +10,10 @@ use crate::error::GatewayError;
 use crate::keys::{hash_key, KeyHash};
 use crate::overrides::Overrides;
 use std::sync::Arc;
+use vivgate_parse::auth::bearer_token;
+use vivgate_parse::json::JsonError;
+pub use vivgate_parse::query::is_object_id;
+use vivgate_parse::query::{param, Param};
 
 /// The path where a group reads its own usage with its own key (`GET /v1/usage`).
 pub const OWN_USAGE_PATH: &str = "/v1/usage";
@@ -36,8 +40,9 @@ pub struct Refused<'s> {
 }
 
 /// Steps 1 to 5, the checks on the request head, in the contract's order: key, deactivated,
-/// (the group's own usage), frozen, route, required parameters, ID parameters. No I/O, no
-/// allocation on success.
+/// (the group's own usage), frozen, route, upgrade, required parameters, ID parameters. `path`
+/// is the canonical path ([`vivgate_parse::path::canonical_path`]). No I/O, no allocation on
+/// success.
 pub fn check_head<'s>(
     snap: &'s Snapshot,
     overrides: &Overrides,
@@ -66,16 +71,21 @@ pub fn check_head<'s>(
     }
     group_status(status).map_err(refused)?;
     let route = route(snap, method, path).map_err(refused)?;
-    query(route, query_string).map_err(|error| Refused {
+    let matched = |error| Refused {
         error,
         matched: Some((group, route)),
-    })?;
+    };
+    if !route.upgrade && headers.contains_key(http::header::UPGRADE) {
+        return Err(matched(GatewayError::UpgradeNotAllowed));
+    }
+    query(route, query_string).map_err(matched)?;
     Ok(Admitted::Forward { group, route })
 }
 
-/// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive), exactly one such header, and a
-/// key whose SHA-256 is known. A missing header is `MissingKey`; anything else that fails
-/// (another scheme, an empty key, two headers, an unknown key) is `InvalidKey`.
+/// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive, one space, a token68 key),
+/// exactly one such header, and a key whose SHA-256 is known. A missing header is `MissingKey`;
+/// anything else that fails (another scheme, a malformed value, two headers, an unknown key) is
+/// `InvalidKey`.
 pub fn authenticate<'s>(
     snap: &'s Snapshot,
     headers: &HeaderMap,
@@ -89,14 +99,6 @@ pub fn authenticate<'s>(
     let hash = hash_key(key);
     let group = snap.group_for(&hash).ok_or(GatewayError::InvalidKey)?;
     Ok((group, hash))
-}
-
-fn bearer_token(v: &[u8]) -> Option<&[u8]> {
-    if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || !matches!(v[6], b' ' | b'\t') {
-        return None;
-    }
-    let key = v[7..].trim_ascii();
-    (!key.is_empty() && !key.contains(&b' ')).then_some(key)
 }
 
 /// Step 2: a deactivated group is refused (403), a frozen one too (400, message says "frozen").
@@ -123,50 +125,39 @@ pub fn route<'s>(
 
 /// Steps 4 and 5: required parameters must appear exactly once and not be empty (400); ID parameters,
 /// when present, must appear once (400) and be 24 hex characters (404). Names and values are
-/// compared after URL decoding, so `%63ollectionId` is `collectionId`.
+/// compared after URL decoding, so `%63ollectionId` is `collectionId` and
+/// `collectionId=a&%63ollectionId=b` names it twice.
 pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
     if route.required_query.is_empty() && route.id_query.is_empty() {
         return Ok(());
     }
     let raw = query.unwrap_or("").as_bytes();
-    // (first value, given more than once); parsing borrows unless a name or value is encoded
-    let find = |name: &str| {
-        let mut it = form_urlencoded::parse(raw).filter(|(k, _)| k == name);
-        let first = it.next().map(|(_, v)| v);
-        (first, it.next().is_some())
-    };
     for name in &route.required_query {
-        match find(name) {
-            (None, _) => return Err(GatewayError::MissingParam(name.clone())),
-            (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
-            (Some(v), false) if v.is_empty() => return Err(GatewayError::EmptyParam(name.clone())),
-            (Some(_), false) => {}
+        match param(raw, name) {
+            Param::Absent => return Err(GatewayError::MissingParam(name.clone())),
+            Param::Repeated => return Err(GatewayError::DuplicateParam(name.clone())),
+            Param::Once(v) if v.is_empty() => return Err(GatewayError::EmptyParam(name.clone())),
+            Param::Once(_) => {}
         }
     }
     for name in &route.id_query {
-        match find(name) {
-            (None, _) => {}
-            (Some(_), true) => return Err(GatewayError::DuplicateParam(name.clone())),
-            (Some(v), false) if is_object_id(&v) => {}
-            (Some(_), false) => return Err(GatewayError::MalformedId(name.clone())),
+        match param(raw, name) {
+            Param::Absent => {}
+            Param::Repeated => return Err(GatewayError::DuplicateParam(name.clone())),
+            Param::Once(v) if is_object_id(&v) => {}
+            Param::Once(_) => return Err(GatewayError::MalformedId(name.clone())),
         }
     }
     Ok(())
 }
 
-/// Exactly 24 hex characters (either case).
-pub fn is_object_id(v: &str) -> bool {
-    v.len() == 24 && v.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Step 6: a JSON body: not empty and valid JSON (any value).
-pub fn json_body(body: &[u8]) -> Result<(), GatewayError> {
-    if body.is_empty() {
-        return Err(GatewayError::InvalidJson);
+/// Step 6: a JSON body: not empty, nested at most `max_depth` deep, and valid JSON (any value).
+pub fn json_body(body: &[u8], max_depth: usize) -> Result<(), GatewayError> {
+    match vivgate_parse::json::check(body, max_depth) {
+        Ok(()) => Ok(()),
+        Err(JsonError::TooDeep) => Err(GatewayError::JsonTooDeep),
+        Err(JsonError::Empty | JsonError::Invalid) => Err(GatewayError::InvalidJson),
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map(|_| ())
-        .map_err(|_| GatewayError::InvalidJson)
 }
 
 /// A client-chosen request id is kept if it matches `[A-Za-z0-9._-]{1,64}`.
@@ -189,6 +180,7 @@ mod tests {
             id_query: ids.iter().map(|s| s.to_string()).collect(),
             meters: Meters::default(),
             json_body: false,
+            upgrade: false,
         }
     }
 
@@ -279,16 +271,6 @@ upstream = "a"
     }
 
     #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"bEaReR   abc  "), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"Bearer "), None);
-        assert_eq!(bearer_token(b"Basic abc"), None);
-        assert_eq!(bearer_token(b"Bearerabc"), None);
-        assert_eq!(bearer_token(b"Bearer a b"), None);
-    }
-
-    #[test]
     fn query_rules_in_order() {
         let r = route_with(&["collectionId"], &["collectionId"]);
         let id = "651f0c2ab4e8a90012345678";
@@ -324,12 +306,13 @@ upstream = "a"
 
     #[test]
     fn json_rules() {
-        assert_eq!(json_body(b"{\"a\":1}"), Ok(()));
-        assert_eq!(json_body(b"3"), Ok(()));
-        assert_eq!(json_body(b" [] "), Ok(()));
-        assert_eq!(json_body(b""), Err(GatewayError::InvalidJson));
-        assert_eq!(json_body(b"{"), Err(GatewayError::InvalidJson));
-        assert_eq!(json_body(b"{} {}"), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"{\"a\":1}", 64), Ok(()));
+        assert_eq!(json_body(b"3", 64), Ok(()));
+        assert_eq!(json_body(b" [] ", 64), Ok(()));
+        assert_eq!(json_body(b"", 64), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"{", 64), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"{} {}", 64), Err(GatewayError::InvalidJson));
+        assert_eq!(json_body(b"[[1]]", 1), Err(GatewayError::JsonTooDeep));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The only file that knows pingora's phases. `VivGate` runs the checks of [`crate::pipeline`]
 //! in `request_filter`, answers failures with the envelope, and forwards the rest.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use crate::error::{envelope, GatewayError};
 use crate::gateway::Gateway;
 use crate::pipeline;
 use crate::usage::{Meter, Take, UsageStore};
+use vivgate_parse::path::canonical_path;
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -63,6 +65,8 @@ pub struct Ctx {
     rejected: Option<&'static str>,
     /// When an upstream server was chosen (the latency histogram's start).
     upstream_started: Option<std::time::Instant>,
+    /// The canonical path, when the request spelled it otherwise: what the backend receives.
+    canonical_path: Option<String>,
 }
 
 impl Default for Ctx {
@@ -82,6 +86,7 @@ impl Default for Ctx {
             upstream_responded: false,
             rejected: None,
             upstream_started: None,
+            canonical_path: None,
         }
     }
 }
@@ -96,15 +101,37 @@ impl<S: UsageStore> VivGate<S> {
     ) -> Result<Checked, GatewayError> {
         let snap = self.gw.snapshot();
         let req = session.req_header();
+        // step 0: one canonical path, or nothing
+        let path =
+            canonical_path(req.uri.path()).map_err(|e| GatewayError::Malformed(e.as_str()))?;
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let failed_auth = snap.limits.failed_auth.zip(client);
+        if let Some((_, ip)) = failed_auth {
+            if let Some(left) = self.gw.failed_auth().blocked(ip, Instant::now()) {
+                return Err(GatewayError::AuthBlocked(left.as_secs().max(1)));
+            }
+        }
         let overrides = self.gw.overrides();
-        let (group, route, refused) = match pipeline::check_head(
+        let checked = pipeline::check_head(
             &snap,
             &overrides,
             &req.headers,
             &req.method,
-            req.uri.path(),
+            &path,
             req.uri.query(),
-        ) {
+        );
+        if let (Err(r), Some((limit, ip))) = (&checked, failed_auth) {
+            if r.error.status() == 401 && self.gw.failed_auth().record(ip, Instant::now(), limit) {
+                tracing::info!(target: "vivgate::audit", client = %ip, "client blocked after failed authentications");
+            }
+        }
+        if let Cow::Owned(p) = path {
+            ctx.canonical_path = Some(p);
+        }
+        let (group, route, refused) = match checked {
             Ok(pipeline::Admitted::Forward { group, route }) => (group, route.clone(), None),
             Ok(pipeline::Admitted::OwnUsage { group }) => {
                 return Ok(Checked::OwnUsage(group.clone()));
@@ -128,6 +155,11 @@ impl<S: UsageStore> VivGate<S> {
         ctx.snap = Some(snap.clone());
         if route.json_body {
             self.read_json_body(session, &snap).await?;
+        }
+        if let Some(n) = group.tier.burst_per_second {
+            if !self.gw.burst().admit(&group.id, n) {
+                return Err(GatewayError::BurstLimited(n));
+            }
         }
         self.take_quota(ctx).await?;
         Ok(Checked::Forward)
@@ -162,7 +194,7 @@ impl<S: UsageStore> VivGate<S> {
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        drain_for_keepalive(session, self.gw.snapshot().max_drain_body).await;
+        drain_for_keepalive(session, self.gw.snapshot().limits.max_drain_body).await;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head).await?;
         if !head {
@@ -180,7 +212,7 @@ impl<S: UsageStore> VivGate<S> {
         session: &mut Session,
         snap: &Snapshot,
     ) -> Result<(), GatewayError> {
-        let max = snap.max_json_body;
+        let max = snap.limits.max_json_body;
         if content_length(session.req_header()).is_some_and(|n| n > max) {
             return Err(GatewayError::BodyTooLarge);
         }
@@ -203,7 +235,7 @@ impl<S: UsageStore> VivGate<S> {
                 Err(_) => return Err(GatewayError::BadRequest),
             }
         }
-        pipeline::json_body(&body)
+        pipeline::json_body(&body, snap.limits.max_json_depth)
     }
 
     /// Step 7: the monthly quota of each meter of the route. Bandwidth is checked before calls so a
@@ -290,10 +322,10 @@ impl<S: UsageStore> VivGate<S> {
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
         let body = envelope(&e.message());
         let resp = self.envelope_header(ctx, e, body.len())?;
-        let max_drain = ctx
-            .snap
-            .as_ref()
-            .map_or_else(|| self.gw.snapshot().max_drain_body, |s| s.max_drain_body);
+        let max_drain = ctx.snap.as_ref().map_or_else(
+            || self.gw.snapshot().limits.max_drain_body,
+            |s| s.limits.max_drain_body,
+        );
         drain_for_keepalive(session, max_drain).await;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head).await?;
@@ -320,6 +352,8 @@ impl<S: UsageStore> VivGate<S> {
                 let month = ctx.month.unwrap_or(Month::containing(ctx.now_ms));
                 resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
             }
+            GatewayError::AuthBlocked(secs) => resp.insert_header(header::RETRY_AFTER, *secs)?,
+            GatewayError::BurstLimited(_) => resp.insert_header(header::RETRY_AFTER, 1)?,
             _ => {}
         }
         if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {
@@ -451,6 +485,10 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
             Err(e) => {
                 ctx.rejected = Some(e.reason());
+                if matches!(e, GatewayError::Malformed(_)) {
+                    // a request the gateway could not read unambiguously ends the connection
+                    session.set_keepalive(None);
+                }
                 self.reject(session, ctx, &e).await?;
                 Ok(true)
             }
@@ -525,6 +563,16 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(path) = &ctx.canonical_path {
+            // the backend receives exactly the path that was checked and routed
+            let uri = match req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let uri = http::Uri::try_from(uri)
+                .map_err(|_| Error::explain(ErrorType::InternalError, "canonical path"))?;
+            req.set_uri(uri);
+        }
         req.remove_header(&header::AUTHORIZATION);
         req.remove_header(&header::EXPECT);
         if req.headers.keys().any(is_vivreal_header) {

@@ -10,24 +10,31 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
-use pingora::proxy::{http_proxy, http_proxy_service, HttpProxy};
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use tokio::net::TcpListener;
 
 use crate::admin::AdminApp;
 use crate::clock::{Clock, Month, SystemClock};
 use crate::config;
+use crate::front::Front;
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::store::EmbeddedStore;
 use crate::usage::{MemoryStore, UsageStore};
 
-/// The pingora application for a gateway, ready for [`serve`].
-pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<HttpProxy<VivGate<S>>> {
+/// The application for a gateway (vivgate's front, then pingora's proxy), ready for [`serve`].
+pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<Front<S>> {
     let conf = Arc::new(ServerConf::default());
-    Arc::new(http_proxy(&conf, VivGate::new(gw)))
+    Arc::new(front_app(&conf, gw))
+}
+
+fn front_app<S: UsageStore>(conf: &Arc<ServerConf>, gw: Arc<Gateway<S>>) -> Front<S> {
+    let proxy = Arc::new(http_proxy(conf, VivGate::new(gw.clone())));
+    Front::new(gw, proxy)
 }
 
 /// Accepts connections on `listener` and hands each to `app` until `shutdown` turns true.
@@ -239,7 +246,10 @@ fn run_with<S: UsageStore>(
     gw.load_overrides()?;
     let snap = gw.snapshot();
     let startup = &snap.startup;
-    let mut proxy = http_proxy_service(&server.configuration, VivGate::new(gw.clone()));
+    let mut proxy = Service::new(
+        "vivgate".to_string(),
+        front_app(&server.configuration, gw.clone()),
+    );
     proxy.add_tcp(&startup.listen);
     server.add_service(proxy);
     server.add_service(background_service(

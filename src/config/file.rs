@@ -58,32 +58,57 @@ fn default_grace() -> u64 {
     5
 }
 
+/// Edge limits. Every default is documented, with its reason, in the README's security section.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
+    /// Request line, headers and blank line, in bytes; one more is a 431.
+    pub max_head_bytes: usize,
+    /// Header lines; one more is a 431.
+    pub max_header_lines: usize,
+    /// The whole head must arrive within this time of the connection (or of its first byte on
+    /// a reused connection); else a 408.
+    pub head_timeout_ms: u64,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout_ms: u64,
+    /// The longest pause while a request body is arriving.
+    pub body_idle_timeout_ms: u64,
     /// Largest JSON body accepted on `json_body` routes, in bytes (at most 65,536).
-    #[serde(default = "default_max_json_body")]
     pub max_json_body: u64,
+    /// Deepest nesting of arrays and objects in a JSON body.
+    pub max_json_depth: usize,
     /// Largest unread request body the gateway reads and discards after a rejection to keep the
     /// connection alive; beyond it the connection is closed instead.
-    #[serde(default = "default_drain")]
     pub max_drain_body: u64,
+    /// Requests served on one connection before it is closed (0: no limit).
+    pub max_requests_per_connection: u32,
+    /// Client connections open at once, per process; one more gets a 503 and is closed.
+    pub max_connections: usize,
+    /// 401s from one client address within `failed_auth_window_ms` before that address is
+    /// refused with 429s for `failed_auth_block_ms` (0: off).
+    pub failed_auth_limit: u32,
+    pub failed_auth_window_ms: u64,
+    pub failed_auth_block_ms: u64,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
-            max_json_body: default_max_json_body(),
-            max_drain_body: default_drain(),
+            max_head_bytes: 32_768,
+            max_header_lines: 100,
+            head_timeout_ms: 10_000,
+            keepalive_timeout_ms: 60_000,
+            body_idle_timeout_ms: 30_000,
+            max_json_body: 65_536,
+            max_json_depth: 64,
+            max_drain_body: 65_536,
+            max_requests_per_connection: 10_000,
+            max_connections: 10_000,
+            failed_auth_limit: 20,
+            failed_auth_window_ms: 10_000,
+            failed_auth_block_ms: 60_000,
         }
     }
-}
-
-fn default_max_json_body() -> u64 {
-    65_536
-}
-fn default_drain() -> u64 {
-    65_536
 }
 
 /// The operator API. No `listen`: no admin listener.
@@ -140,6 +165,8 @@ fn default_retention() -> u32 {
 pub struct TierSection {
     pub api_calls: Option<u64>,
     pub cdn_bytes: Option<u64>,
+    /// Requests per second a group of this tier may send (a short-window burst limit; 429).
+    pub burst_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +209,9 @@ pub struct RouteSection {
     pub meter: MeterSpec,
     #[serde(default)]
     pub json_body: bool,
+    /// Allow `Upgrade` requests (WebSocket) on this route; they escape byte metering.
+    #[serde(default)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Deserialize)]

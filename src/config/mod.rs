@@ -71,6 +71,8 @@ pub struct Tier {
     pub policy_calls: HeaderValue,
     pub policy_bytes: HeaderValue,
     pub policy_both: HeaderValue,
+    /// Requests per second a group of this tier may send; `None`: no burst limit.
+    pub burst_per_second: Option<u32>,
 }
 
 impl Tier {
@@ -86,6 +88,7 @@ impl Tier {
             policy_both: value(&format!("{calls}, {bytes}")),
             policy_calls: value(&calls),
             policy_bytes: value(&bytes),
+            burst_per_second: None,
         }
     }
 
@@ -114,6 +117,131 @@ pub struct Meters {
     pub bytes: bool,
 }
 
+/// `[limits]`, checked and in the units the gateway uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub head: vivgate_parse::head::HeadLimits,
+    pub head_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub max_json_body: u64,
+    pub max_json_depth: usize,
+    pub max_drain_body: u64,
+    /// `None`: no limit.
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connections: usize,
+    /// `None`: the failed-authentication limiter is off.
+    pub failed_auth: Option<FailedAuthLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedAuthLimit {
+    pub limit: u32,
+    pub window: Duration,
+    pub block: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        compile_limits(Path::new(""), &file::LimitsSection::default())
+            .expect("the default limits are valid")
+    }
+}
+
+fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigError> {
+    let range = |field: &str, v: u64, lo: u64, hi: u64, why: &str| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(err(
+                cfg,
+                format!("limits.{field}"),
+                format!("must be between {lo} and {hi}{why}"),
+            ))
+        }
+    };
+    range(
+        "max_head_bytes",
+        l.max_head_bytes as u64,
+        1_024,
+        1_048_576,
+        "",
+    )?;
+    range(
+        "max_header_lines",
+        l.max_header_lines as u64,
+        8,
+        vivgate_parse::head::MAX_HEADERS_CAP as u64,
+        "",
+    )?;
+    range("head_timeout_ms", l.head_timeout_ms, 100, 600_000, "")?;
+    range(
+        "keepalive_timeout_ms",
+        l.keepalive_timeout_ms,
+        100,
+        3_600_000,
+        "",
+    )?;
+    range(
+        "body_idle_timeout_ms",
+        l.body_idle_timeout_ms,
+        100,
+        600_000,
+        "",
+    )?;
+    range(
+        "max_json_body",
+        l.max_json_body,
+        1,
+        MAX_JSON_BODY_LIMIT,
+        " (the most pingora can re-send after the body was validated)",
+    )?;
+    range("max_json_depth", l.max_json_depth as u64, 1, 1_000, "")?;
+    range(
+        "max_connections",
+        l.max_connections as u64,
+        1,
+        10_000_000,
+        "",
+    )?;
+    if l.failed_auth_limit > 0 {
+        range(
+            "failed_auth_window_ms",
+            l.failed_auth_window_ms,
+            100,
+            86_400_000,
+            "",
+        )?;
+        range(
+            "failed_auth_block_ms",
+            l.failed_auth_block_ms,
+            100,
+            86_400_000,
+            "",
+        )?;
+    }
+    Ok(Limits {
+        head: vivgate_parse::head::HeadLimits {
+            max_bytes: l.max_head_bytes,
+            max_headers: l.max_header_lines,
+        },
+        head_timeout: Duration::from_millis(l.head_timeout_ms),
+        keepalive_timeout: Duration::from_millis(l.keepalive_timeout_ms),
+        body_idle_timeout: Duration::from_millis(l.body_idle_timeout_ms),
+        max_json_body: l.max_json_body,
+        max_json_depth: l.max_json_depth,
+        max_drain_body: l.max_drain_body,
+        max_requests_per_connection: (l.max_requests_per_connection > 0)
+            .then_some(l.max_requests_per_connection),
+        max_connections: l.max_connections,
+        failed_auth: (l.failed_auth_limit > 0).then(|| FailedAuthLimit {
+            limit: l.failed_auth_limit,
+            window: Duration::from_millis(l.failed_auth_window_ms),
+            block: Duration::from_millis(l.failed_auth_block_ms),
+        }),
+    })
+}
+
 #[derive(Debug)]
 pub struct Route {
     /// The route's path or prefix, as configured (the metrics label).
@@ -124,6 +252,8 @@ pub struct Route {
     pub id_query: Vec<String>,
     pub meters: Meters,
     pub json_body: bool,
+    /// `Upgrade` requests (WebSocket) are allowed on this route.
+    pub upgrade: bool,
 }
 
 /// All routes of one exact path or prefix, by method.
@@ -218,8 +348,7 @@ pub struct Snapshot {
     pub startup: StartupSettings,
     pub config_path: PathBuf,
     pub tenants_path: PathBuf,
-    pub max_json_body: u64,
-    pub max_drain_body: u64,
+    pub limits: Limits,
     pub tiers: BTreeMap<String, Arc<Tier>>,
     pub groups: Vec<Group>,
     pub keys: KeyMap<u32>,
@@ -351,16 +480,7 @@ pub fn compile(
 
     // [limits]
     let l = &file.limits;
-    if l.max_json_body == 0 || l.max_json_body > MAX_JSON_BODY_LIMIT {
-        return Err(err(
-            cfg,
-            "limits.max_json_body",
-            format!(
-                "must be between 1 and {MAX_JSON_BODY_LIMIT} (the most pingora can re-send after \
-                 the body was validated)"
-            ),
-        ));
-    }
+    let limits = compile_limits(cfg, l)?;
 
     // [usage]
     let u = &file.usage;
@@ -470,10 +590,12 @@ pub fn compile(
                 "tier names use [A-Za-z0-9._-]",
             ));
         }
-        tiers.insert(
-            name.clone(),
-            Arc::new(Tier::new(name, api_calls, cdn_bytes)),
-        );
+        let mut tier = Tier::new(name, api_calls, cdn_bytes);
+        tier.burst_per_second = match t.burst_per_second {
+            Some(0) => return Err(err(cfg, field("burst_per_second"), "must be at least 1")),
+            other => other,
+        };
+        tiers.insert(name.clone(), Arc::new(tier));
     }
 
     // [upstreams]
@@ -593,8 +715,7 @@ pub fn compile(
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
-        max_json_body: l.max_json_body,
-        max_drain_body: l.max_drain_body,
+        limits,
         tiers,
         groups,
         keys,
@@ -647,6 +768,18 @@ fn compile_routes(
                 field(which),
                 format!("{path:?}: must start with / and hold no ?, # or space"),
             ));
+        }
+        // requests match on the canonical path: a route in another spelling would never match
+        match vivgate_parse::path::canonical_path(&path) {
+            Ok(c) if *c == *path => {}
+            Ok(c) => {
+                return Err(err(
+                    cfg,
+                    field(which),
+                    format!("{path:?}: write it in canonical form, {c:?}"),
+                ))
+            }
+            Err(e) => return Err(err(cfg, field(which), format!("{path:?}: {e}"))),
         }
         let upstream = *upstream_index.get(&r.upstream).ok_or_else(|| {
             err(
@@ -712,6 +845,7 @@ fn compile_routes(
             id_query: r.id_query.clone(),
             meters,
             json_body: r.json_body,
+            upgrade: r.upgrade,
         });
         let entry = table.entry((is_prefix, path.clone())).or_default();
         for m in methods {

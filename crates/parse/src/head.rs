@@ -1,0 +1,323 @@
+//! The HTTP/1 request head, read before pingora's parser sees it: within a byte and a line
+//! limit, strictly CRLF-delimited, and with one unambiguous framing.
+//!
+//! Refused as malformed (400): a bare LF or a lone CR, an obsolete line fold, a request line
+//! httparse rejects, a target that is not origin form (absolute form, `*`), Content-Length and
+//! Transfer-Encoding together, more than one Content-Length or Transfer-Encoding, a
+//! Content-Length that is not plain digits, a Transfer-Encoding other than `chunked`, a
+//! Transfer-Encoding on HTTP/1.0, and an HTTP/1.1 request without exactly one Host. Refused as
+//! too large (431): more than `max_bytes` bytes up to and including the blank line, or more
+//! than `max_headers` header lines. `CONNECT` is refused (405): the gateway tunnels nothing.
+
+use std::fmt;
+
+/// Hard cap on header lines whatever the configuration says (the parse array lives on the
+/// stack).
+pub const MAX_HEADERS_CAP: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Request line, header lines and the blank line, in bytes.
+    pub max_bytes: usize,
+    /// Header lines (the request line not counted), at most [`MAX_HEADERS_CAP`].
+    pub max_headers: usize,
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over the byte limit (431).
+    TooLarge,
+    /// Over the header line limit (431).
+    TooManyHeaders,
+    /// Not a well-formed HTTP/1 request head (400); the reason is for logs and tests.
+    Malformed(&'static str),
+    /// Ambiguous or unsupported message framing: a smuggling vector (400).
+    Framing(&'static str),
+    /// Not origin form: absolute-form, authority-form or asterisk-form target (400).
+    NotOriginForm,
+    /// `CONNECT` (405).
+    Connect,
+}
+
+impl HeadError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::Connect => 405,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for HeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeadError::TooLarge => f.write_str("request head too large"),
+            HeadError::TooManyHeaders => f.write_str("too many header lines"),
+            HeadError::Malformed(why) | HeadError::Framing(why) => f.write_str(why),
+            HeadError::NotOriginForm => f.write_str("request target is not origin form"),
+            HeadError::Connect => f.write_str("CONNECT is not supported"),
+        }
+    }
+}
+
+/// What a complete, accepted head says about the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadInfo {
+    /// Bytes of the head, blank line included; what follows is body or the next request.
+    pub len: usize,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+/// Incremental scan of a head arriving in pieces: each call looks only at bytes it has not seen,
+/// so a client sending one byte at a time costs linear time.
+#[derive(Debug, Default, Clone)]
+pub struct HeadScanner {
+    /// Bytes already scanned (every `\n` before it checked).
+    scanned: usize,
+    /// Where the current line starts.
+    line_start: usize,
+    /// Lines ended so far, leading empty lines not counted.
+    lines: usize,
+}
+
+impl HeadScanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks at `buf` (everything received so far on this request). `Ok(None)`: the head is not
+    /// complete yet and still within limits; read more.
+    pub fn scan(&mut self, buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadError> {
+        let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
+        while let Some(off) = memchr::memchr2(b'\r', b'\n', &buf[self.scanned..]) {
+            let i = self.scanned + off;
+            if buf[i] == b'\r' {
+                match buf.get(i + 1) {
+                    Some(b'\n') => {}
+                    Some(_) => return Err(HeadError::Malformed("bare CR in the request head")),
+                    None => break, // wait for the byte after it
+                }
+                self.scanned = i + 1;
+                continue;
+            }
+            // a '\n', preceded by '\r'
+            if i == 0 || buf[i - 1] != b'\r' {
+                return Err(HeadError::Malformed("bare LF in the request head"));
+            }
+            let empty = i - 1 == self.line_start;
+            self.scanned = i + 1;
+            self.line_start = i + 1;
+            if empty {
+                if self.lines == 0 {
+                    continue; // empty lines before the request line are ignored (RFC 9112 2.2)
+                }
+                if i + 1 > limits.max_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                return check_complete(buf, i + 1, max_headers).map(Some);
+            }
+            self.lines += 1;
+            if self.lines > max_headers + 1 {
+                return Err(HeadError::TooManyHeaders);
+            }
+            // a line that starts with whitespace continues the previous one: obsolete folding
+            if matches!(buf.get(i + 1), Some(b' ' | b'\t')) {
+                return Err(HeadError::Framing("obsolete line folding"));
+            }
+        }
+        if self.scanned < buf.len() {
+            self.scanned = buf.len() - usize::from(buf.last() == Some(&b'\r'));
+        }
+        if buf.len() > limits.max_bytes {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(None)
+    }
+}
+
+/// One-shot form of [`HeadScanner::scan`].
+pub fn scan(buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadError> {
+    HeadScanner::new().scan(buf, limits)
+}
+
+fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo, HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let mut req = httparse::Request::new(&mut storage[..max_headers]);
+    match req.parse(&buf[..len]) {
+        Ok(httparse::Status::Complete(n)) if n == len => {}
+        Ok(_) => return Err(HeadError::Malformed("incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    }
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    if method == "CONNECT" {
+        return Err(HeadError::Connect);
+    }
+    if !target.starts_with('/') {
+        return Err(HeadError::NotOriginForm);
+    }
+    let http11 = req.version == Some(1);
+    let (mut cl, mut te, mut hosts) = (None, None, 0);
+    let mut cl_seen = 0;
+    let mut te_seen = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_seen += 1;
+            cl = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_seen += 1;
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    if cl_seen > 1 {
+        return Err(HeadError::Framing("more than one Content-Length"));
+    }
+    if te_seen > 1 {
+        return Err(HeadError::Framing("more than one Transfer-Encoding"));
+    }
+    if cl.is_some() && te.is_some() {
+        return Err(HeadError::Framing(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let content_length = match cl {
+        None => None,
+        Some(v) if !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit) => {
+            Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+        }
+        Some(_) => return Err(HeadError::Framing("invalid Content-Length")),
+    };
+    let chunked = match te {
+        None => false,
+        Some(_) if !http11 => return Err(HeadError::Framing("Transfer-Encoding on HTTP/1.0")),
+        Some(v) if v.eq_ignore_ascii_case(b"chunked") => true,
+        Some(_) => return Err(HeadError::Framing("unsupported Transfer-Encoding")),
+    };
+    if http11 && hosts != 1 {
+        return Err(HeadError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host",
+        ));
+    }
+    if hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host"));
+    }
+    Ok(HeadInfo {
+        len,
+        content_length,
+        chunked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: HeadLimits = HeadLimits {
+        max_bytes: 32_768,
+        max_headers: 100,
+    };
+
+    fn ok(raw: &str) -> HeadInfo {
+        scan(raw.as_bytes(), L).unwrap().unwrap()
+    }
+
+    fn err(raw: &str) -> HeadError {
+        scan(raw.as_bytes(), L).unwrap_err()
+    }
+
+    #[test]
+    fn plain_requests() {
+        let h = ok("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((h.len, h.content_length, h.chunked), (28, None, false));
+        let raw = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let h = ok(raw);
+        assert_eq!((h.len, h.content_length), (raw.len() - 5, Some(5)));
+        assert!(ok("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").chunked);
+        ok("GET /x HTTP/1.0\r\n\r\n");
+        ok("\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(scan(b"GET /x HTTP/1.1\r\nHost: a\r\n\r", L), Ok(None));
+        assert_eq!(scan(b"GET /x HTTP/1.1\r\nHost: a\r\n", L), Ok(None));
+    }
+
+    #[test]
+    fn smuggling_vectors() {
+        use HeadError::*;
+        for (raw, e) in [
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Framing("both Content-Length and Transfer-Encoding")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Framing("more than one Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Framing("more than one Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Framing("invalid Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Framing("invalid Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", Framing("invalid Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", Framing("invalid Content-Length")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Framing("more than one Transfer-Encoding")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Framing("unsupported Transfer-Encoding")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", Framing("unsupported Transfer-Encoding")),
+            ("POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Framing("Transfer-Encoding on HTTP/1.0")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n Transfer-Encoding: chunked\r\n\r\n", Framing("obsolete line folding")),
+            ("GET /x HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", Malformed("bare LF in the request head")),
+            ("GET /x HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", Malformed("bare CR in the request head")),
+            ("GET /x HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
+            ("GET /x HTTP/1.1\r\n\r\n", Malformed("an HTTP/1.1 request needs exactly one Host")),
+            ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Malformed("an HTTP/1.1 request needs exactly one Host")),
+            ("GET http://evil/x HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
+            ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
+            ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", Connect),
+            ("GET /x HTTP/2.0\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
+            ("GET  /x HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
+        ] {
+            assert_eq!(err(raw), e, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn limits_at_the_byte_and_the_line() {
+        let head = |pad: usize| {
+            format!(
+                "GET /x HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+                "a".repeat(pad)
+            )
+        };
+        let base = head(0).len();
+        let exact = head(L.max_bytes - base);
+        assert_eq!(ok(&exact).len, L.max_bytes);
+        assert_eq!(err(&head(L.max_bytes - base + 1)), HeadError::TooLarge);
+        // an unterminated head is refused as soon as it passes the limit
+        let partial = "a".repeat(L.max_bytes + 1);
+        assert_eq!(err(&partial), HeadError::TooLarge);
+        assert_eq!(scan("a".repeat(L.max_bytes).as_bytes(), L), Ok(None));
+        let lines = |n: usize| {
+            let mut s = String::from("GET /x HTTP/1.1\r\nHost: a\r\n");
+            for i in 1..n {
+                s.push_str(&format!("X-{i}: v\r\n"));
+            }
+            s + "\r\n"
+        };
+        ok(&lines(100));
+        assert_eq!(err(&lines(101)), HeadError::TooManyHeaders);
+    }
+
+    #[test]
+    fn incremental_scan_equals_one_shot() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        let mut s = HeadScanner::new();
+        let mut result = None;
+        for end in 1..=raw.len() {
+            if let Some(h) = s.scan(&raw[..end], L).unwrap() {
+                result = Some(h);
+                break;
+            }
+        }
+        assert_eq!(result, scan(raw, L).unwrap());
+        let bad = b"GET /x HTTP/1.1\r\nHost: a\nX: y\r\n\r\n";
+        let mut s = HeadScanner::new();
+        let r = (1..=bad.len()).find_map(|end| s.scan(&bad[..end], L).err());
+        assert_eq!(r, Some(HeadError::Malformed("bare LF in the request head")));
+    }
+}

@@ -1,0 +1,77 @@
+//! JSON request bodies: not empty, at most `max_depth` arrays and objects deep, and valid JSON.
+//! The depth is checked first, in one pass without recursion, so a nesting bomb costs a scan.
+
+/// Why a body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonError {
+    Empty,
+    TooDeep,
+    Invalid,
+}
+
+/// Checks `body`. serde_json validates the syntax; it is only reached once the depth is known
+/// to be within bounds.
+pub fn check(body: &[u8], max_depth: usize) -> Result<(), JsonError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(JsonError::Empty);
+    }
+    if depth(body) > max_depth {
+        return Err(JsonError::TooDeep);
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|_| JsonError::Invalid)
+}
+
+/// The deepest nesting of `[` and `{` outside strings (an upper bound on invalid input).
+pub fn depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(check(b"{}", 64), Ok(()));
+        assert_eq!(
+            check(br#"{"a":[1,{"b":"[[[{"}]}"#, 2),
+            Err(JsonError::TooDeep)
+        );
+        assert_eq!(check(br#"{"a":[1,{"b":"[[[{"}]}"#, 3), Ok(()));
+        assert_eq!(check(br#"{"a":"\"[[["}"#, 1), Ok(()));
+        assert_eq!(check(b"", 64), Err(JsonError::Empty));
+        assert_eq!(check(b"  \n", 64), Err(JsonError::Empty));
+        assert_eq!(check(b"{", 64), Err(JsonError::Invalid));
+        assert_eq!(check(b"{\"a\":1} x", 64), Err(JsonError::Invalid));
+        let at = "[".repeat(64) + &"]".repeat(64);
+        assert_eq!(check(at.as_bytes(), 64), Ok(()));
+        let over = "[".repeat(65) + &"]".repeat(65);
+        assert_eq!(check(over.as_bytes(), 64), Err(JsonError::TooDeep));
+        let bomb = "[".repeat(100_000);
+        assert_eq!(check(bomb.as_bytes(), 64), Err(JsonError::TooDeep));
+    }
+}

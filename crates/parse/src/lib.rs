@@ -1,0 +1,10 @@
+//! The parsers that see hostile input first, kept free of the proxy so they can be fuzzed on
+//! their own (`fuzz/`): the HTTP/1 request head and its framing ([`head`]), the request path
+//! ([`path`]), the query string ([`query`]), the `Authorization` header ([`auth`]) and JSON
+//! bodies ([`json`]).
+
+pub mod auth;
+pub mod head;
+pub mod json;
+pub mod path;
+pub mod query;
