@@ -34,6 +34,8 @@ pub enum GatewayError {
     HeadTooLarge,
     /// The request head did not arrive within `limits.head_timeout_ms`.
     HeadTimeout,
+    /// The request body paused longer than `limits.body_idle_timeout_ms`.
+    BodyTimeout,
     /// `CONNECT`: the gateway tunnels nothing.
     ConnectNotAllowed,
     /// An `Upgrade` request on a route that does not allow it.
@@ -67,7 +69,7 @@ impl GatewayError {
             Internal => 500,
             Malformed(_) | UpgradeNotAllowed | JsonTooDeep => 400,
             HeadTooLarge => 431,
-            HeadTimeout => 408,
+            HeadTimeout | BodyTimeout => 408,
             ConnectNotAllowed => 405,
             AuthBlocked(_) | BurstLimited(_) => 429,
             TooManyConnections => 503,
@@ -99,6 +101,7 @@ impl GatewayError {
             Malformed(_) => "malformed_request",
             HeadTooLarge => "head_too_large",
             HeadTimeout => "head_timeout",
+            BodyTimeout => "body_timeout",
             ConnectNotAllowed => "connect",
             UpgradeNotAllowed => "upgrade_not_allowed",
             JsonTooDeep => "json_too_deep",
@@ -142,6 +145,7 @@ impl GatewayError {
             Malformed(why) => format!("Bad request: {why}"),
             HeadTooLarge => "Request header fields too large".into(),
             HeadTimeout => "Request timeout: the request head did not arrive in time".into(),
+            BodyTimeout => "Request timeout: the request body stalled".into(),
             ConnectNotAllowed => "Method not allowed".into(),
             UpgradeNotAllowed => {
                 "Bad request: protocol upgrade is not allowed on this route".into()

@@ -101,7 +101,12 @@ impl<S: UsageStore> VivGate<S> {
     ) -> Result<Checked, GatewayError> {
         let snap = self.gw.snapshot();
         let req = session.req_header();
-        // step 0: one canonical path, or nothing
+        // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
+        // URI it parses, and forwards the raw target) ...
+        if req.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(req.raw_path()) {
+            return Err(GatewayError::Malformed("the request target is ambiguous"));
+        }
+        // ... and one canonical path, or nothing
         let path =
             canonical_path(req.uri.path()).map_err(|e| GatewayError::Malformed(e.as_str()))?;
         let client = session
@@ -232,6 +237,10 @@ impl<S: UsageStore> VivGate<S> {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    session.set_keepalive(None);
+                    return Err(GatewayError::BodyTimeout);
+                }
                 Err(_) => return Err(GatewayError::BadRequest),
             }
         }

@@ -362,6 +362,11 @@ impl Client {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// Like [`Client::send_raw`], for a peer that may have closed.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// Sends `head` (request line and headers, without the final blank line) and `body`.
     pub async fn request(&mut self, head: &str, body: &[u8]) -> Resp {
         self.try_request(head, body)

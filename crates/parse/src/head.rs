@@ -143,6 +143,33 @@ pub fn scan(buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadErro
     HeadScanner::new().scan(buf, limits)
 }
 
+/// Unreserved, sub-delimiters, `:`, `@`, `/`, `?` and `%`.
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
 fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
     let mut req = httparse::Request::new(&mut storage[..max_headers]);
@@ -159,6 +186,18 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
     }
     if !target.starts_with('/') {
         return Err(HeadError::NotOriginForm);
+    }
+    if target.contains('#') {
+        return Err(HeadError::Malformed(
+            "the request target must not carry a fragment",
+        ));
+    }
+    // only what RFC 3986 allows unencoded in a path and query: anything else would be escaped
+    // by pingora for routing but forwarded raw, so the backend would see another target
+    if !target.bytes().all(target_byte) {
+        return Err(HeadError::Malformed(
+            "the request target has a character that must be percent-encoded",
+        ));
     }
     let http11 = req.version == Some(1);
     let (mut cl, mut te, mut hosts) = (None, None, 0);
@@ -271,6 +310,7 @@ mod tests {
             ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", Connect),
             ("GET /x HTTP/2.0\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
             ("GET  /x HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
+            ("GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("the request target has a character that must be percent-encoded")),
         ] {
             assert_eq!(err(raw), e, "{raw:?}");
         }

@@ -18,7 +18,9 @@ pub fn check(body: &[u8], max_depth: usize) -> Result<(), JsonError> {
     if depth(body) > max_depth {
         return Err(JsonError::TooDeep);
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+    // JSON text is UTF-8 (RFC 8259); serde_json does not check strings it skips
+    let text = std::str::from_utf8(body).map_err(|_| JsonError::Invalid)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map(|_| ())
         .map_err(|_| JsonError::Invalid)
 }
@@ -67,6 +69,7 @@ mod tests {
         assert_eq!(check(b"  \n", 64), Err(JsonError::Empty));
         assert_eq!(check(b"{", 64), Err(JsonError::Invalid));
         assert_eq!(check(b"{\"a\":1} x", 64), Err(JsonError::Invalid));
+        assert_eq!(check(b"{\"a\":\"\xff\"}", 64), Err(JsonError::Invalid));
         let at = "[".repeat(64) + &"]".repeat(64);
         assert_eq!(check(at.as_bytes(), 64), Ok(()));
         let over = "[".repeat(65) + &"]".repeat(65);
