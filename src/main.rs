@@ -39,20 +39,44 @@ enum Command {
 }
 
 fn init_logging() {
-    // pingora logs raw malformed requests at debug level (an API key can be in them): its
-    // targets stay at info whatever RUST_LOG says.
+    // pingora logs raw malformed requests and request headers at debug and trace level (an API
+    // key can be in them): its targets stay at info whatever RUST_LOG says.
     let user = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{user},pingora_core=info,pingora_proxy=info,pingora_load_balancing=info"
+        "{user},pingora=info,pingora_core=info,pingora_proxy=info,pingora_http=info,\
+         pingora_pool=info,pingora_load_balancing=info,pingora_limits=info"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
+/// A panic is reported with its thread and location; its message only when it is a literal.
+/// A formatted message is withheld: it could quote request data (a key, a query value).
+fn init_panic_report() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(message withheld: it may quote request data)");
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        eprintln!(
+            "vivgate: panic in thread {} at {at}: {msg}",
+            thread.name().unwrap_or("?")
+        );
+    }));
+}
+
 fn main() -> ExitCode {
+    init_panic_report();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => match vivgate::config::load(&config) {

@@ -583,13 +583,33 @@ pub async fn spawn_binary(
     env: &[(&str, &str)],
     port: u16,
 ) -> Killer {
+    spawn_binary_logging(config, args, env, port, None).await
+}
+
+/// Like [`spawn_binary`], with stdout and stderr appended to `log` when given.
+pub async fn spawn_binary_logging(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    port: u16,
+    log: Option<&std::path::Path>,
+) -> Killer {
+    let out = |l: Option<&std::path::Path>| match l {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+            .into(),
+        None => std::process::Stdio::null(),
+    };
     let child = vivgate()
         .arg("--config")
         .arg(config)
         .args(args)
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(out(log))
+        .stderr(out(log))
         .spawn()
         .unwrap();
     let child = Killer(child);

@@ -1,0 +1,89 @@
+//! No log line carries an API key or a query value: the real binary at the most verbose log
+//! level (`RUST_LOG=trace`, pingora's targets asked for trace too), through every attack class
+//! that logs something — malformed heads, unknown and malformed keys, key guessing, upstream
+//! failures and timeouts, oversize heads, slow clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SECRET_KEY: &str = "sEcReTkEy0123456789";
+const SECRET_VALUE: &str = "qUeRyVaLuE9876543210";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_or_query_value_reaches_the_log() {
+    let h = Harness::start().await;
+    let port = dead_addr().await.port();
+    let config = h.binary_config(
+        "logs.toml",
+        port,
+        "grace_period_seconds = 1",
+        "[limits]\nhead_timeout_ms = 300\nfailed_auth_limit = 3\nfailed_auth_block_ms = 500\n",
+    );
+    let log = h.dir.path().join("vivgate.log");
+    let mut child = spawn_binary_logging(
+        &config,
+        &[],
+        &[(
+            "RUST_LOG",
+            "trace,pingora_core=trace,pingora_proxy=trace,pingora_http=trace",
+        )],
+        port,
+        Some(&log),
+    )
+    .await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let send = |bytes: Vec<u8>| async move {
+        let mut c = Client::connect(addr).await;
+        c.send_raw(&bytes).await;
+        c.try_read_response().await
+    };
+    let q = format!("token={SECRET_VALUE}&collectionId={SECRET_VALUE}");
+    let attacks: Vec<(String, Option<u16>)> = vec![
+        // served, and failing upstreams (pingora logs a summary of those at ERROR)
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n"), Some(200)),
+        (format!("GET /offline/x?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n"), Some(502)),
+        (format!("GET /slow/x?ms=2000&{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n"), Some(504)),
+        (format!("GET /tenant/collectionObjects?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n"), Some(404)),
+        // malformed heads carrying a key and a query value
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\nAuthorization: Bearer {SECRET_KEY}\r\n\r\n"), Some(400)),
+        (format!("POST /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\n folded\r\n\r\n"), Some(400)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\nX: {}\r\n\r\n", "a".repeat(40_000)), Some(431)),
+        (format!("GET /cdn/../x?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\n\r\n"), Some(400)),
+        (format!("G\x01T /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\n\r\n"), Some(400)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}"), Some(408)),
+        // unknown, malformed, and guessed keys (the third guess starts a block)
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {SECRET_KEY}\r\n\r\n"), Some(401)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer  {SECRET_KEY}\u{e9}\r\n\r\n"), Some(401)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: {SECRET_KEY}\r\n\r\n"), Some(401)),
+        (format!("GET /status/200?{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n"), Some(429)),
+    ];
+    for (bytes, status) in attacks {
+        let resp = send(bytes.clone().into_bytes()).await;
+        assert_eq!(
+            resp.map(|r| r.status),
+            status,
+            "{}",
+            &bytes[..bytes.len().min(60)]
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(15)).await;
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    // the log is really at trace level and saw the traffic
+    assert!(text.contains("vivgate starting"), "{text}");
+    assert!(text.contains("DEBUG"), "debug lines are written: {text}");
+    assert!(
+        text.contains("/offline/x"),
+        "upstream failures are logged (path only)"
+    );
+    assert!(text.contains("client blocked after failed authentications"));
+    for secret in [SECRET_KEY, SECRET_VALUE, "key-pro", "Bearer"] {
+        let hits: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+        assert!(hits.is_empty(), "{secret:?} is in the log: {hits:#?}");
+    }
+}
