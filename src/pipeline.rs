@@ -315,6 +315,60 @@ upstream = "a"
         assert_eq!(json_body(b"[[1]]", 1), Err(GatewayError::JsonTooDeep));
     }
 
+    proptest::proptest! {
+        /// An accepted (method, canonical path) matches at most one route, and it is the one a
+        /// plain reading of the config gives: the exact path, else the longest prefix.
+        #[test]
+        fn a_canonical_path_matches_at_most_one_route(
+            routes in proptest::collection::btree_set((proptest::bool::ANY, "(/[ab]{1,2}){1,3}/?"), 1..8),
+            paths in proptest::collection::vec("(/[ab.%2fF]{0,3}){1,4}/?", 1..24),
+        ) {
+            let mut cfg = String::from(
+                "tenants = \"t.toml\"\n[upstreams.exact]\nservers = [\"127.0.0.1:1\"]\n\
+                 [upstreams.prefix]\nservers = [\"127.0.0.1:1\"]\n",
+            );
+            for (is_prefix, path) in &routes {
+                let (kind, up) = if *is_prefix { ("prefix", "prefix") } else { ("path", "exact") };
+                cfg.push_str(&format!(
+                    "[[routes]]\n{kind} = {path:?}\nmethods = [\"GET\"]\nupstream = \"{up}\"\n"
+                ));
+            }
+            let snap = crate::config::load_from_str(
+                std::path::Path::new("c.toml"),
+                &cfg,
+                std::path::Path::new("t.toml"),
+                "",
+            )
+            .expect("generated routes are valid");
+            let up = |name: &str| snap.upstreams.iter().position(|u| u.name == name).unwrap();
+            for raw in &paths {
+                let Ok(path) = vivgate_parse::path::canonical_path(raw) else { continue };
+                let exact = routes.iter().filter(|(p, r)| !p && *r == *path).count();
+                let longest = routes
+                    .iter()
+                    .filter(|(p, r)| *p && path.starts_with(r.as_str()))
+                    .map(|(_, r)| r.len())
+                    .max();
+                proptest::prop_assert!(exact <= 1);
+                match route(&snap, &Method::GET, &path) {
+                    Ok(r) if exact == 1 => {
+                        proptest::prop_assert_eq!(r.upstream, up("exact"));
+                        proptest::prop_assert_eq!(&*r.name, &*path);
+                    }
+                    Ok(r) => {
+                        proptest::prop_assert_eq!(r.upstream, up("prefix"));
+                        proptest::prop_assert_eq!(Some(r.name.len()), longest);
+                        proptest::prop_assert!(path.starts_with(&*r.name));
+                    }
+                    Err(e) => {
+                        proptest::prop_assert_eq!(e, GatewayError::NoRoute);
+                        proptest::prop_assert!(exact == 0 && longest.is_none());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn request_ids() {
         assert!(valid_request_id(b"abc-123_x.y"));

@@ -81,6 +81,8 @@ pub struct HeadScanner {
     line_start: usize,
     /// Lines ended so far, leading empty lines not counted.
     lines: usize,
+    /// The line start whose first byte was checked for folding (it may arrive in a later read).
+    fold_checked: usize,
 }
 
 impl HeadScanner {
@@ -92,6 +94,7 @@ impl HeadScanner {
     /// complete yet and still within limits; read more.
     pub fn scan(&mut self, buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadError> {
         let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
+        self.check_fold(buf)?;
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &buf[self.scanned..]) {
             let i = self.scanned + off;
             if buf[i] == b'\r' {
@@ -123,10 +126,7 @@ impl HeadScanner {
             if self.lines > max_headers + 1 {
                 return Err(HeadError::TooManyHeaders);
             }
-            // a line that starts with whitespace continues the previous one: obsolete folding
-            if matches!(buf.get(i + 1), Some(b' ' | b'\t')) {
-                return Err(HeadError::Framing("obsolete line folding"));
-            }
+            self.check_fold(buf)?;
         }
         if self.scanned < buf.len() {
             self.scanned = buf.len() - usize::from(buf.last() == Some(&b'\r'));
@@ -135,6 +135,24 @@ impl HeadScanner {
             return Err(HeadError::TooLarge);
         }
         Ok(None)
+    }
+}
+
+impl HeadScanner {
+    /// A header line that starts with whitespace continues the previous one: obsolete folding.
+    /// Checked once the line's first byte has arrived, whichever read brings it.
+    fn check_fold(&mut self, buf: &[u8]) -> Result<(), HeadError> {
+        if self.lines == 0 || self.fold_checked == self.line_start {
+            return Ok(());
+        }
+        let Some(&first) = buf.get(self.line_start) else {
+            return Ok(());
+        };
+        self.fold_checked = self.line_start;
+        if matches!(first, b' ' | b'\t') {
+            return Err(HeadError::Framing("obsolete line folding"));
+        }
+        Ok(())
     }
 }
 
@@ -355,6 +373,14 @@ mod tests {
             }
         }
         assert_eq!(result, scan(raw, L).unwrap());
+        // a fold whose line break ends one read and whose space starts the next
+        let fold = b"GET /x HTTP/1.1\r\n X: y\r\n\r\n";
+        let mut s = HeadScanner::new();
+        assert_eq!(s.scan(&fold[..17], L), Ok(None));
+        assert_eq!(
+            s.scan(fold, L),
+            Err(HeadError::Framing("obsolete line folding"))
+        );
         let bad = b"GET /x HTTP/1.1\r\nHost: a\nX: y\r\n\r\n";
         let mut s = HeadScanner::new();
         let r = (1..=bad.len()).find_map(|end| s.scan(&bad[..end], L).err());

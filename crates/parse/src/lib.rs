@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod head;
+pub mod invariants;
 pub mod json;
 pub mod path;
 pub mod query;

@@ -1,0 +1,104 @@
+//! The properties the fuzz targets (`fuzz/`) check on arbitrary input, shared with the
+//! regression test that replays their seed corpora in the normal test run. Each function
+//! panics when a property fails.
+
+use crate::head::{HeadLimits, HeadScanner};
+use std::borrow::Cow;
+
+/// A canonical path is accepted again unchanged, starts with `/`, and holds no empty or dot
+/// segment and no character the canonicaliser refuses.
+pub fn path(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(canon) = crate::path::canonical_path(raw) else {
+        return;
+    };
+    let again = crate::path::canonical_path(&canon).expect("a canonical path is accepted");
+    assert_eq!(again, canon, "canonicalisation is idempotent");
+    assert!(matches!(again, Cow::Borrowed(_)));
+    assert!(canon.starts_with('/'));
+    assert!(!canon.contains("//"));
+    for seg in canon.split('/') {
+        assert!(seg != "." && seg != "..", "{canon:?}");
+    }
+    assert!(!canon.contains(['\\', ';', '?', '#', '\0']), "{canon:?}");
+}
+
+/// Looking a name up never panics, and a name found once is found with its first value.
+pub fn query(data: &[u8]) {
+    use crate::query::{param, Param};
+    let split = data.iter().position(|&b| b == 0).unwrap_or(0);
+    let (name, q) = data.split_at(split);
+    let name = String::from_utf8_lossy(name);
+    let q = q.strip_prefix(&[0u8][..]).unwrap_or(q);
+    match param(q, &name) {
+        Param::Once(v) => {
+            let first = form_urlencoded::parse(q)
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v);
+            assert_eq!(first.as_deref(), Some(&*v));
+        }
+        Param::Repeated => {
+            assert!(
+                form_urlencoded::parse(q)
+                    .filter(|(k, _)| *k == name)
+                    .count()
+                    > 1
+            )
+        }
+        Param::Absent => assert!(!form_urlencoded::parse(q).any(|(k, _)| *k == name)),
+    }
+}
+
+/// An accepted key is the value's tail, non-empty token68, with no space or non-ASCII byte.
+pub fn auth(data: &[u8]) {
+    if let Some(key) = crate::auth::bearer_token(data) {
+        assert!(data.ends_with(key));
+        assert_eq!(data.len(), key.len() + 7);
+        assert!(!key.is_empty());
+        assert!(key.iter().all(|b| b.is_ascii_graphic()), "{key:?}");
+    }
+}
+
+/// An accepted body parses as JSON and is within the depth; a refused one for depth is deep.
+pub fn json(data: &[u8]) {
+    match crate::json::check(data, 64) {
+        Ok(()) => {
+            assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
+            assert!(crate::json::depth(data) <= 64);
+        }
+        Err(crate::json::JsonError::TooDeep) => assert!(crate::json::depth(data) > 64),
+        Err(_) => {}
+    }
+}
+
+/// The head scan gives the same answer whole and in two pieces, and an accepted head is within
+/// the limits and ends with a blank line.
+pub fn head(data: &[u8]) {
+    let limits = HeadLimits {
+        max_bytes: 4096,
+        max_headers: 32,
+    };
+    let whole = crate::head::scan(data, limits);
+    if let Ok(Some(info)) = whole {
+        assert!(info.len <= limits.max_bytes);
+        assert!(data[..info.len].ends_with(b"\r\n\r\n"));
+    }
+    for cut in [1, data.len() / 2, data.len().saturating_sub(1)] {
+        if cut == 0 || cut >= data.len() {
+            continue;
+        }
+        let mut s = HeadScanner::new();
+        let first = s.scan(&data[..cut], limits);
+        let result = match first {
+            Ok(None) => s.scan(data, limits),
+            // decided on the first piece: the whole input must decide the same
+            other => {
+                assert_eq!(other, whole, "cut at {cut}");
+                continue;
+            }
+        };
+        assert_eq!(result, whole, "cut at {cut}");
+    }
+}
