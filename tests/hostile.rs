@@ -170,6 +170,8 @@ async fn smuggling_vectors_are_refused_and_the_connection_closes() {
         ("POST /status/200 HTTP/1.0\r\nAuthorization: Bearer key-pro\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string(), "Transfer-Encoding on HTTP/1.0"),
         ("GET /status/200 HTTP/1.1\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "exactly one Host"),
         ("GET /status/200 HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "exactly one Host"),
+        ("GET /status/200 HTTP/1.1\r\nHost: key@evil.example\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "invalid Host"),
+        ("GET /status/200 HTTP/1.1\r\nHost: evil.example/x\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "invalid Host"),
         ("GET /status/200 HTTP/1.1 extra\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
         ("GET /status/200 HTTP/1.2\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
         ("G\x00T /status/200 HTTP/1.1\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),

@@ -188,6 +188,32 @@ fn target_byte(b: u8) -> bool {
         )
 }
 
+/// What `host[:port]` may hold (reg-name, IP literal, port), without `@`.
+fn authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'%'
+                | b'['
+                | b']'
+        )
+}
+
 fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
     let mut req = httparse::Request::new(&mut storage[..max_headers]);
@@ -230,6 +256,10 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            // an authority without userinfo: pingora would answer `user@host` with its own 400
+            if !h.value.iter().all(|&b| authority_byte(b)) {
+                return Err(HeadError::Malformed("invalid Host"));
+            }
         }
     }
     if cl_seen > 1 {
@@ -323,6 +353,8 @@ mod tests {
             ("GET /x HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
             ("GET /x HTTP/1.1\r\n\r\n", Malformed("an HTTP/1.1 request needs exactly one Host")),
             ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Malformed("an HTTP/1.1 request needs exactly one Host")),
+            ("GET /x HTTP/1.1\r\nHost: user@evil\r\n\r\n", Malformed("invalid Host")),
+            ("GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n", Malformed("invalid Host")),
             ("GET http://evil/x HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
             ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
             ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", Connect),
