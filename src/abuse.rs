@@ -10,8 +10,21 @@ use pingora_limits::rate::Rate;
 
 use crate::config::FailedAuthLimit;
 
-/// Addresses tracked at most; past this, entries whose window and block are over are dropped.
+/// Addresses tracked at most. Past it, entries whose window and block are over are dropped (at
+/// most once a second); while it stays full, new addresses are not tracked.
 const MAX_TRACKED: usize = 100_000;
+
+/// The unit an address is counted in: an IPv4 address, or an IPv6 /64 (one subscriber usually
+/// holds a whole /64, so counting /128s would let it pick a fresh address per guess).
+fn client_unit(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -27,6 +40,8 @@ pub struct FailedAuth {
     by_addr: DashMap<IpAddr, Failures, ahash::RandomState>,
     /// Addresses blocked now or recently: while 0, [`FailedAuth::blocked`] touches no map.
     blocked: AtomicUsize,
+    /// When the map was last pruned (for the once-a-second bound).
+    last_prune: std::sync::Mutex<Option<Instant>>,
 }
 
 impl FailedAuth {
@@ -39,14 +54,27 @@ impl FailedAuth {
         if self.blocked.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let until = self.by_addr.get(&addr)?.blocked_until?;
+        let until = self.by_addr.get(&client_unit(addr))?.blocked_until?;
         until.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
     /// Records a failed authentication from `addr`; true when it starts a block.
     pub fn record(&self, addr: IpAddr, now: Instant, limit: FailedAuthLimit) -> bool {
-        if self.by_addr.len() >= MAX_TRACKED {
-            self.prune(now, limit);
+        let addr = client_unit(addr);
+        if self.by_addr.len() >= MAX_TRACKED && !self.by_addr.contains_key(&addr) {
+            let due = self.last_prune.lock().map_or(false, |mut last| {
+                let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+                if due {
+                    *last = Some(now);
+                }
+                due
+            });
+            if due {
+                self.prune(now, limit);
+            }
+            if self.by_addr.len() >= MAX_TRACKED {
+                return false;
+            }
         }
         let mut e = self.by_addr.entry(addr).or_insert(Failures {
             window_start: now,
@@ -134,6 +162,15 @@ mod tests {
         // a new window starts after the block
         assert!(!f.record(a, later, limit));
         assert_eq!(f.blocked.load(Ordering::Relaxed), 0);
+        // an IPv6 /64 is one client
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let v6other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(!f.record(v6a, t0, limit));
+        assert!(!f.record(v6b, t0, limit));
+        assert!(f.record(v6a, t0, limit));
+        assert!(f.blocked(v6b, t0).is_some());
+        assert_eq!(f.blocked(v6other, t0), None);
         // failures spread wider than the window never block
         let mut t = later;
         for _ in 0..10 {

@@ -77,12 +77,15 @@ impl<S: UsageStore> Front<S> {
             // pingora parses the head from these bytes without reading again
             session.set_pipelined_prefix(buf);
             session.set_read_timeout(Some(limits.body_idle_timeout));
+            session.set_write_timeout(Some(limits.client_write_timeout));
             if let Some(max) = limits.max_requests_per_connection {
                 session.set_keepalive_reuses_remaining(Some(max.saturating_sub(served)));
             }
             let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
                 return;
             };
+            // pingora's pipelining is off, so a reused stream carries no bytes of the next
+            // request (with overread bytes pingora closes instead): the next head starts here
             stream = reused.consume().0;
         }
     }
@@ -125,7 +128,8 @@ impl<S: UsageStore> Front<S> {
             stream.shutdown().await
         })
         .await;
-        if !matches!(written, Ok(Ok(()))) {
+        // over the connection cap, nothing more is spent on the connection
+        if !matches!(written, Ok(Ok(()))) || e == GatewayError::TooManyConnections {
             return;
         }
         let _ = tokio::time::timeout(LINGER_TIME, async {

@@ -47,10 +47,19 @@ fn init_logging() {
          pingora_pool=info,pingora_load_balancing=info,pingora_limits=info"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // a directive for a module (`pingora_proxy::proxy_h1=debug`) would beat the crate-level
+    // pins above: this cap holds whatever the directives say
+    let pingora_cap = tracing_subscriber::filter::filter_fn(|m| {
+        !m.target().starts_with("pingora") || *m.level() <= tracing::Level::INFO
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(pingora_cap)
         .init();
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vivgate_parse::auth::bearer_token;
 use vivgate_parse::json::JsonError;
 pub use vivgate_parse::query::is_object_id;
-use vivgate_parse::query::{param, Param};
+use vivgate_parse::query::{ambiguous_separator, param, Param};
 
 /// The path where a group reads its own usage with its own key (`GET /v1/usage`).
 pub const OWN_USAGE_PATH: &str = "/v1/usage";
@@ -126,12 +126,19 @@ pub fn route<'s>(
 /// Steps 4 and 5: required parameters must appear exactly once and not be empty (400); ID parameters,
 /// when present, must appear once (400) and be 24 hex characters (404). Names and values are
 /// compared after URL decoding, so `%63ollectionId` is `collectionId` and
-/// `collectionId=a&%63ollectionId=b` names it twice.
+/// `collectionId=a&%63ollectionId=b` names it twice; `CollectionId`, `collectionId[$ne]` and
+/// `collectionId.x` count as other occurrences (backends that fold case or nest keys read them
+/// as the same name), and a raw `;` is refused on routes with query rules.
 pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
     if route.required_query.is_empty() && route.id_query.is_empty() {
         return Ok(());
     }
     let raw = query.unwrap_or("").as_bytes();
+    if ambiguous_separator(raw) {
+        return Err(GatewayError::Malformed(
+            "a ; in the query string is read as a separator by some servers and not by others",
+        ));
+    }
     for name in &route.required_query {
         match param(raw, name) {
             Param::Absent => return Err(GatewayError::MissingParam(name.clone())),
@@ -327,6 +334,11 @@ upstream = "a"
                 "tenants = \"t.toml\"\n[upstreams.exact]\nservers = [\"127.0.0.1:1\"]\n\
                  [upstreams.prefix]\nservers = [\"127.0.0.1:1\"]\n",
             );
+            // a prefix ends with '/' (config rule)
+            let routes: std::collections::BTreeSet<(bool, String)> = routes
+                .into_iter()
+                .map(|(p, r)| if p && !r.ends_with('/') { (p, r + "/") } else { (p, r) })
+                .collect();
             for (is_prefix, path) in &routes {
                 let (kind, up) = if *is_prefix { ("prefix", "prefix") } else { ("path", "exact") };
                 cfg.push_str(&format!(

@@ -461,10 +461,34 @@ async fn drain_for_keepalive(session: &mut Session, max: u64) {
 /// `Connection`, and framing headers for the client connection).
 const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
-fn is_vivreal_header(name: &HeaderName) -> bool {
-    let n = name.as_str().as_bytes();
-    n.len() >= 10 && n[..10].eq_ignore_ascii_case(b"x-vivreal-")
-        || n.len() >= 10 && n[..10].eq_ignore_ascii_case(b"x_vivreal_")
+/// Client headers that never reach the backend: the gateway's own identity headers (with
+/// either separator), and headers some frameworks let override the path, the method or the
+/// client's identity (`X-Original-URL` on IIS and Symfony, `X-HTTP-Method-Override` on Express
+/// and Laravel, `Forwarded`, `X-Real-IP`, …). Header names arrive lower-cased.
+const STRIPPED: [&str; 14] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn is_stripped_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    let b = n.as_bytes();
+    (b.len() >= 10
+        && (b[..10].eq_ignore_ascii_case(b"x-vivreal-")
+            || b[..10].eq_ignore_ascii_case(b"x_vivreal_")))
+        || STRIPPED.contains(&n)
 }
 
 #[async_trait]
@@ -494,8 +518,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
             Err(e) => {
                 ctx.rejected = Some(e.reason());
-                if matches!(e, GatewayError::Malformed(_)) {
-                    // a request the gateway could not read unambiguously ends the connection
+                if matches!(e, GatewayError::Malformed(_) | GatewayError::AuthBlocked(_)) {
+                    // a request the gateway could not read unambiguously ends the connection;
+                    // so does a blocked client's, so it cannot idle on a connection slot
                     session.set_keepalive(None);
                 }
                 self.reject(session, ctx, &e).await?;
@@ -564,7 +589,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         Ok(())
     }
 
-    /// Drops the client's credentials, `Expect` and any `X-Vivreal-*` header, then sets the
+    /// Drops the client's credentials, `Expect`, any `X-Vivreal-*` header and the override
+    /// headers of [`STRIPPED`], then sets the
     /// trusted identity headers, the request id and `X-Forwarded-For`.
     async fn upstream_request_filter(
         &self,
@@ -584,11 +610,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         }
         req.remove_header(&header::AUTHORIZATION);
         req.remove_header(&header::EXPECT);
-        if req.headers.keys().any(is_vivreal_header) {
+        if req.headers.keys().any(is_stripped_header) {
             let names: Vec<HeaderName> = req
                 .headers
                 .keys()
-                .filter(|n| is_vivreal_header(n))
+                .filter(|n| is_stripped_header(n))
                 .cloned()
                 .collect();
             for n in names {

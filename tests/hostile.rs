@@ -55,6 +55,12 @@ const BAD_PATHS: &[(&str, &str)] = &[
     ("/cdn/a%zz", "malformed percent escape"),
     ("/cdn/%u002e%u002e/x", "malformed percent escape"),
     ("/cdn/a%ff", "not valid UTF-8"),
+    (
+        "/cdn/%252e%252e/tenant/collectionObjects",
+        "percent-encoded twice",
+    ),
+    ("/cdn/a%252fb", "percent-encoded twice"),
+    ("/cdn/a%25%32%66b", "percent-encoded twice"),
     ("/cdn/a%c3", "not valid UTF-8"),
     ("/cdn/a%c0%af", "not valid UTF-8"),
     ("/cdn/a%e0%80%ae", "not valid UTF-8"),
@@ -103,7 +109,7 @@ async fn equivalent_spellings_are_forwarded_in_canonical_form() {
         ("/cdn/%78", "/cdn/x"),
         ("/cdn/%c3%a9", "/cdn/%C3%A9"),
         ("/cdn/%C3%A9", "/cdn/%C3%A9"),
-        ("/cdn/a%25%32%66b", "/cdn/a%252fb"), // decoded once: %2f stays text
+        ("/cdn/a%25zz", "/cdn/a%25zz"), // a literal % stays encoded
         ("/cdn/a%20b", "/cdn/a%20b"),
         ("/cdn/.../x", "/cdn/.../x"),
         ("/cdn/a%7e", "/cdn/a~"),
@@ -244,6 +250,7 @@ async fn a_route_may_allow_upgrades() {
     // the test backend does not speak WebSocket: it answers 200, but the request got through
     assert_eq!(resp.unwrap().status, 200);
     assert_eq!(h.backend.total(), 1);
+    assert_eq!(h.backend.received()[0].header("upgrade"), Some("websocket"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +264,11 @@ async fn parameter_pollution_is_refused() {
         format!("/tenant/collectionObjects?%63%6f%6cl%65ctionId={OID}&collectionId={other}"),
         format!("/tenant/collectionObjects?collectionId={OID}&collectionId="),
         format!("/tenant/collectionObjects?collectionId=&collectionId={OID}"),
-        format!("/tenant/collectionObjects?collectionId={OID};collectionId={other}&collectionId={other}"),
+        format!("/tenant/collectionObjects?CollectionId={other}&collectionId={OID}"),
+        format!("/tenant/collectionObjects?collectionId={OID}&collectionId%5B%24ne%5D=1"),
+        format!("/tenant/collectionObjects?collectionId={OID}&collectionId%5B%5D={other}"),
+        format!("/tenant/collectionObjects?collectionId={OID}&collectionId.x=1"),
+        format!("/tenant/collectionObjects?collectionid={OID}"),
         format!("/tenant/siteDetails?siteId={OID}&siteId={other}"),
         format!("/tenant/siteDetails?siteId={OID}&site%49d={other}"),
         "/tenant/integrationObjects?type=a&type=b".to_string(),
@@ -267,6 +278,14 @@ async fn parameter_pollution_is_refused() {
     for target in &cases {
         let (_, resp) = raw(&h, get_head(target, "key-pro").as_bytes()).await;
         assert_envelope(&resp.unwrap(), 400, "is given more than once");
+    }
+    // a raw `;` splits parameters for some servers only
+    for target in [
+        "/tenant/integrationObjects?type=a;type=b".to_string(),
+        format!("/tenant/collectionObjects?collectionId={OID};x=1"),
+    ] {
+        let (_, resp) = raw(&h, get_head(&target, "key-pro").as_bytes()).await;
+        assert_envelope(&resp.unwrap(), 400, "; in the query string");
     }
     // `a b` in two spellings is the same name
     let (_, resp) = raw(
@@ -294,6 +313,15 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
         "X-Vivreal-Request-Signed: yes",
         "X-Forwarded-For: 203.0.113.9",
         "X-Forwarded-For: 198.51.100.1, 203.0.113.9",
+        "Forwarded: for=203.0.113.9;proto=https",
+        "X-Real-IP: 203.0.113.9",
+        "True-Client-IP: 203.0.113.9",
+        "X-Forwarded-Host: admin.internal",
+        "X-Forwarded-Proto: https",
+        "X-Original-URL: /admin/delete",
+        "X-Rewrite-URL: /admin/delete",
+        "X-HTTP-Method-Override: DELETE",
+        "X-Method-Override: DELETE",
     ];
     let head = format!(
         "GET /status/200 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-free\r\n{}\r\n\r\n",
@@ -329,6 +357,19 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
             .count(),
         1
     );
+    for name in [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-method-override",
+    ] {
+        assert_eq!(r.header(name), None, "{name} is not forwarded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,10 +661,11 @@ async fn burst_limit_per_group_is_429_and_not_charged() {
             s => panic!("{s}"),
         }
     }
-    // ten requests within 900 ms span at most two one-second windows: at most 6 admitted
-    if t.elapsed() < Duration::from_millis(900) {
-        assert!(limited >= 4, "ok {ok}, limited {limited}");
-    }
+    // requests within one elapsed span touch at most ceil(span) + 1 one-second windows, each
+    // admitting at most 3
+    let windows = t.elapsed().as_secs() + 2;
+    assert!(ok <= 3 * windows, "ok {ok} in {:?}", t.elapsed());
+    assert!(limited >= 1 || windows > 3, "ok {ok}, limited {limited}");
     assert!(ok >= 3, "ok {ok}");
     assert_eq!(
         h.usage("key-tiny-overage").calls + h.usage("key-tiny-overage").calls_overage,

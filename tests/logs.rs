@@ -28,7 +28,8 @@ async fn no_key_or_query_value_reaches_the_log() {
         &[],
         &[(
             "RUST_LOG",
-            "trace,pingora_core=trace,pingora_proxy=trace,pingora_http=trace",
+            "trace,pingora_core=trace,pingora_proxy=trace,pingora_http=trace,\
+             pingora_proxy::proxy_h1=trace,pingora_core::protocols::http::v1::server=trace",
         )],
         port,
         Some(&log),

@@ -73,6 +73,8 @@ pub struct LimitsSection {
     pub keepalive_timeout_ms: u64,
     /// The longest pause while a request body is arriving.
     pub body_idle_timeout_ms: u64,
+    /// The longest a write to the client may wait (a client that stops reading).
+    pub client_write_timeout_ms: u64,
     /// Largest JSON body accepted on `json_body` routes, in bytes (at most 65,536).
     pub max_json_body: u64,
     /// Deepest nesting of arrays and objects in a JSON body.
@@ -99,6 +101,7 @@ impl Default for LimitsSection {
             head_timeout_ms: 10_000,
             keepalive_timeout_ms: 60_000,
             body_idle_timeout_ms: 30_000,
+            client_write_timeout_ms: 30_000,
             max_json_body: 65_536,
             max_json_depth: 64,
             max_drain_body: 65_536,

@@ -124,6 +124,7 @@ pub struct Limits {
     pub head_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub body_idle_timeout: Duration,
+    pub client_write_timeout: Duration,
     pub max_json_body: u64,
     pub max_json_depth: usize,
     pub max_drain_body: u64,
@@ -196,7 +197,20 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
         MAX_JSON_BODY_LIMIT,
         " (the most pingora can re-send after the body was validated)",
     )?;
-    range("max_json_depth", l.max_json_depth as u64, 1, 1_000, "")?;
+    range(
+        "max_json_depth",
+        l.max_json_depth as u64,
+        1,
+        128,
+        " (serde_json's own recursion limit)",
+    )?;
+    range(
+        "client_write_timeout_ms",
+        l.client_write_timeout_ms,
+        100,
+        600_000,
+        "",
+    )?;
     range(
         "max_connections",
         l.max_connections as u64,
@@ -228,6 +242,7 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
         head_timeout: Duration::from_millis(l.head_timeout_ms),
         keepalive_timeout: Duration::from_millis(l.keepalive_timeout_ms),
         body_idle_timeout: Duration::from_millis(l.body_idle_timeout_ms),
+        client_write_timeout: Duration::from_millis(l.client_write_timeout_ms),
         max_json_body: l.max_json_body,
         max_json_depth: l.max_json_depth,
         max_drain_body: l.max_drain_body,
@@ -767,6 +782,13 @@ fn compile_routes(
                 cfg,
                 field(which),
                 format!("{path:?}: must start with / and hold no ?, # or space"),
+            ));
+        }
+        if is_prefix && !path.ends_with('/') {
+            return Err(err(
+                cfg,
+                field(which),
+                format!("{path:?}: a prefix ends with / (\"/cdn\" would also match \"/cdnx\")"),
             ));
         }
         // requests match on the canonical path: a route in another spelling would never match

@@ -35,6 +35,8 @@ pub enum PathError {
     InvalidUtf8,
     /// A raw byte that is not allowed in a request target (space, `"`, `<`, non-ASCII …).
     RawByte,
+    /// `%25` followed by two hex digits: an escape that a second decoder would decode again.
+    DoubleEncoded,
 }
 
 impl PathError {
@@ -51,6 +53,7 @@ impl PathError {
             PathError::BadEscape => "the path contains a malformed percent escape",
             PathError::InvalidUtf8 => "the path is not valid UTF-8",
             PathError::RawByte => "the path contains a character that must be percent-encoded",
+            PathError::DoubleEncoded => "the path is percent-encoded twice",
         }
     }
 }
@@ -150,6 +153,14 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
     check_segments(&decoded)?;
+    // decoded once, a `%XX` must not remain: a layer behind us that decodes again would see
+    // `%2e%2e` or `%2f` as `..` or `/`
+    if decoded
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+    {
+        return Err(PathError::DoubleEncoded);
+    }
     let text = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
     let mut out = String::with_capacity(decoded.len() + 8);
     for &c in text.as_bytes() {
@@ -260,6 +271,9 @@ mod tests {
             ("/a%2", BadEscape),
             ("/a%zz", BadEscape),
             ("/a%ff", InvalidUtf8),
+            ("/a%252e%252e/b", DoubleEncoded),
+            ("/a%252fb", DoubleEncoded),
+            ("/a%25%32%66b", DoubleEncoded),
             ("/a%c3", InvalidUtf8),
             ("/a b", RawByte),
             ("/a\"b", RawByte),
