@@ -62,7 +62,7 @@ impl FailedAuth {
     pub fn record(&self, addr: IpAddr, now: Instant, limit: FailedAuthLimit) -> bool {
         let addr = client_unit(addr);
         if self.by_addr.len() >= MAX_TRACKED && !self.by_addr.contains_key(&addr) {
-            let due = self.last_prune.lock().map_or(false, |mut last| {
+            let due = self.last_prune.lock().is_ok_and(|mut last| {
                 let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
                 if due {
                     *last = Some(now);
