@@ -241,7 +241,11 @@ impl<S: UsageStore> VivGate<S> {
                     session.set_keepalive(None);
                     return Err(GatewayError::BodyTimeout);
                 }
-                Err(_) => return Err(GatewayError::BadRequest),
+                Err(_) => {
+                    // a body whose framing broke leaves the connection unreadable
+                    session.set_keepalive(None);
+                    return Err(GatewayError::BadRequest);
+                }
             }
         }
         pipeline::json_body(&body, snap.limits.max_json_depth)

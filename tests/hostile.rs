@@ -677,3 +677,47 @@ async fn burst_limit_per_group_is_429_and_not_charged() {
         assert_eq!(c.get(&target, Some("key-pro")).await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_bodies_get_an_envelope_or_a_close() {
+    let h = Harness::start().await;
+    let bodies: [&[u8]; 5] = [
+        b"zz\r\nhello\r\n0\r\n\r\n",              // not a hex size
+        b"5\r\nhelloXX0\r\n\r\n",                 // no CRLF after the data
+        b"-5\r\nhello\r\n0\r\n\r\n",              // a negative size
+        b"fffffffffffffffffff\r\nx\r\n",          // a size that overflows
+        b"5 ;ext=\"\r\n\"\r\nhello\r\n0\r\n\r\n", // a quoted CRLF in an extension
+    ];
+    for (path, json) in [("/status/200", false), ("/tenant/collectionObjects", true)] {
+        for body in bodies {
+            let mut req = format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .into_bytes();
+            req.extend_from_slice(body);
+            let (mut c, resp) = raw(&h, &req).await;
+            match resp {
+                // an answer is the envelope (a backend that got the head may answer on its own)
+                Some(r) if r.status == 400 => assert_envelope(&r, 400, ""),
+                Some(r) => assert!(
+                    !json && r.status == 200,
+                    "{path} {:?}: {}",
+                    String::from_utf8_lossy(body),
+                    r.status
+                ),
+                None => {}
+            }
+            assert!(
+                c.is_closed().await,
+                "{path} {:?}: the connection closes",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    // the JSON route buffers the body: nothing malformed reached the backend
+    assert!(h
+        .backend
+        .received()
+        .iter()
+        .all(|r| r.uri != "/tenant/collectionObjects"));
+}
