@@ -91,6 +91,10 @@ impl Month {
         Month(self.0 + 1)
     }
 
+    pub fn prev(self) -> Month {
+        Month(self.0 - 1)
+    }
+
     /// Milliseconds since the epoch of 00:00:00.000 UTC on the 1st of this month.
     pub fn start_ms(self) -> i64 {
         days_from_civil(self.year(), self.month(), 1) * 86_400_000

@@ -48,6 +48,8 @@ pub enum GatewayError {
     BurstLimited(u32),
     /// `limits.max_connections` connections are open.
     TooManyConnections,
+    /// The shared usage store cannot answer and the outage policy is `deny`.
+    UsageUnavailable,
 }
 
 impl GatewayError {
@@ -72,7 +74,7 @@ impl GatewayError {
             HeadTimeout | BodyTimeout => 408,
             ConnectNotAllowed => 405,
             AuthBlocked(_) | BurstLimited(_) => 429,
-            TooManyConnections => 503,
+            TooManyConnections | UsageUnavailable => 503,
         }
     }
 
@@ -108,6 +110,7 @@ impl GatewayError {
             AuthBlocked(_) => "auth_blocked",
             BurstLimited(_) => "burst_limited",
             TooManyConnections => "too_many_connections",
+            UsageUnavailable => "usage_unavailable",
         }
     }
 
@@ -158,6 +161,7 @@ impl GatewayError {
                 format!("Too many requests: this group's tier allows {n} requests per second")
             }
             TooManyConnections => "Service unavailable: too many connections".into(),
+            UsageUnavailable => "Usage service unavailable".into(),
         }
     }
 }

@@ -70,6 +70,8 @@ impl<S: UsageStore> Gateway<S> {
         clock: Arc<dyn Clock>,
         source: Option<PathBuf>,
     ) -> Self {
+        let metrics = Metrics::new();
+        store.register_metrics(metrics.registry());
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -78,7 +80,7 @@ impl<S: UsageStore> Gateway<S> {
             request_ids: RequestIds::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             overrides: ArcSwap::from_pointee(Overrides::default()),
-            metrics: Metrics::new(),
+            metrics,
             overrides_lock: std::sync::Mutex::new(()),
             failed_auth: Default::default(),
             burst: Default::default(),

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod overrides;
 pub mod pipeline;
 pub mod proxy;
+pub mod redis_store;
 pub mod server;
 pub mod store;
 pub mod usage;

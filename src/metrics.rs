@@ -33,6 +33,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry behind `/metrics`, for collectors registered elsewhere (a store's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("vivgate".into()), None).unwrap_or_default();
         let requests = IntCounterVec::new(

@@ -272,13 +272,20 @@ impl<S: UsageStore> VivGate<S> {
         }
         if route.meters.calls {
             match store
-                .take_call(&group.id, month, tier.api_calls, group.overage_billing)
+                .take_call(
+                    &group.id,
+                    month,
+                    tier.api_calls,
+                    group.overage_billing,
+                    &tier.name,
+                )
                 .await
             {
                 Take::Refused => {
                     ctx.quota_refused = Some(Meter::Calls);
                     return Err(GatewayError::QuotaExceeded(Meter::Calls, reset_at(month)));
                 }
+                Take::Unavailable => return Err(GatewayError::UsageUnavailable),
                 t => ctx.take = Some(t),
             }
         }
@@ -366,7 +373,9 @@ impl<S: UsageStore> VivGate<S> {
                 resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
             }
             GatewayError::AuthBlocked(secs) => resp.insert_header(header::RETRY_AFTER, *secs)?,
-            GatewayError::BurstLimited(_) => resp.insert_header(header::RETRY_AFTER, 1)?,
+            GatewayError::BurstLimited(_) | GatewayError::UsageUnavailable => {
+                resp.insert_header(header::RETRY_AFTER, 1)?
+            }
             _ => {}
         }
         if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {

@@ -220,6 +220,17 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::
 
     let source = Some(config_path.to_path_buf());
     let clock = Arc::new(SystemClock);
+    if let Some(redis) = &startup.usage.redis {
+        let store = crate::redis_store::RedisStore::connect(redis.clone(), clock.clone())?;
+        tracing::info!(url = %redis.url, instance = store.instance(), "usage store: redis");
+        let gw = Gateway::new(
+            snap,
+            Arc::new(crate::redis_store::SharedRedisStore(store)),
+            clock,
+            source,
+        );
+        return run_with(server, Arc::new(gw), upgrade);
+    }
     match &startup.usage.path {
         None => {
             tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
@@ -273,8 +284,8 @@ fn run_with<S: UsageStore>(
     });
     // every request has finished or been cut off: what is in memory now is final (after a
     // handover it goes to a handover file the new process merges)
-    let n = gw.store().flush()?;
-    tracing::info!(cells = n, "usage flushed; vivgate stopped");
+    gw.store().shutdown()?;
+    tracing::info!("usage flushed; vivgate stopped");
     Ok(())
 }
 

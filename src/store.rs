@@ -405,6 +405,7 @@ impl UsageStore for EmbeddedStore {
         month: Month,
         limit: u64,
         overage_billing: bool,
+        _tier: &str,
     ) -> impl std::future::Future<Output = Take> + Send {
         std::future::ready(self.mem.take_call_now(group, month, limit, overage_billing))
     }

@@ -42,6 +42,8 @@ pub enum Take {
     Admitted { remaining: u64, overage: bool },
     /// The quota is used up; nothing was counted.
     Refused,
+    /// A shared store could not answer and its outage policy refuses; nothing was counted.
+    Unavailable,
 }
 
 /// Where usage lives.
@@ -61,6 +63,7 @@ pub trait UsageStore: Send + Sync + 'static {
         month: Month,
         limit: u64,
         overage_billing: bool,
+        tier: &str,
     ) -> impl Future<Output = Take> + Send;
 
     /// Gives back a call taken by `take_call` whose request never reached a backend.
@@ -105,6 +108,14 @@ pub trait UsageStore: Send + Sync + 'static {
     fn release_for_handover(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// The gateway stops: the last flush (a shared store also gives back what it holds).
+    fn shutdown(&self) -> Result<(), String> {
+        self.flush().map(|_| ())
+    }
+
+    /// Adds the store's own metrics to the gateway's registry.
+    fn register_metrics(&self, _registry: &prometheus::Registry) {}
 }
 
 #[derive(Debug, Default)]
@@ -359,6 +370,7 @@ impl UsageStore for MemoryStore {
         month: Month,
         limit: u64,
         overage_billing: bool,
+        _tier: &str,
     ) -> impl Future<Output = Take> + Send {
         std::future::ready(self.take_call_now(group, month, limit, overage_billing))
     }

@@ -137,6 +137,49 @@ pub struct UsageSection {
     /// Months of usage kept, the current one included.
     #[serde(default = "default_retention")]
     pub retention_months: u32,
+    /// `store = "redis"`: the shared store.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// The longest the gateway waits for Redis on one call.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout_ms: u64,
+    /// `"allow"` or `"deny"`: what happens to calls when Redis does not answer.
+    #[serde(default = "default_outage_policy")]
+    pub on_store_unavailable: String,
+    /// Fraction of a group's quota one instance may admit while Redis is unavailable (allow).
+    #[serde(default = "default_outage_allowance")]
+    pub outage_allowance: f64,
+    /// Largest quota lease an instance takes at once.
+    #[serde(default = "default_lease_max")]
+    pub lease_max: u64,
+    /// An unused lease goes back to Redis after this long without a request of its group.
+    #[serde(default = "default_lease_idle")]
+    pub lease_idle_ms: u64,
+    /// A lease not renewed for this long (its instance died) is reclaimed by the others.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_ms: u64,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379/0".into()
+}
+fn default_store_timeout() -> u64 {
+    50
+}
+fn default_outage_policy() -> String {
+    "allow".into()
+}
+fn default_outage_allowance() -> f64 {
+    0.01
+}
+fn default_lease_max() -> u64 {
+    100
+}
+fn default_lease_idle() -> u64 {
+    1_000
+}
+fn default_lease_ttl() -> u64 {
+    10_000
 }
 
 impl Default for UsageSection {
@@ -146,6 +189,13 @@ impl Default for UsageSection {
             path: default_store_path(),
             flush_interval_ms: default_flush_interval(),
             retention_months: default_retention(),
+            redis_url: default_redis_url(),
+            store_timeout_ms: default_store_timeout(),
+            on_store_unavailable: default_outage_policy(),
+            outage_allowance: default_outage_allowance(),
+            lease_max: default_lease_max(),
+            lease_idle_ms: default_lease_idle(),
+            lease_ttl_ms: default_lease_ttl(),
         }
     }
 }
@@ -170,6 +220,8 @@ pub struct TierSection {
     pub cdn_bytes: Option<u64>,
     /// Requests per second a group of this tier may send (a short-window burst limit; 429).
     pub burst_per_second: Option<u32>,
+    /// Overrides `usage.on_store_unavailable` for this tier.
+    pub on_store_unavailable: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -350,8 +350,11 @@ pub struct StartupSettings {
 /// Where usage is kept (`[usage]`); fixed at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSettings {
-    /// `None`: in memory only. `Some(path)`: the embedded store's file (resolved).
+    /// `None`: in memory only (or in Redis, see `redis`). `Some(path)`: the embedded store's
+    /// file (resolved).
     pub path: Option<PathBuf>,
+    /// `store = "redis"`: the shared store's settings.
+    pub redis: Option<crate::redis_store::RedisSettings>,
     pub flush_interval: Duration,
     pub retention_months: u32,
 }
@@ -500,14 +503,14 @@ pub fn compile(
     // [usage]
     let u = &file.usage;
     let path = match u.store.as_str() {
-        "memory" => None,
+        "memory" | "redis" => None,
         "embedded" if u.path.is_empty() => return Err(err(cfg, "usage.path", "must not be empty")),
         "embedded" => Some(cfg.parent().unwrap_or(Path::new(".")).join(&u.path)),
         other => {
             return Err(err(
                 cfg,
                 "usage.store",
-                format!("unknown store {other:?} (expected \"embedded\" or \"memory\")"),
+                format!("unknown store {other:?} (expected \"embedded\", \"redis\" or \"memory\")"),
             ))
         }
     };
@@ -528,8 +531,72 @@ pub fn compile(
             ),
         ));
     }
+    let policy = |field: &str, v: &str| match v {
+        "allow" => Ok(crate::redis_store::OutagePolicy::Allow),
+        "deny" => Ok(crate::redis_store::OutagePolicy::Deny),
+        other => Err(err(
+            cfg,
+            field,
+            format!("{other:?}: expected \"allow\" or \"deny\""),
+        )),
+    };
+    let redis = if u.store == "redis" {
+        if !(u.redis_url.starts_with("redis://")
+            || u.redis_url.starts_with("rediss://")
+            || u.redis_url.starts_with("redis+unix://"))
+        {
+            return Err(err(cfg, "usage.redis_url", "must be a redis:// URL"));
+        }
+        if !(1..=10_000).contains(&u.store_timeout_ms) {
+            return Err(err(
+                cfg,
+                "usage.store_timeout_ms",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(0.0..=1.0).contains(&u.outage_allowance) {
+            return Err(err(
+                cfg,
+                "usage.outage_allowance",
+                "must be between 0 and 1",
+            ));
+        }
+        if u.lease_max == 0 {
+            return Err(err(cfg, "usage.lease_max", "must be at least 1"));
+        }
+        if u.lease_ttl_ms < 2 * u.flush_interval_ms.max(u.lease_idle_ms) {
+            return Err(err(
+                cfg,
+                "usage.lease_ttl_ms",
+                "must be at least twice flush_interval_ms and lease_idle_ms (leases are renewed at each flush)",
+            ));
+        }
+        let mut tier_policy = Vec::new();
+        for (name, t) in &file.tiers {
+            if let Some(p) = &t.on_store_unavailable {
+                tier_policy.push((
+                    name.clone(),
+                    policy(&format!("tiers.{name}.on_store_unavailable"), p)?,
+                ));
+            }
+        }
+        Some(crate::redis_store::RedisSettings {
+            url: u.redis_url.clone(),
+            timeout: Duration::from_millis(u.store_timeout_ms),
+            flush_interval: Duration::from_millis(u.flush_interval_ms.min(1_000)),
+            policy: policy("usage.on_store_unavailable", &u.on_store_unavailable)?,
+            tier_policy,
+            outage_allowance: u.outage_allowance,
+            lease_max: u.lease_max,
+            lease_idle: Duration::from_millis(u.lease_idle_ms),
+            lease_ttl: Duration::from_millis(u.lease_ttl_ms),
+        })
+    } else {
+        None
+    };
     let usage = UsageSettings {
         path,
+        redis,
         flush_interval: Duration::from_millis(u.flush_interval_ms),
         retention_months: u.retention_months,
     };

@@ -1,0 +1,853 @@
+//! Usage shared by every gateway instance through Redis, without a Redis round trip per request.
+//!
+//! One Redis hash per (group, month): `vivgate:usage:{<group>}:<YYYY-MM>` (the braces are a
+//! cluster hash tag), with fields `calls`, `calls_overage`, `bytes`, `bytes_overage`, and per
+//! instance `L:<id>` (calls leased and not yet settled), `E:<id>` (when those leases expire, ms)
+//! and `S:<id>` (the last settlement applied, for idempotent retries). It expires 35 days after
+//! its month ends.
+//!
+//! - **Hard limits (calls, no overage billing):** an instance takes a *lease* of calls with one
+//!   Lua script that checks and takes atomically (`calls` counts leased + served calls; a refusal
+//!   takes nothing), then spends it locally with an atomic decrement. The lease is
+//!   `min(lease_max, max(1, remaining / 16))`, so it shrinks as the quota runs out and the last
+//!   calls are granted one at a time. A request waits for a grant only when its instance holds
+//!   none, for at most the store timeout. Unused leases are returned after `lease_idle` without
+//!   use, and on stop; the leases of an instance that died are reclaimed by the next grant once
+//!   their expiry (`lease_ttl`, renewed at every settlement) passes. An instance stops spending
+//!   a lease it could not renew for half its TTL. So, while Redis is reachable, the calls
+//!   forwarded for a group never exceed its quota, and idle credit comes back within
+//!   `lease_idle` (or `lease_ttl` after a crash).
+//! - **Overage groups and bandwidth:** counted locally and added to Redis at each settlement
+//!   (every `flush_interval`, at most 1 s), where the script splits what lies past the limit into
+//!   the `_overage` field. The bandwidth check reads Redis's total from the last settlement plus
+//!   this instance's unsettled bytes, so the overshoot is bounded by the responses in flight plus
+//!   one settlement interval of the other instances' traffic.
+//! - **Redis down or slow** (each call bounded by `store_timeout`): leases held are spent first;
+//!   then `allow` admits up to `outage_allowance` × quota calls per instance, counted locally and
+//!   replayed exactly once when Redis is back (settlements carry a sequence number the script
+//!   checks), and `deny` answers 503. Over-admission is bounded by instances × allowance.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+
+use crate::clock::{Clock, Month};
+use crate::usage::{GroupId, Take, Usage, UsageStore};
+
+/// What to do when Redis cannot answer within the store timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutagePolicy {
+    /// Keep admitting up to the outage allowance per instance, counting locally.
+    Allow,
+    /// Refuse with 503 once the leases held are spent.
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub flush_interval: Duration,
+    pub policy: OutagePolicy,
+    /// Per-tier policy overrides, by tier name.
+    pub tier_policy: Vec<(String, OutagePolicy)>,
+    /// Fraction of a quota one instance may admit while Redis is unavailable (allow policy).
+    pub outage_allowance: f64,
+    pub lease_max: u64,
+    pub lease_idle: Duration,
+    pub lease_ttl: Duration,
+}
+
+// the allowance is checked to be within 0..=1 at load, never NaN
+impl Eq for RedisSettings {}
+
+/// How long a month's key outlives the month.
+const KEY_TTL_AFTER_MONTH_MS: i64 = 35 * 86_400_000;
+
+const LEASE_SCRIPT: &str = r#"
+local key = KEYS[1]
+local limit, want, inst = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now, ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+-- reclaim the leases of instances whose leases expired (they died or lost Redis)
+local h = redis.call('HGETALL', key)
+for i = 1, #h, 2 do
+  local f = h[i]
+  if string.sub(f, 1, 2) == 'E:' and tonumber(h[i + 1]) < now then
+    local other = string.sub(f, 3)
+    local l = tonumber(redis.call('HGET', key, 'L:' .. other) or '0')
+    if l > 0 then redis.call('HINCRBY', key, 'calls', -l) end
+    redis.call('HDEL', key, 'L:' .. other, f)
+  end
+end
+local taken = tonumber(redis.call('HGET', key, 'calls') or '0')
+local remaining = limit - taken
+if remaining <= 0 then return {0, taken} end
+local grant = math.min(want, math.max(1, math.floor(remaining / 16)), remaining)
+redis.call('HINCRBY', key, 'calls', grant)
+redis.call('HINCRBY', key, 'L:' .. inst, grant)
+redis.call('HSET', key, 'E:' .. inst, now + ttl)
+redis.call('PEXPIREAT', key, expire_at)
+return {grant, taken + grant}
+"#;
+
+const SETTLE_SCRIPT: &str = r#"
+local key = KEYS[1]
+local inst, seq = ARGV[1], tonumber(ARGV[2])
+local now, ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease_used, lease_returned = tonumber(ARGV[6]), tonumber(ARGV[7])
+local direct, bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
+local limit, blimit, overage = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12] == '1'
+local applied = tonumber(redis.call('HGET', key, 'S:' .. inst) or '0')
+if seq > applied then
+  local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
+  local settled = math.min(l, lease_used + lease_returned)
+  -- leases that expired and were reclaimed meanwhile are already out of `calls`: what was
+  -- served from them is added back as a direct count
+  local unreclaimed_used = math.min(lease_used, l)
+  direct = direct + (lease_used - unreclaimed_used)
+  local returned = math.min(lease_returned, l - unreclaimed_used)
+  if settled > 0 then redis.call('HINCRBY', key, 'L:' .. inst, -settled) end
+  if returned > 0 then redis.call('HINCRBY', key, 'calls', -returned) end
+  if direct ~= 0 then
+    local before = tonumber(redis.call('HGET', key, 'calls') or '0')
+    local after = redis.call('HINCRBY', key, 'calls', direct)
+    if overage and direct > 0 then
+      local over = after - math.max(limit, before)
+      if over > 0 then redis.call('HINCRBY', key, 'calls_overage', over) end
+    end
+  end
+  if bytes ~= 0 then
+    local before = tonumber(redis.call('HGET', key, 'bytes') or '0')
+    local after = redis.call('HINCRBY', key, 'bytes', bytes)
+    if overage and bytes > 0 then
+      local over = after - math.max(blimit, before)
+      if over > 0 then redis.call('HINCRBY', key, 'bytes_overage', over) end
+    end
+  end
+  redis.call('HSET', key, 'S:' .. inst, seq)
+end
+local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
+if l > 0 then
+  redis.call('HSET', key, 'E:' .. inst, now + ttl)
+else
+  redis.call('HDEL', key, 'L:' .. inst, 'E:' .. inst)
+end
+redis.call('PEXPIREAT', key, expire_at)
+local v = redis.call('HMGET', key, 'calls', 'bytes', 'calls_overage', 'bytes_overage')
+return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), l}
+"#;
+
+/// One settlement, kept as sent until Redis confirms it, so a retry is the same batch with the
+/// same sequence number (applied once).
+#[derive(Debug, Clone, Copy, Default)]
+struct Batch {
+    seq: u64,
+    lease_used: u64,
+    lease_returned: u64,
+    direct: i64,
+    bytes: i64,
+}
+
+#[derive(Default)]
+struct Cell {
+    /// Leased calls this instance may still spend.
+    lease: AtomicU64,
+    /// Calls served from leases, not yet settled.
+    lease_used: AtomicU64,
+    /// Leased calls given back (idle, refunds past a settlement, stop), not yet settled.
+    lease_returned: AtomicU64,
+    /// Calls counted without a lease (overage groups, outage allowance), not yet settled.
+    direct: AtomicI64,
+    /// Calls admitted under the outage allowance this month (against the allowance).
+    outage_admitted: AtomicU64,
+    bytes: AtomicI64,
+    /// Redis's totals after the last settlement or grant: calls, bytes, calls_overage,
+    /// bytes_overage.
+    known: [AtomicU64; 4],
+    last_use_ms: AtomicI64,
+    /// When Redis last confirmed this instance's leases (grant or settlement).
+    lease_confirmed_ms: AtomicI64,
+    /// The group's quota ran out at this time: ask Redis again only after a short pause.
+    exhausted_at_ms: AtomicI64,
+    limit: AtomicU64,
+    bytes_limit: AtomicU64,
+    overage: AtomicBool,
+    /// One grant request at a time per cell.
+    fetching: tokio::sync::Mutex<()>,
+    inflight: Mutex<Option<Batch>>,
+    seq: AtomicU64,
+}
+
+/// Prometheus metrics of the shared store.
+struct StoreMetrics {
+    lease_grants: prometheus::IntCounter,
+    leased_calls: prometheus::IntCounter,
+    latency: prometheus::Histogram,
+    unavailable_seconds: prometheus::Counter,
+    unavailable: prometheus::IntGauge,
+    replayed_calls: prometheus::IntCounter,
+    outage_admitted: prometheus::IntCounter,
+    outage_bound: prometheus::IntGauge,
+}
+
+impl StoreMetrics {
+    fn new() -> Self {
+        use prometheus::{Counter, Histogram, HistogramOpts, IntCounter, IntGauge};
+        StoreMetrics {
+            lease_grants: IntCounter::new("redis_lease_grants_total", "Quota leases granted")
+                .expect("metric"),
+            leased_calls: IntCounter::new("redis_leased_calls_total", "Calls granted in leases")
+                .expect("metric"),
+            latency: Histogram::with_opts(
+                HistogramOpts::new("redis_seconds", "Redis script latency").buckets(vec![
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                ]),
+            )
+            .expect("metric"),
+            unavailable_seconds: Counter::new(
+                "redis_unavailable_seconds_total",
+                "Time Redis was unavailable",
+            )
+            .expect("metric"),
+            unavailable: IntGauge::new("redis_unavailable", "1 while Redis is unavailable")
+                .expect("metric"),
+            replayed_calls: IntCounter::new(
+                "redis_replayed_calls_total",
+                "Calls admitted during an outage and added to Redis after it",
+            )
+            .expect("metric"),
+            outage_admitted: IntCounter::new(
+                "redis_outage_admitted_calls_total",
+                "Calls admitted under the outage allowance",
+            )
+            .expect("metric"),
+            outage_bound: IntGauge::new(
+                "redis_outage_allowance_calls",
+                "Largest per-instance outage allowance of any group counted this month",
+            )
+            .expect("metric"),
+        }
+    }
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    settings: RedisSettings,
+    instance: String,
+    clock: Arc<dyn Clock>,
+    cells: DashMap<(GroupId, Month), Arc<Cell>, ahash::RandomState>,
+    lease: redis::Script,
+    settle: redis::Script,
+    /// Redis is considered down until this time (ms); 0: up.
+    down_until_ms: AtomicI64,
+    down_since: Mutex<Option<Instant>>,
+    metrics: StoreMetrics,
+    /// The store's own runtime, where the connection lives and settlements run (dropped in
+    /// the background: the store may be dropped inside another runtime).
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects (bounded by the store timeout per attempt, a few attempts) and starts the
+    /// settlement loop.
+    pub fn connect(
+        settings: RedisSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<RedisStore>, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vivgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("redis runtime: {e}"))?;
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("usage.redis_url: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        // lazy: the gateway starts (and serves by its outage policy) while Redis is down
+        let conn = {
+            let _in_rt = rt.enter();
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| format!("redis {}: {e}", settings.url))?
+        };
+        let handle = rt.handle().clone();
+        let instance = format!("{}-{}-{:x}", std::process::id(), clock.now_ms(), rand_u32());
+        let store = Arc::new(RedisStore {
+            conn,
+            instance,
+            clock,
+            cells: DashMap::default(),
+            lease: redis::Script::new(LEASE_SCRIPT),
+            settle: redis::Script::new(SETTLE_SCRIPT),
+            down_until_ms: AtomicI64::new(0),
+            down_since: Mutex::new(None),
+            metrics: StoreMetrics::new(),
+            rt: Some(rt),
+            handle,
+            settings,
+        });
+        let weak = Arc::downgrade(&store);
+        let every = store.settings.flush_interval;
+        store.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { return };
+                store.settle_all(false).await;
+            }
+        });
+        Ok(store)
+    }
+
+    /// This instance's id in Redis (`L:<id>`, `E:<id>`, `S:<id>`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn key(group: &str, month: Month) -> String {
+        format!("vivgate:usage:{{{group}}}:{month}")
+    }
+
+    fn expire_at(month: Month) -> i64 {
+        month.next().start_ms() + KEY_TTL_AFTER_MONTH_MS
+    }
+
+    fn cell(&self, group: &GroupId, month: Month) -> Arc<Cell> {
+        if let Some(c) = self.cells.get(&(group.clone(), month)) {
+            return c.clone();
+        }
+        self.cells
+            .entry((group.clone(), month))
+            .or_default()
+            .clone()
+    }
+
+    fn is_down(&self, now: i64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) > now
+    }
+
+    fn mark_down(&self, now: i64) {
+        // requests stop asking Redis for a second; the settlement loop keeps probing
+        self.down_until_ms.store(now + 1_000, Ordering::Relaxed);
+        if let Ok(mut since) = self.down_since.lock() {
+            if since.is_none() {
+                *since = Some(Instant::now());
+                self.metrics.unavailable.set(1);
+                tracing::warn!("redis unavailable: serving by the outage policy");
+            }
+        }
+    }
+
+    fn mark_up(&self) {
+        self.down_until_ms.store(0, Ordering::Relaxed);
+        if let Ok(mut since) = self.down_since.lock() {
+            if let Some(t) = since.take() {
+                self.metrics
+                    .unavailable_seconds
+                    .inc_by(t.elapsed().as_secs_f64());
+                self.metrics.unavailable.set(0);
+                tracing::info!(seconds = t.elapsed().as_secs_f64(), "redis available again");
+            }
+        }
+    }
+
+    fn policy_for(&self, tier: Option<&str>) -> OutagePolicy {
+        tier.and_then(|t| {
+            self.settings
+                .tier_policy
+                .iter()
+                .find(|(n, _)| n == t)
+                .map(|(_, p)| *p)
+        })
+        .unwrap_or(self.settings.policy)
+    }
+
+    /// A lease still confirmed recently enough to spend (half its TTL).
+    fn lease_valid(&self, cell: &Cell, now: i64) -> bool {
+        now - cell.lease_confirmed_ms.load(Ordering::Relaxed)
+            < (self.settings.lease_ttl.as_millis() as i64) / 2
+    }
+
+    fn spend_lease(&self, cell: &Cell, now: i64) -> bool {
+        if !self.lease_valid(cell, now) {
+            return false;
+        }
+        let spent = cell
+            .lease
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(1))
+            .is_ok();
+        if spent {
+            cell.lease_used.fetch_add(1, Ordering::AcqRel);
+        }
+        spent
+    }
+
+    fn remaining(&self, cell: &Cell, limit: u64) -> u64 {
+        limit
+            .saturating_sub(cell.known[0].load(Ordering::Acquire))
+            .saturating_add(cell.lease.load(Ordering::Acquire))
+            .min(limit)
+    }
+
+    async fn take_hard(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        tier: Option<&str>,
+    ) -> Take {
+        let cell = self.cell(group, month);
+        cell.limit.store(limit, Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        cell.last_use_ms.store(now, Ordering::Relaxed);
+        if self.spend_lease(&cell, now) {
+            return Take::Admitted {
+                remaining: self.remaining(&cell, limit),
+                overage: false,
+            };
+        }
+        // none held: wait for a grant. One request per cell asks Redis (each ask bounded by the
+        // store timeout); the others queue behind it and spend what it got. The queue wait is
+        // bounded too; past it, only a Redis that is down leads to the outage policy.
+        let queue_limit = (self.settings.timeout * 20).max(Duration::from_secs(1));
+        let wait = tokio::time::timeout(queue_limit, cell.fetching.lock()).await;
+        let Ok(_guard) = wait else {
+            if self.is_down(self.clock.now_ms()) {
+                return self.outage_take(&cell, limit, tier, now);
+            }
+            return Take::Unavailable;
+        };
+        let now = self.clock.now_ms();
+        if self.spend_lease(&cell, now) {
+            return Take::Admitted {
+                remaining: self.remaining(&cell, limit),
+                overage: false,
+            };
+        }
+        if now - cell.exhausted_at_ms.load(Ordering::Relaxed) < 250 {
+            return Take::Refused;
+        }
+        if self.is_down(now) {
+            return self.outage_take(&cell, limit, tier, now);
+        }
+        let want = self.settings.lease_max.max(1);
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let mut inv = self.lease.prepare_invoke();
+        inv.key(Self::key(group, month))
+            .arg(limit)
+            .arg(want)
+            .arg(&self.instance)
+            .arg(now)
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(Self::expire_at(month));
+        let result = tokio::time::timeout(
+            self.settings.timeout,
+            inv.invoke_async::<(u64, u64)>(&mut conn),
+        )
+        .await;
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok((grant, taken))) => {
+                self.mark_up();
+                cell.known[0].store(taken, Ordering::Release);
+                if grant == 0 {
+                    cell.exhausted_at_ms.store(now, Ordering::Relaxed);
+                    return Take::Refused;
+                }
+                self.metrics.lease_grants.inc();
+                self.metrics.leased_calls.inc_by(grant);
+                cell.lease_confirmed_ms.store(now, Ordering::Relaxed);
+                cell.lease.fetch_add(grant - 1, Ordering::AcqRel);
+                cell.lease_used.fetch_add(1, Ordering::AcqRel);
+                Take::Admitted {
+                    remaining: self.remaining(&cell, limit),
+                    overage: false,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("redis lease: {e}");
+                self.mark_down(now);
+                self.outage_take(&cell, limit, tier, now)
+            }
+            Err(_) => {
+                self.mark_down(now);
+                self.outage_take(&cell, limit, tier, now)
+            }
+        }
+    }
+
+    /// Redis did not answer: the outage policy decides.
+    fn outage_take(&self, cell: &Cell, limit: u64, tier: Option<&str>, now: i64) -> Take {
+        if self.spend_lease(cell, now) {
+            return Take::Admitted {
+                remaining: self.remaining(cell, limit),
+                overage: false,
+            };
+        }
+        match self.policy_for(tier) {
+            OutagePolicy::Deny => Take::Unavailable,
+            OutagePolicy::Allow => {
+                let allowance = ((limit as f64) * self.settings.outage_allowance).ceil() as u64;
+                self.metrics
+                    .outage_bound
+                    .set(self.metrics.outage_bound.get().max(allowance as i64));
+                // past the quota as far as this instance knew, nothing more is allowed
+                let known = cell.known[0].load(Ordering::Acquire);
+                let admitted = cell
+                    .outage_admitted
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < allowance && known + n < limit.saturating_add(allowance))
+                            .then_some(n + 1)
+                    })
+                    .is_ok();
+                if !admitted {
+                    return Take::Unavailable;
+                }
+                self.metrics.outage_admitted.inc();
+                cell.direct.fetch_add(1, Ordering::AcqRel);
+                Take::Admitted {
+                    remaining: self.remaining(cell, limit),
+                    overage: false,
+                }
+            }
+        }
+    }
+
+    /// Sends every cell's unsettled counts to Redis (one script per cell); with `release`, also
+    /// gives back every lease.
+    async fn settle_all(&self, release: bool) -> usize {
+        let now = self.clock.now_ms();
+        let idle_ms = self.settings.lease_idle.as_millis() as i64;
+        let cells: Vec<((GroupId, Month), Arc<Cell>)> = self
+            .cells
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut settled = 0;
+        for ((group, month), cell) in cells {
+            if release || now - cell.last_use_ms.load(Ordering::Relaxed) > idle_ms {
+                let back = cell.lease.swap(0, Ordering::AcqRel);
+                cell.lease_returned.fetch_add(back, Ordering::AcqRel);
+            }
+            match self.settle_cell(&group, month, &cell, now).await {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                Err(()) => {
+                    self.mark_down(now);
+                    return settled;
+                }
+            }
+        }
+        // months that ended and are fully settled are dropped from memory
+        let current = Month::containing(now);
+        self.cells.retain(|(_, m), c| {
+            *m >= current.prev()
+                || c.inflight.lock().map(|i| i.is_some()).unwrap_or(true)
+                || c.direct.load(Ordering::Relaxed) != 0
+        });
+        self.mark_up();
+        settled
+    }
+
+    /// `Ok(true)`: something was sent and confirmed; `Err`: Redis did not answer (the batch is
+    /// kept and re-sent as is).
+    async fn settle_cell(
+        &self,
+        group: &str,
+        month: Month,
+        cell: &Cell,
+        now: i64,
+    ) -> Result<bool, ()> {
+        let batch = {
+            let Ok(mut inflight) = cell.inflight.lock() else {
+                return Err(());
+            };
+            match *inflight {
+                Some(b) => b,
+                None => {
+                    let b = Batch {
+                        seq: 0,
+                        lease_used: cell.lease_used.swap(0, Ordering::AcqRel),
+                        lease_returned: cell.lease_returned.swap(0, Ordering::AcqRel),
+                        direct: cell.direct.swap(0, Ordering::AcqRel),
+                        bytes: cell.bytes.swap(0, Ordering::AcqRel),
+                    };
+                    let holds_lease = cell.lease.load(Ordering::Acquire) > 0;
+                    if b.lease_used == 0
+                        && b.lease_returned == 0
+                        && b.direct == 0
+                        && b.bytes == 0
+                        && !holds_lease
+                    {
+                        return Ok(false);
+                    }
+                    let b = Batch {
+                        seq: cell.seq.fetch_add(1, Ordering::AcqRel) + 1,
+                        ..b
+                    };
+                    *inflight = Some(b);
+                    b
+                }
+            }
+        };
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(Self::key(group, month))
+            .arg(&self.instance)
+            .arg(batch.seq)
+            .arg(now)
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(Self::expire_at(month))
+            .arg(batch.lease_used)
+            .arg(batch.lease_returned)
+            .arg(batch.direct)
+            .arg(batch.bytes)
+            .arg(cell.limit.load(Ordering::Relaxed))
+            .arg(cell.bytes_limit.load(Ordering::Relaxed))
+            .arg(if cell.overage.load(Ordering::Relaxed) {
+                "1"
+            } else {
+                "0"
+            });
+        let result = tokio::time::timeout(
+            self.settings.timeout,
+            inv.invoke_async::<(u64, u64, u64, u64, u64)>(&mut conn),
+        )
+        .await;
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok((calls, bytes, calls_over, bytes_over, _leased))) => {
+                if let Ok(mut inflight) = cell.inflight.lock() {
+                    *inflight = None;
+                }
+                cell.known[0].store(calls, Ordering::Release);
+                cell.known[1].store(bytes, Ordering::Release);
+                cell.known[2].store(calls_over, Ordering::Release);
+                cell.known[3].store(bytes_over, Ordering::Release);
+                cell.lease_confirmed_ms.store(now, Ordering::Relaxed);
+                let outage = cell.outage_admitted.swap(0, Ordering::AcqRel);
+                if outage > 0 {
+                    self.metrics.replayed_calls.inc_by(outage);
+                }
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("redis settle: {e}");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Runs `f` on the store's runtime and waits for it from any thread, async context or not.
+    fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+            + Send
+            + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = self.clone();
+        self.handle.spawn(async move {
+            let _ = tx.send(f(me).await);
+        });
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Reads one month's totals straight from Redis.
+    async fn read(&self, group: &str, month: Month) -> Result<Usage, String> {
+        let mut conn = self.conn.clone();
+        let v: Vec<Option<u64>> = tokio::time::timeout(
+            self.settings.timeout.max(Duration::from_millis(500)),
+            redis::cmd("HMGET")
+                .arg(Self::key(group, month))
+                .arg("calls")
+                .arg("bytes")
+                .arg("calls_overage")
+                .arg("bytes_overage")
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| "redis did not answer in time".to_string())?
+        .map_err(|e| format!("redis: {e}"))?;
+        let g = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok(Usage {
+            calls: g(0),
+            bytes: g(1),
+            calls_overage: g(2),
+            bytes_overage: g(3),
+        })
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // the instance id only needs to differ between processes started in the same millisecond
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u32::from_le_bytes(b)
+}
+
+/// The store as the gateway uses it: an `Arc`, so the settlement loop and the requests share it.
+#[derive(Clone)]
+pub struct SharedRedisStore(pub Arc<RedisStore>);
+
+impl UsageStore for SharedRedisStore {
+    async fn take_call(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+        tier: &str,
+    ) -> Take {
+        self.take_call_for_tier(group, month, limit, overage_billing, Some(tier))
+            .await
+    }
+
+    fn refund_call(&self, group: &GroupId, month: Month, take: Take) {
+        let Take::Admitted { .. } = take else { return };
+        let cell = self.0.cell(group, month);
+        if cell.overage.load(Ordering::Relaxed) {
+            cell.direct.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        // a leased call goes back to the lease (if its use is not settled yet) or to Redis
+        let taken_back = cell
+            .lease_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if taken_back {
+            cell.lease.fetch_add(1, Ordering::AcqRel);
+        } else if cell.outage_admitted.load(Ordering::Acquire) > 0 {
+            cell.direct.fetch_sub(1, Ordering::AcqRel);
+            cell.outage_admitted.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            cell.direct.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn bytes_used(&self, group: &GroupId, month: Month) -> u64 {
+        let cell = self.0.cell(group, month);
+        let pending = cell.bytes.load(Ordering::Acquire).max(0) as u64;
+        cell.known[1].load(Ordering::Acquire) + pending
+    }
+
+    fn add_bytes(&self, group: &GroupId, month: Month, n: u64, limit: u64, overage_billing: bool) {
+        let cell = self.0.cell(group, month);
+        cell.bytes_limit.store(limit, Ordering::Relaxed);
+        if overage_billing {
+            cell.overage.store(true, Ordering::Relaxed);
+        }
+        cell.bytes.fetch_add(n as i64, Ordering::AcqRel);
+    }
+
+    fn usage(&self, group: &str, month: Month) -> Usage {
+        let key: GroupId = group.into();
+        let Some(cell) = self.0.cells.get(&(key, month)).map(|c| c.clone()) else {
+            return Usage::default();
+        };
+        let lease = cell.lease.load(Ordering::Acquire);
+        let pending_direct = cell.direct.load(Ordering::Acquire);
+        let pending_bytes = cell.bytes.load(Ordering::Acquire);
+        Usage {
+            // Redis counts this instance's unspent lease as taken
+            calls: (cell.known[0].load(Ordering::Acquire) as i64 - lease as i64 + pending_direct)
+                .max(0) as u64,
+            bytes: (cell.known[1].load(Ordering::Acquire) as i64 + pending_bytes).max(0) as u64,
+            calls_overage: cell.known[2].load(Ordering::Acquire),
+            bytes_overage: cell.known[3].load(Ordering::Acquire),
+        }
+    }
+
+    fn usage_checked(&self, group: &str, month: Month) -> Result<Usage, String> {
+        let group = group.to_string();
+        self.0
+            .run(move |s| Box::pin(async move { s.read(&group, month).await }))
+            .unwrap_or_else(|| Err("redis did not answer in time".into()))
+    }
+
+    fn flush(&self) -> Result<usize, String> {
+        let n = self
+            .0
+            .run(|s| Box::pin(async move { s.settle_all(false).await }))
+            .ok_or("redis settlement did not finish in time")?;
+        if self.0.is_down(self.0.clock.now_ms()) {
+            return Err("redis unavailable: counts kept in memory and retried".into());
+        }
+        Ok(n)
+    }
+
+    fn release_for_handover(&self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<(), String> {
+        self.0
+            .run(|s| Box::pin(async move { s.settle_all(true).await }))
+            .ok_or("redis settlement did not finish in time")?;
+        if self.0.is_down(self.0.clock.now_ms()) {
+            return Err("redis unavailable at stop: unsettled counts are lost".into());
+        }
+        Ok(())
+    }
+
+    fn register_metrics(&self, registry: &prometheus::Registry) {
+        let m = &self.0.metrics;
+        let _ = registry.register(Box::new(m.lease_grants.clone()));
+        let _ = registry.register(Box::new(m.leased_calls.clone()));
+        let _ = registry.register(Box::new(m.latency.clone()));
+        let _ = registry.register(Box::new(m.unavailable_seconds.clone()));
+        let _ = registry.register(Box::new(m.unavailable.clone()));
+        let _ = registry.register(Box::new(m.replayed_calls.clone()));
+        let _ = registry.register(Box::new(m.outage_admitted.clone()));
+        let _ = registry.register(Box::new(m.outage_bound.clone()));
+    }
+}
+
+impl SharedRedisStore {
+    /// `take_call` with the group's tier, for per-tier outage policies.
+    pub async fn take_call_for_tier(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+        tier: Option<&str>,
+    ) -> Take {
+        let s = &self.0;
+        if !overage_billing {
+            return s.take_hard(group, month, limit, tier).await;
+        }
+        let cell = s.cell(group, month);
+        cell.limit.store(limit, Ordering::Relaxed);
+        cell.overage.store(true, Ordering::Relaxed);
+        cell.last_use_ms.store(s.clock.now_ms(), Ordering::Relaxed);
+        let before = cell.direct.fetch_add(1, Ordering::AcqRel);
+        let used = (cell.known[0].load(Ordering::Acquire) as i64 + before).max(0) as u64;
+        Take::Admitted {
+            remaining: limit.saturating_sub(used + 1),
+            overage: used >= limit,
+        }
+    }
+}

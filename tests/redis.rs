@@ -1,0 +1,424 @@
+//! Several gateway instances sharing one quota through a real `redis-server`, started by the
+//! test on an ephemeral port in a temp dir and stopped by it. Without `redis-server` these tests
+//! say loudly that they were skipped, unless `VIVGATE_REQUIRE_REDIS=1` (CI) makes that a failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vivgate::clock::{utc_ms, Clock, ManualClock, Month, SystemClock};
+use vivgate::redis_store::{RedisStore, SharedRedisStore};
+use vivgate::server::{proxy_app, serve};
+use vivgate::usage::UsageStore;
+use vivgate::Gateway;
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// A redis-server on a free port, appending every write to its log (so a restart keeps
+    /// what it acknowledged). `None` when redis-server is missing and not required.
+    async fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if std::env::var("VIVGATE_REQUIRE_REDIS").as_deref() == Ok("1") {
+                panic!("VIVGATE_REQUIRE_REDIS=1 but redis-server is not installed");
+            }
+            eprintln!("!!! SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = dead_addr().await.port();
+        let child = Self::spawn(dir.path(), port);
+        let s = RedisServer { child, port, dir };
+        s.wait_ready().await;
+        Some(s)
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_ready(&self) {
+        let url = self.url();
+        wait_for("redis-server to answer", || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut con) = c.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.dir.path(), self.port);
+        self.wait_ready().await;
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> u64 {
+        let c = redis::Client::open(self.url()).unwrap();
+        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async::<Option<u64>>(&mut con)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// N gateway instances on one backend and one Redis, with the harness's config; the tiny tier
+/// gets `quota` calls.
+struct Fleet {
+    h: Harness,
+    addrs: Vec<SocketAddr>,
+    gws: Vec<Arc<Gateway<SharedRedisStore>>>,
+    stops: Vec<watch::Sender<bool>>,
+    clock: Arc<ManualClock>,
+    config: String,
+}
+
+const TINY: &str = "key-tiny";
+
+impl Fleet {
+    async fn start(redis: &RedisServer, n: usize, quota: u64, usage_extra: &str) -> Fleet {
+        let h = Harness::start().await;
+        let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+            .unwrap()
+            .replace("api_calls = 5", &format!("api_calls = {quota}"))
+            + &format!(
+                "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n{usage_extra}\n",
+                redis.url()
+            );
+        let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
+        let mut f = Fleet {
+            h,
+            addrs: Vec::new(),
+            gws: Vec::new(),
+            stops: Vec::new(),
+            clock,
+            config,
+        };
+        for _ in 0..n {
+            f.add().await;
+        }
+        f
+    }
+
+    /// Starts one more instance.
+    async fn add(&mut self) -> usize {
+        let snap = vivgate::config::load_from_str(
+            Path::new("vivgate.toml"),
+            &self.config,
+            Path::new("tenants.toml"),
+            &tenants_toml(),
+        )
+        .unwrap();
+        let settings = snap.startup.usage.redis.clone().expect("redis settings");
+        // the store times leases by the wall clock; the gateway's month comes from `clock`
+        let store = RedisStore::connect(settings, Arc::new(SystemClock)).unwrap();
+        let gw = Arc::new(Gateway::new(
+            snap,
+            Arc::new(SharedRedisStore(store)),
+            self.clock.clone(),
+            None,
+        ));
+        let (stop, stop_rx) = watch::channel(false);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.addrs.push(l.local_addr().unwrap());
+        tokio::spawn(serve(l, proxy_app(gw.clone()), stop_rx));
+        self.gws.push(gw);
+        self.stops.push(stop);
+        self.gws.len() - 1
+    }
+
+    /// Stops instance `i` the way a graceful stop does: no new connections, then the final
+    /// settlement (leases given back).
+    async fn stop(&mut self, i: usize) {
+        let _ = self.stops[i].send(true);
+        let gw = self.gws[i].clone();
+        tokio::task::spawn_blocking(move || gw.store().shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    fn key(&self, month: Month) -> String {
+        format!("vivgate:usage:{{{}}}:{month}", group_id(TINY))
+    }
+}
+
+fn target() -> String {
+    format!("/tenant/collectionObjects?collectionId={OID}")
+}
+
+/// `clients` connections spread over `addrs` send calls for `key` until `served` reaches `goal`
+/// or `deadline` passes; returns (statuses seen, 200s).
+async fn load(
+    addrs: &[SocketAddr],
+    clients: usize,
+    key: &'static str,
+    goal: u64,
+    deadline: Duration,
+) -> (Vec<u16>, u64) {
+    let served = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + deadline;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let addr = addrs[c % addrs.len()];
+        let served = served.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut client = Client::connect(addr).await;
+            while served.load(Ordering::Relaxed) < goal && Instant::now() < end {
+                let Some(r) = client
+                    .try_request(
+                        &format!(
+                            "GET {} HTTP/1.1\nHost: t\nAuthorization: Bearer {key}",
+                            target()
+                        ),
+                        b"",
+                    )
+                    .await
+                else {
+                    client = Client::connect(addr).await;
+                    continue;
+                };
+                match r.status {
+                    200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    402 => {
+                        assert_envelope(&r, 402, "quota exceeded");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    503 => {
+                        assert_envelope(&r, 503, "Usage service unavailable");
+                        assert_eq!(r.header("retry-after"), Some("1"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    s => panic!("unexpected {s}: {}", r.text()),
+                }
+                statuses.push(r.status);
+                if r.header("connection") == Some("close") {
+                    client = Client::connect(addr).await;
+                }
+            }
+            statuses
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all, served.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_forward_exactly_the_quota() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 4, 1_000, "").await;
+    let addrs = fleet.addrs.clone();
+    // 64 clients keep sending after the quota is spent, for a while: nothing more gets through
+    let (statuses, served) = load(&addrs, 64, TINY, u64::MAX, Duration::from_secs(6)).await;
+    assert_eq!(served, 1_000, "forwarded across 4 instances");
+    assert!(statuses.iter().filter(|s| **s == 402).count() > 0);
+    assert_eq!(
+        fleet.h.backend.total(),
+        1_000,
+        "the backend saw exactly the quota"
+    );
+    for i in 0..4 {
+        fleet.stop(i).await;
+    }
+    let key = fleet.key(Month::from_ym(2026, 11));
+    assert_eq!(
+        redis.hget(&key, "calls").await,
+        1_000,
+        "Redis holds what was served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_loses_nothing() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 2, 300, "").await;
+    let (_, first) = load(&fleet.addrs, 8, TINY, 120, Duration::from_secs(10)).await;
+    assert!(first >= 120, "{first}");
+    fleet.stop(0).await;
+    let i = fleet.add().await;
+    let addrs = vec![fleet.addrs[1], fleet.addrs[i]];
+    let (_, rest) = load(&addrs, 8, TINY, u64::MAX, Duration::from_secs(4)).await;
+    assert_eq!(first + rest, 300, "the quota holds across the restart");
+    assert_eq!(fleet.h.backend.total(), 300);
+    fleet.stop(1).await;
+    fleet.stop(i).await;
+    assert_eq!(
+        redis
+            .hget(&fleet.key(Month::from_ym(2026, 11)), "calls")
+            .await,
+        300
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_with_allow_admits_the_allowance_and_replays_it() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    // allowance 5 % of 1,000 = 50 calls per instance while Redis is down
+    let mut fleet = Fleet::start(&redis, 2, 1_000, "outage_allowance = 0.05").await;
+    let (_, before) = load(&fleet.addrs, 8, TINY, 200, Duration::from_secs(10)).await;
+    assert!(before >= 200, "{before}");
+    redis.kill();
+    let (statuses, during) = load(&fleet.addrs, 8, TINY, u64::MAX, Duration::from_secs(3)).await;
+    // what the instances held in leases, then 50 each; after that 503s
+    assert!(statuses.contains(&503), "503 once the allowance is spent");
+    assert!(during >= 100, "the allowance was admitted: {during}");
+    assert!(
+        during <= 100 + 2 * 100,
+        "leases (at most lease_max each) plus 2 x 50: {during}"
+    );
+    redis.restart().await;
+    // the instances notice within a settlement interval and replay what they counted
+    let key = fleet.key(Month::from_ym(2026, 11));
+    let served = before + during;
+    let r = &redis;
+    wait_for("the outage counts to be replayed", || {
+        let key = key.clone();
+        async move { r.hget(&key, "calls").await >= served }
+    })
+    .await;
+    fleet.stop(0).await;
+    fleet.stop(1).await;
+    assert_eq!(
+        redis.hget(&key, "calls").await,
+        served,
+        "Redis holds exactly what was served"
+    );
+    assert_eq!(fleet.h.backend.total(), served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_with_deny_answers_503_after_the_leases() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 2, 1_000, "on_store_unavailable = \"deny\"").await;
+    let (_, before) = load(&fleet.addrs, 4, TINY, 50, Duration::from_secs(10)).await;
+    assert!(before >= 50, "{before}");
+    redis.kill();
+    let (statuses, during) = load(&fleet.addrs, 4, TINY, u64::MAX, Duration::from_secs(2)).await;
+    assert!(statuses.contains(&503));
+    assert!(during <= 2 * 100, "only leases already held: {during}");
+    // an overage group is never refused for an outage: it is counted and replayed
+    let (_, overage) = load(
+        &fleet.addrs,
+        2,
+        "key-tiny-overage",
+        10,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(overage >= 10, "{overage}");
+    redis.restart().await;
+    let (_, after) = load(&fleet.addrs, 4, TINY, 20, Duration::from_secs(10)).await;
+    assert!(after >= 20, "served again once Redis is back: {after}");
+    fleet.stop(0).await;
+    fleet.stop(1).await;
+    let key = fleet.key(Month::from_ym(2026, 11));
+    assert_eq!(redis.hget(&key, "calls").await, before + during + after);
+    let okey = format!("vivgate:usage:{{{}}}:2026-11", group_id("key-tiny-overage"));
+    assert_eq!(redis.hget(&okey, "calls").await, overage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_month_rolls_over_on_every_instance() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 2, 40, "").await;
+    let (_, nov) = load(&fleet.addrs, 4, TINY, u64::MAX, Duration::from_secs(2)).await;
+    assert_eq!(nov, 40);
+    fleet.clock.set(utc_ms(2026, 12, 1, 0, 0, 0, 0));
+    assert_eq!(
+        Month::containing(fleet.clock.now_ms()),
+        Month::from_ym(2026, 12)
+    );
+    let (_, dec) = load(&fleet.addrs, 4, TINY, u64::MAX, Duration::from_secs(2)).await;
+    assert_eq!(dec, 40, "a new month, a new quota, on both instances");
+    fleet.stop(0).await;
+    fleet.stop(1).await;
+    assert_eq!(
+        redis
+            .hget(&fleet.key(Month::from_ym(2026, 11)), "calls")
+            .await,
+        40
+    );
+    assert_eq!(
+        redis
+            .hget(&fleet.key(Month::from_ym(2026, 12)), "calls")
+            .await,
+        40
+    );
+    assert_eq!(fleet.h.backend.total(), 80);
+}
