@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--active-keys", type=int, default=1_000)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--no-fixed-rate", action="store_true", help="skip the oha fixed-rate latency runs")
+    ap.add_argument("--no-redis", action="store_true",
+                    help="skip vivgate with store = \"redis\" (run when redis-server is installed)")
     ap.add_argument("--reload-keys", type=int, default=0,
                     help="also measure p99 while reloading a compact tenants file of this many keys "
                          "(e.g. 1000000), against a steady run with the same keys")
@@ -192,7 +194,8 @@ def main():
 
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     try:
-        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate")}
+        use_redis = not a.no_redis and shutil.which("redis-server") is not None
+        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-redis", "redis")}
         b = ports["backend"]
         body = BODY.replace("'", "\\'")
         backend_conf = nginx_conf(dir, "backend", f"""  server {{ listen 127.0.0.1:{b};
@@ -224,6 +227,13 @@ required_query = ["collectionId"]
 id_query = ["collectionId"]
 meter = "calls"
 """)
+        if use_redis:
+            conf = open(os.path.join(dir, "vivgate.toml")).read()
+            conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
+                                f"listen = \"127.0.0.1:{ports['vivgate-redis']}\"")
+            conf += f'[usage]\nstore = "redis"\nredis_url = "redis://127.0.0.1:{ports["redis"]}/0"\n'
+            with open(os.path.join(dir, "vivgate-redis.toml"), "w") as f:
+                f.write(conf)
         step = a.keys // a.active_keys
         active = keys[::step][: a.active_keys]
         script = os.path.join(dir, "keys.lua")
@@ -248,6 +258,15 @@ meter = "calls"
         pids = {"backend": [bp.pid] + children(bp.pid), "nginx": [np.pid] + children(np.pid),
                 "passthrough": [pp.pid], "vivgate": [vp.pid]}
         targets = ["backend", "nginx", "passthrough", "vivgate"]
+        if use_redis:
+            # Redis on the load generator's CPU: the proxy's CPU counts only the gateway
+            rp = start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", dir], LOAD_CPU)
+            wait_port(ports["redis"], rp, "redis-server")
+            vr = start([vivgate, "--config", os.path.join(dir, "vivgate-redis.toml")], PROXY_CPU, env)
+            wait_port(ports["vivgate-redis"], vr, "vivgate (redis store)")
+            pids["vivgate-redis"] = [vr.pid]
+            targets.append("vivgate-redis")
         for t in targets:  # warm-up: connections, pools, caches
             run_wrk(ports[t], script, 2, a.connections)
         results = {t: [] for t in targets}
@@ -349,6 +368,10 @@ def report(results, fixed, a, load_s, vrss_kib):
         lines.append(f"| {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
                      f"{vs('nginx', 'rps')} | {vs('passthrough', 'rps')} | {vs('nginx', 'cpu_us')} | "
                      f"{vs('passthrough', 'cpu_us')} | {errs[t]} |")
+    if "vivgate-redis" in med:
+        lines += ["", f"store = \"redis\" vs the embedded store, same run: "
+                  f"{med['vivgate-redis']['rps'] / med['vivgate']['rps']:.2f}× req/s, "
+                  f"{med['vivgate-redis']['cpu_us'] / med['vivgate']['cpu_us']:.2f}× CPU per request"]
     if fixed:
         lines += ["", f"Fixed offered load (oha -q RATE --latency-correction, -c{a.connections}, {a.duration}s, one key), "
                   "at 70 % of nginx's and of the passthrough's median maximum rate:", "",
