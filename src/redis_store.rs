@@ -71,11 +71,12 @@ const LEASE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local limit, want, inst = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local now, ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
--- reclaim the leases of instances whose leases expired (they died or lost Redis)
+-- reclaim the leases of other instances whose leases expired (they died or lost Redis); the
+-- caller's own are settled by the caller
 local h = redis.call('HGETALL', key)
 for i = 1, #h, 2 do
   local f = h[i]
-  if string.sub(f, 1, 2) == 'E:' and tonumber(h[i + 1]) < now then
+  if string.sub(f, 1, 2) == 'E:' and f ~= 'E:' .. inst and tonumber(h[i + 1]) < now then
     local other = string.sub(f, 3)
     local l = tonumber(redis.call('HGET', key, 'L:' .. other) or '0')
     if l > 0 then redis.call('HINCRBY', key, 'calls', -l) end
@@ -137,7 +138,8 @@ else
 end
 redis.call('PEXPIREAT', key, expire_at)
 local v = redis.call('HMGET', key, 'calls', 'bytes', 'calls_overage', 'bytes_overage')
-return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), l}
+local function n(x) return math.max(0, tonumber(x or '0')) end
+return {n(v[1]), n(v[2]), n(v[3]), n(v[4]), l}
 "#;
 
 /// One settlement, kept as sent until Redis confirms it, so a retry is the same batch with the
@@ -178,7 +180,6 @@ struct Cell {
     /// One grant request at a time per cell.
     fetching: tokio::sync::Mutex<()>,
     inflight: Mutex<Option<Batch>>,
-    seq: AtomicU64,
 }
 
 /// Prometheus metrics of the shared store.
@@ -241,6 +242,11 @@ pub struct RedisStore {
     cells: DashMap<(GroupId, Month), Arc<Cell>, ahash::RandomState>,
     lease: redis::Script,
     settle: redis::Script,
+    /// Settlement sequence numbers, increasing over the whole store (per key, Redis applies a
+    /// number once and only numbers above the last it applied).
+    seq: AtomicU64,
+    /// One settlement pass at a time (the loop, `flush`, `shutdown`).
+    settling: tokio::sync::Mutex<()>,
     /// Redis is considered down until this time (ms); 0: up.
     down_until_ms: AtomicI64,
     down_since: Mutex<Option<Instant>>,
@@ -286,7 +292,14 @@ impl RedisStore {
                 .map_err(|e| format!("redis {}: {e}", settings.url))?
         };
         let handle = rt.handle().clone();
-        let instance = format!("{}-{}-{:x}", std::process::id(), clock.now_ms(), rand_u32());
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let instance = format!(
+            "{}-{}-{}-{:x}",
+            std::process::id(),
+            STORES.fetch_add(1, Ordering::Relaxed),
+            clock.now_ms(),
+            rand_u32()
+        );
         let store = Arc::new(RedisStore {
             conn,
             instance,
@@ -294,6 +307,8 @@ impl RedisStore {
             cells: DashMap::default(),
             lease: redis::Script::new(LEASE_SCRIPT),
             settle: redis::Script::new(SETTLE_SCRIPT),
+            seq: AtomicU64::new(0),
+            settling: tokio::sync::Mutex::new(()),
             down_until_ms: AtomicI64::new(0),
             down_since: Mutex::new(None),
             metrics: StoreMetrics::new(),
@@ -376,14 +391,27 @@ impl RedisStore {
         .unwrap_or(self.settings.policy)
     }
 
-    /// A lease still confirmed recently enough to spend (half its TTL).
+    /// A lease confirmed by Redis recently enough to spend: within two settlement intervals
+    /// (and half the TTL), so what an instance cut off from Redis spends before stopping is at
+    /// most about two intervals of its traffic, long before other instances may reclaim it.
     fn lease_valid(&self, cell: &Cell, now: i64) -> bool {
-        now - cell.lease_confirmed_ms.load(Ordering::Relaxed)
-            < (self.settings.lease_ttl.as_millis() as i64) / 2
+        let window = (2 * self.settings.flush_interval + self.settings.timeout)
+            .min(self.settings.lease_ttl / 2)
+            .as_millis() as i64;
+        now - cell.lease_confirmed_ms.load(Ordering::Relaxed) < window
+    }
+
+    /// A lease that can no longer be spent goes back (it is returned at the next settlement).
+    fn drop_stale_lease(&self, cell: &Cell, now: i64) {
+        if !self.lease_valid(cell, now) && cell.lease.load(Ordering::Acquire) > 0 {
+            let back = cell.lease.swap(0, Ordering::AcqRel);
+            cell.lease_returned.fetch_add(back, Ordering::AcqRel);
+        }
     }
 
     fn spend_lease(&self, cell: &Cell, now: i64) -> bool {
         if !self.lease_valid(cell, now) {
+            self.drop_stale_lease(cell, now);
             return false;
         }
         let spent = cell
@@ -446,20 +474,20 @@ impl RedisStore {
         }
         let want = self.settings.lease_max.max(1);
         let started = Instant::now();
-        let mut conn = self.conn.clone();
-        let mut inv = self.lease.prepare_invoke();
-        inv.key(Self::key(group, month))
-            .arg(limit)
-            .arg(want)
-            .arg(&self.instance)
-            .arg(now)
-            .arg(self.settings.lease_ttl.as_millis() as u64)
-            .arg(Self::expire_at(month));
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            inv.invoke_async::<(u64, u64)>(&mut conn),
-        )
-        .await;
+        let result = self
+            .script::<(u64, u64)>(
+                &self.lease,
+                Self::key(group, month),
+                vec![
+                    limit.to_string(),
+                    want.to_string(),
+                    self.instance.clone(),
+                    now.to_string(),
+                    self.settings.lease_ttl.as_millis().to_string(),
+                    Self::expire_at(month).to_string(),
+                ],
+            )
+            .await;
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
@@ -508,7 +536,8 @@ impl RedisStore {
                 self.metrics
                     .outage_bound
                     .set(self.metrics.outage_bound.get().max(allowance as i64));
-                // past the quota as far as this instance knew, nothing more is allowed
+                // at most `allowance` per instance, and never more than `allowance` past the
+                // quota as this instance last knew it
                 let known = cell.known[0].load(Ordering::Acquire);
                 let admitted = cell
                     .outage_admitted
@@ -533,6 +562,7 @@ impl RedisStore {
     /// Sends every cell's unsettled counts to Redis (one script per cell); with `release`, also
     /// gives back every lease.
     async fn settle_all(&self, release: bool) -> usize {
+        let _one = self.settling.lock().await;
         let now = self.clock.now_ms();
         let idle_ms = self.settings.lease_idle.as_millis() as i64;
         let cells: Vec<((GroupId, Month), Arc<Cell>)> = self
@@ -546,12 +576,16 @@ impl RedisStore {
                 let back = cell.lease.swap(0, Ordering::AcqRel);
                 cell.lease_returned.fetch_add(back, Ordering::AcqRel);
             }
-            match self.settle_cell(&group, month, &cell, now).await {
-                Ok(true) => settled += 1,
-                Ok(false) => {}
-                Err(()) => {
-                    self.mark_down(now);
-                    return settled;
+            self.drop_stale_lease(&cell, now);
+            // a re-sent batch may leave newer counts behind: at a stop, send until none is left
+            for _ in 0..if release { 3 } else { 1 } {
+                match self.settle_cell(&group, month, &cell, now).await {
+                    Ok(true) => settled += 1,
+                    Ok(false) => break,
+                    Err(()) => {
+                        self.mark_down(now);
+                        return settled;
+                    }
                 }
             }
         }
@@ -561,9 +595,55 @@ impl RedisStore {
             *m >= current.prev()
                 || c.inflight.lock().map(|i| i.is_some()).unwrap_or(true)
                 || c.direct.load(Ordering::Relaxed) != 0
+                || c.bytes.load(Ordering::Relaxed) != 0
+                || c.lease.load(Ordering::Relaxed) != 0
+                || c.lease_used.load(Ordering::Relaxed) != 0
+                || c.lease_returned.load(Ordering::Relaxed) != 0
         });
-        self.mark_up();
+        // up again only on an answer: a settlement that went through, or a probe
+        if settled > 0 || self.ping().await {
+            self.mark_up();
+        }
         settled
+    }
+
+    /// Runs one script on the store's runtime, where the connection lives (a request's runtime
+    /// may be gone by the time a reconnect needs it), bounded by the store timeout.
+    async fn script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        script: &redis::Script,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<redis::RedisResult<T>, ()> {
+        let mut conn = self.conn.clone();
+        let script = script.clone();
+        let task = self.handle.spawn(async move {
+            let mut inv = script.prepare_invoke();
+            inv.key(key);
+            for a in args {
+                inv.arg(a);
+            }
+            inv.invoke_async::<T>(&mut conn).await
+        });
+        match tokio::time::timeout(self.settings.timeout, task).await {
+            Ok(Ok(r)) => Ok(r),
+            _ => Err(()),
+        }
+    }
+
+    /// Whether Redis answers a PING within the store timeout (asked only while it is down).
+    async fn ping(&self) -> bool {
+        if self.down_since.lock().map(|d| d.is_none()).unwrap_or(false) {
+            return true;
+        }
+        let mut conn = self.conn.clone();
+        let task = self
+            .handle
+            .spawn(async move { redis::cmd("PING").query_async::<String>(&mut conn).await });
+        matches!(
+            tokio::time::timeout(self.settings.timeout, task).await,
+            Ok(Ok(Ok(_)))
+        )
     }
 
     /// `Ok(true)`: something was sent and confirmed; `Err`: Redis did not answer (the batch is
@@ -599,7 +679,7 @@ impl RedisStore {
                         return Ok(false);
                     }
                     let b = Batch {
-                        seq: cell.seq.fetch_add(1, Ordering::AcqRel) + 1,
+                        seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
                         ..b
                     };
                     *inflight = Some(b);
@@ -608,37 +688,41 @@ impl RedisStore {
             }
         };
         let started = Instant::now();
-        let mut conn = self.conn.clone();
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(Self::key(group, month))
-            .arg(&self.instance)
-            .arg(batch.seq)
-            .arg(now)
-            .arg(self.settings.lease_ttl.as_millis() as u64)
-            .arg(Self::expire_at(month))
-            .arg(batch.lease_used)
-            .arg(batch.lease_returned)
-            .arg(batch.direct)
-            .arg(batch.bytes)
-            .arg(cell.limit.load(Ordering::Relaxed))
-            .arg(cell.bytes_limit.load(Ordering::Relaxed))
-            .arg(if cell.overage.load(Ordering::Relaxed) {
-                "1"
-            } else {
-                "0"
-            });
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            inv.invoke_async::<(u64, u64, u64, u64, u64)>(&mut conn),
-        )
-        .await;
+        let result = self
+            .script::<(u64, u64, u64, u64, u64)>(
+                &self.settle,
+                Self::key(group, month),
+                vec![
+                    self.instance.clone(),
+                    batch.seq.to_string(),
+                    now.to_string(),
+                    self.settings.lease_ttl.as_millis().to_string(),
+                    Self::expire_at(month).to_string(),
+                    batch.lease_used.to_string(),
+                    batch.lease_returned.to_string(),
+                    batch.direct.to_string(),
+                    batch.bytes.to_string(),
+                    cell.limit.load(Ordering::Relaxed).to_string(),
+                    cell.bytes_limit.load(Ordering::Relaxed).to_string(),
+                    if cell.overage.load(Ordering::Relaxed) {
+                        "1"
+                    } else {
+                        "0"
+                    }
+                    .to_string(),
+                ],
+            )
+            .await;
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok((calls, bytes, calls_over, bytes_over, _leased))) => {
                 if let Ok(mut inflight) = cell.inflight.lock() {
-                    *inflight = None;
+                    // only the batch this answer is for
+                    if inflight.is_some_and(|b| b.seq == batch.seq) {
+                        *inflight = None;
+                    }
                 }
                 cell.known[0].store(calls, Ordering::Release);
                 cell.known[1].store(bytes, Ordering::Release);
@@ -677,25 +761,36 @@ impl RedisStore {
     /// Reads one month's totals straight from Redis.
     async fn read(&self, group: &str, month: Month) -> Result<Usage, String> {
         let mut conn = self.conn.clone();
-        let v: Vec<Option<u64>> = tokio::time::timeout(
-            self.settings.timeout.max(Duration::from_millis(500)),
-            redis::cmd("HMGET")
-                .arg(Self::key(group, month))
-                .arg("calls")
-                .arg("bytes")
-                .arg("calls_overage")
-                .arg("bytes_overage")
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| "redis did not answer in time".to_string())?
-        .map_err(|e| format!("redis: {e}"))?;
-        let g = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        let key = Self::key(group, month);
+        let task = self.handle.spawn(async move {
+            redis::cmd("HGETALL")
+                .arg(key)
+                .query_async::<Vec<(String, i64)>>(&mut conn)
+                .await
+        });
+        let fields =
+            tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
+                .await
+                .map_err(|_| "redis did not answer in time".to_string())?
+                .map_err(|e| format!("redis: {e}"))?
+                .map_err(|e| format!("redis: {e}"))?;
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == name)
+                .map_or(0, |(_, v)| (*v).max(0) as u64)
+        };
+        // `calls` holds leased calls not served yet: billing reads what was served
+        let leased: i64 = fields
+            .iter()
+            .filter(|(f, _)| f.starts_with("L:"))
+            .map(|(_, v)| *v)
+            .sum();
         Ok(Usage {
-            calls: g(0),
-            bytes: g(1),
-            calls_overage: g(2),
-            bytes_overage: g(3),
+            calls: get("calls").saturating_sub(leased.max(0) as u64),
+            bytes: get("bytes"),
+            calls_overage: get("calls_overage"),
+            bytes_overage: get("bytes_overage"),
         })
     }
 }

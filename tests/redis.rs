@@ -422,3 +422,53 @@ async fn the_month_rolls_over_on_every_instance() {
     );
     assert_eq!(fleet.h.backend.total(), 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_settles_and_returns_its_leases_on_sigterm() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let port = dead_addr().await.port();
+    let config = h.binary_config(
+        "redis.toml",
+        port,
+        "grace_period_seconds = 1",
+        &format!(
+            "[usage]\nstore = \"redis\"\nredis_url = \"{}\"\nlease_idle_ms = 60000\nlease_ttl_ms = 120000\n",
+            redis.url()
+        ),
+    );
+    let mut child = spawn_binary(&config, &[], &[], port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = Client::connect(addr).await;
+    for _ in 0..7 {
+        assert_eq!(c.get(&target(), Some("key-pro")).await.status, 200);
+    }
+    drop(c);
+    // the binary's clock is the real one: this month's key
+    let month = Month::containing(SystemClock.now_ms());
+    let key = format!("vivgate:usage:{{{}}}:{month}", group_id("key-pro"));
+    // a lease is held (7 served of a larger grant) until the stop gives it back
+    assert!(redis.hget(&key, "calls").await > 7);
+    let status = wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(15)).await;
+    assert!(status.success());
+    assert_eq!(
+        redis.hget(&key, "calls").await,
+        7,
+        "served calls only, leases returned"
+    );
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        !fields
+            .iter()
+            .any(|f| f.starts_with("L:") || f.starts_with("E:")),
+        "no lease left: {fields:?}"
+    );
+}
