@@ -235,7 +235,8 @@ impl StoreMetrics {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// Set at start for one Redis; for a cluster, once the first connection succeeds.
+    conn: std::sync::OnceLock<Conn>,
     settings: RedisSettings,
     instance: String,
     clock: Arc<dyn Clock>,
@@ -278,19 +279,22 @@ impl RedisStore {
             .enable_all()
             .build()
             .map_err(|e| format!("redis runtime: {e}"))?;
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("usage.redis_url: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.timeout))
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        // lazy: the gateway starts (and serves by its outage policy) while Redis is down
-        let conn = {
+        let conn = std::sync::OnceLock::new();
+        let cluster_nodes = cluster_nodes(&settings.url);
+        if cluster_nodes.is_none() {
+            let client = redis::Client::open(settings.url.as_str())
+                .map_err(|e| format!("usage.redis_url: {e}"))?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(settings.timeout))
+                .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            // lazy: the gateway starts (and serves by its outage policy) while Redis is down
             let _in_rt = rt.enter();
-            ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| format!("redis {}: {e}", settings.url))?
-        };
+            let manager = ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| format!("redis {}: {e}", settings.url))?;
+            let _ = conn.set(Conn::Single(manager));
+        }
         let handle = rt.handle().clone();
         static STORES: AtomicU64 = AtomicU64::new(0);
         let instance = format!(
@@ -316,6 +320,34 @@ impl RedisStore {
             handle,
             settings,
         });
+        if let Some(nodes) = cluster_nodes {
+            // a cluster client needs its first connection to learn the slots: keep trying in
+            // the background; until then the outage policy applies
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(store.settings.timeout.max(Duration::from_millis(200)))
+                .response_timeout(store.settings.timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| format!("usage.redis_url: {e}"))?;
+            let weak = Arc::downgrade(&store);
+            store.handle.spawn(async move {
+                loop {
+                    match client.get_async_connection().await {
+                        Ok(c) => {
+                            if let Some(store) = weak.upgrade() {
+                                let _ = store.conn.set(Conn::Cluster(c));
+                            }
+                            return;
+                        }
+                        Err(e) => tracing::debug!("redis cluster: {e}"),
+                    }
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
         let weak = Arc::downgrade(&store);
         let every = store.settings.flush_interval;
         store.handle.spawn(async move {
@@ -615,7 +647,9 @@ impl RedisStore {
         key: String,
         args: Vec<String>,
     ) -> Result<redis::RedisResult<T>, ()> {
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.conn.get().cloned() else {
+            return Err(());
+        };
         let script = script.clone();
         let task = self.handle.spawn(async move {
             let mut inv = script.prepare_invoke();
@@ -636,7 +670,9 @@ impl RedisStore {
         if self.down_since.lock().map(|d| d.is_none()).unwrap_or(false) {
             return true;
         }
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.conn.get().cloned() else {
+            return false;
+        };
         let task = self
             .handle
             .spawn(async move { redis::cmd("PING").query_async::<String>(&mut conn).await });
@@ -760,7 +796,11 @@ impl RedisStore {
 
     /// Reads one month's totals straight from Redis.
     async fn read(&self, group: &str, month: Month) -> Result<Usage, String> {
-        let mut conn = self.conn.clone();
+        let mut conn = self
+            .conn
+            .get()
+            .cloned()
+            .ok_or("redis cluster not connected yet")?;
         let key = Self::key(group, month);
         let task = self.handle.spawn(async move {
             redis::cmd("HGETALL")
@@ -793,6 +833,58 @@ impl RedisStore {
             bytes_overage: get("bytes_overage"),
         })
     }
+}
+
+/// One Redis, or a Redis Cluster (`redis+cluster://host:port,host:port/`): the scripts touch one
+/// key each, and the `{group}` hash tag keeps a key in one slot.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The node URLs of a `redis+cluster://a:1,b:2/` URL (`None`: a single Redis).
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let hosts = rest.split('/').next().unwrap_or("");
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{h}"))
+            .collect(),
+    )
 }
 
 fn rand_u32() -> u32 {

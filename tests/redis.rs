@@ -472,3 +472,169 @@ async fn the_binary_settles_and_returns_its_leases_on_sigterm() {
         "no lease left: {fields:?}"
     );
 }
+
+/// Three redis-server nodes in cluster mode (no replicas), on free ports whose cluster-bus
+/// ports (+10000) are free too.
+struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    async fn start() -> Option<RedisCluster> {
+        if Command::new("redis-cli").arg("--version").output().is_err() {
+            if std::env::var("VIVGATE_REQUIRE_REDIS").as_deref() == Ok("1") {
+                panic!("VIVGATE_REQUIRE_REDIS=1 but redis-cli is not installed");
+            }
+            eprintln!("!!! SKIPPED: redis-cli is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let mut nodes = Vec::new();
+        let mut port = 21_000 + (std::process::id() % 20_000) as u16;
+        while nodes.len() < 3 {
+            port += 1;
+            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !free(port) || !free(port + 10_000) {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let node = RedisServer { child, port, dir };
+            node.wait_ready().await;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            let port = n.port;
+            wait_for("the cluster to be ok", || async move {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+            })
+            .await;
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_url_works_the_same() {
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace("api_calls = 5", "api_calls = 200")
+        + &format!(
+            "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n",
+            cluster.url()
+        );
+    let mut gws = Vec::new();
+    let mut addrs = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let snap = vivgate::config::load_from_str(
+            Path::new("vivgate.toml"),
+            &config,
+            Path::new("tenants.toml"),
+            &tenants_toml(),
+        )
+        .unwrap();
+        let settings = snap.startup.usage.redis.clone().unwrap();
+        let store = RedisStore::connect(settings, Arc::new(SystemClock)).unwrap();
+        let gw = Arc::new(Gateway::new(
+            snap,
+            Arc::new(SharedRedisStore(store)),
+            Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0))),
+            None,
+        ));
+        let (stop, rx) = watch::channel(false);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(l.local_addr().unwrap());
+        tokio::spawn(serve(l, proxy_app(gw.clone()), rx));
+        gws.push(gw);
+        stops.push(stop);
+    }
+    // the cluster connection is made in the background (until then the outage policy
+    // applies): wait until each instance has served a call of another group through it
+    for gw in &gws {
+        wait_for("the cluster connection", || {
+            let gw = gw.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    gw.store()
+                        .usage_checked(group_id("key-pro"), Month::from_ym(2026, 11))
+                        .is_ok()
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    }
+    let (_, served) = load(&addrs, 16, TINY, u64::MAX, Duration::from_secs(3)).await;
+    assert_eq!(
+        served, 200,
+        "the quota holds across 2 instances on a cluster"
+    );
+    for (gw, stop) in gws.iter().zip(&stops) {
+        let _ = stop.send(true);
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || gw.store().shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let usage = {
+        let gw = gws[0].clone();
+        tokio::task::spawn_blocking(move || {
+            gw.store()
+                .usage_checked(group_id(TINY), Month::from_ym(2026, 11))
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(usage.calls, 200, "read back through the cluster");
+}

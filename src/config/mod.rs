@@ -542,10 +542,14 @@ pub fn compile(
     };
     let redis = if u.store == "redis" {
         if !(u.redis_url.starts_with("redis://")
-            || u.redis_url.starts_with("rediss://")
-            || u.redis_url.starts_with("redis+unix://"))
+            || u.redis_url.starts_with("redis+unix://")
+            || u.redis_url.starts_with("redis+cluster://"))
         {
-            return Err(err(cfg, "usage.redis_url", "must be a redis:// URL"));
+            return Err(err(
+                cfg,
+                "usage.redis_url",
+                "must be a redis://, redis+unix:// or redis+cluster://host:port,host:port URL",
+            ));
         }
         if !(1..=10_000).contains(&u.store_timeout_ms) {
             return Err(err(
