@@ -70,7 +70,10 @@ const KEY_TTL_AFTER_MONTH_MS: i64 = 35 * 86_400_000;
 const LEASE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local limit, want, inst = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local now, ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- lease expiry on Redis's clock, so instances with skewed clocks agree
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- reclaim the leases of other instances whose leases expired (they died or lost Redis); the
 -- caller's own are settled by the caller
 local h = redis.call('HGETALL', key)
@@ -97,7 +100,9 @@ return {grant, taken + grant}
 const SETTLE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local inst, seq = ARGV[1], tonumber(ARGV[2])
-local now, ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_used, lease_returned = tonumber(ARGV[6]), tonumber(ARGV[7])
 local direct, bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, blimit, overage = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12] == '1'
