@@ -13,7 +13,7 @@
 //!   calls are granted one at a time. A request waits for a grant only when its instance holds
 //!   none, for at most the store timeout. Unused leases are returned after `lease_idle` without
 //!   use, and on stop; the leases of an instance that died are reclaimed by the next grant once
-//!   their expiry (`lease_ttl`, renewed at every settlement) passes. An instance stops spending
+//!   their expiry (`lease_ttl` on Redis's clock, renewed at every settlement) passes. An instance stops spending
 //!   a lease it could not renew for half its TTL. So, while Redis is reachable, the calls
 //!   forwarded for a group never exceed its quota, and idle credit comes back within
 //!   `lease_idle` (or `lease_ttl` after a crash).
