@@ -256,6 +256,21 @@ impl<S: UsageStore> AdminApp<S> {
 }
 
 impl<S: UsageStore> AdminApp<S> {
+    /// A change written to the fleet's tenants in Redis is applied here at once (the others
+    /// apply it when Redis announces it).
+    fn apply_fleet_change(&self) {
+        // on a thread of its own: the reload frees the old snapshot once no one holds it, and
+        // this request still does
+        let gw = self.gw.clone();
+        let _ = std::thread::Builder::new()
+            .name("vivgate-reload".into())
+            .spawn(move || {
+                if let Err(e) = gw.reload() {
+                    tracing::error!("reload after a fleet change failed: {e}");
+                }
+            });
+    }
+
     /// `PUT /groups/<id>/status` with `{"status": "frozen"}`, and
     /// `DELETE /groups/<id>/keys/<sha256:hex>`: saved as overrides, in force for the next request.
     fn group_change(
@@ -296,6 +311,23 @@ impl<S: UsageStore> AdminApp<S> {
                         "Body must be {\"status\": \"active\" | \"frozen\" | \"deactivated\"}",
                     );
                 };
+                if let Some(url) = &snap.tenants_url {
+                    // fleet tenants: the change goes to Redis, and every instance applies it
+                    return match crate::fleet::set_status(url, id, status) {
+                        Ok(version) => {
+                            tracing::info!(target: "vivgate::audit", %caller, group = id, version, "PUT /groups/{id}/status: {status:?} (in Redis)");
+                            self.apply_fleet_change();
+                            ok(json!({"group": id, "status": status, "version": version}))
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            fail(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "The change could not be saved in Redis",
+                            )
+                        }
+                    };
+                }
                 let gid = id.to_string();
                 let r = self.gw.change_overrides(|o| {
                     o.status.insert(gid, status);
@@ -320,6 +352,22 @@ impl<S: UsageStore> AdminApp<S> {
                 };
                 if snap.group_for(&hash).is_none_or(|g| g.id != group.id) {
                     return fail(StatusCode::NOT_FOUND, "This group has no such key");
+                }
+                if let Some(url) = &snap.tenants_url {
+                    return match crate::fleet::revoke_key(url, id, &text) {
+                        Ok(version) => {
+                            tracing::info!(target: "vivgate::audit", %caller, group = id, version, "DELETE /groups/{id}/keys: key {} revoked (in Redis)", crate::keys::fingerprint(&hash));
+                            self.apply_fleet_change();
+                            ok(json!({"group": id, "revoked": text, "version": version}))
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            fail(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "The change could not be saved in Redis",
+                            )
+                        }
+                    };
                 }
                 let r = self.gw.change_overrides(|o| o.revoke(&hash, id));
                 if let Some(err) = saved(

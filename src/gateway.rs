@@ -72,7 +72,7 @@ impl<S: UsageStore> Gateway<S> {
     ) -> Self {
         let metrics = Metrics::new();
         store.register_metrics(metrics.registry());
-        Gateway {
+        let gw = Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
@@ -85,7 +85,9 @@ impl<S: UsageStore> Gateway<S> {
             failed_auth: Default::default(),
             burst: Default::default(),
             connections: Default::default(),
-        }
+        };
+        gw.note_tenants_source(&gw.snapshot());
+        gw
     }
 
     /// The current config snapshot; a request holds one for its whole life.
@@ -180,6 +182,56 @@ impl<S: UsageStore> Gateway<S> {
         &self.metrics
     }
 
+    fn note_tenants_source(&self, snap: &Snapshot) {
+        use crate::fleet::TenantsSource;
+        let (copy, version) = match snap.tenants_source {
+            TenantsSource::File => (0, 0),
+            TenantsSource::Redis(v) => (0, v as i64),
+            TenantsSource::DiskSnapshot => (1, 0),
+        };
+        self.metrics.tenants_from_copy.set(copy);
+        self.metrics.tenants_version.set(version);
+    }
+
+    /// The Redis tenants version served, if the tenants came from Redis.
+    pub fn tenants_version(&self) -> Option<u64> {
+        match self.snapshot().tenants_source {
+            crate::fleet::TenantsSource::Redis(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// `tenants = "redis://…"`: follows the tenant table in Redis on a thread of its own
+    /// (announced changes at once, a version check every few seconds, a catch-up after an
+    /// outage). Does nothing for a tenants file.
+    pub fn follow_tenants(self: &Arc<Self>) {
+        let Some(url) = self.snapshot().tenants_url.clone() else {
+            return;
+        };
+        let (a, b, c) = (
+            Arc::downgrade(self),
+            Arc::downgrade(self),
+            Arc::downgrade(self),
+        );
+        crate::fleet::follow(
+            url,
+            move || c.strong_count() > 0,
+            move || a.upgrade().and_then(|gw| gw.tenants_version()),
+            move || {
+                if let Some(gw) = b.upgrade() {
+                    match gw.reload() {
+                        Ok(r) => tracing::info!(
+                            version = ?gw.tenants_version(),
+                            changed = r.groups_changed.len() + r.groups_added.len() + r.groups_removed.len(),
+                            "tenants reloaded from Redis"
+                        ),
+                        Err(e) => tracing::error!("tenants reload from Redis failed: {e}"),
+                    }
+                }
+            },
+        );
+    }
+
     pub fn failed_auth(&self) -> &crate::abuse::FailedAuth {
         &self.failed_auth
     }
@@ -217,6 +269,7 @@ impl<S: UsageStore> Gateway<S> {
         }
         let report = ReloadReport::between(&old, &new);
         drop(old);
+        self.note_tenants_source(&new);
         let replaced = self.snapshot.swap(Arc::new(new));
         retire(replaced);
         Ok(report)

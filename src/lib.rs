@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod front;
 pub mod gateway;
 pub mod keys;

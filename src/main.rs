@@ -31,11 +31,83 @@ enum Command {
     },
     /// Read an API key on stdin and print the hash the tenants file stores.
     HashKey,
+    /// The tenant table in Redis (for configs with `tenants = "redis://…"`).
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
     /// Run the gateway with a built-in backend and demo groups.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Validate a tenants file against the config, then replace the table in Redis with it in
+    /// one transaction (every instance applies it within a second).
+    Push {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Print the table in Redis as a tenants file.
+    Export {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+}
+
+fn tenants(command: TenantsCommand) -> ExitCode {
+    match command {
+        TenantsCommand::Push { config, file } => {
+            let (url, tenants) = match vivgate::config::check_tenants_for_push(&config, &file) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match vivgate::fleet::push(&url, &tenants) {
+                Ok(version) => {
+                    println!(
+                        "{}: {} groups pushed to {url} (version {version})",
+                        file.display(),
+                        tenants.groups.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        TenantsCommand::Export { config } => {
+            let url = match vivgate::config::tenants_url(&config) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match vivgate::fleet::read(&url) {
+                Ok((tenants, version)) => {
+                    print!(
+                        "# exported from {url}, version {version}\n{}",
+                        vivgate::fleet::to_toml(&tenants)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn init_logging() {
@@ -122,6 +194,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Tenants { command }) => tenants(command),
         Some(Command::Demo { listen }) => {
             init_logging();
             match vivgate::demo::run(listen) {

@@ -22,6 +22,10 @@ pub struct Metrics {
     /// Calls and bytes used this month, summed per tier (set at scrape time).
     pub usage_calls: IntGaugeVec,
     pub usage_bytes: IntGaugeVec,
+    /// 1 while the tenants come from the disk copy because Redis could not be read.
+    pub tenants_from_copy: prometheus::IntGauge,
+    /// The Redis tenants version served (0 for a tenants file).
+    pub tenants_version: prometheus::IntGauge,
     flush_age: prometheus::Gauge,
     last_flush_ms: AtomicI64,
 }
@@ -89,8 +93,20 @@ impl Metrics {
             "Seconds since the usage store last flushed successfully (the kill -9 exposure)",
         )
         .expect("valid metric");
+        let tenants_from_copy = prometheus::IntGauge::new(
+            "tenants_from_copy",
+            "1 while the tenants are served from the disk copy because Redis could not be read",
+        )
+        .expect("valid metric");
+        let tenants_version = prometheus::IntGauge::new(
+            "tenants_version",
+            "The Redis tenants version served (0 for a tenants file)",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tenants_from_copy.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tenants_version.clone()),
+            Box::new(requests.clone()),
             Box::new(rejections.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(reloads.clone()),
@@ -110,6 +126,8 @@ impl Metrics {
             flush_failures,
             usage_calls,
             usage_bytes,
+            tenants_from_copy,
+            tenants_version,
             flush_age,
             last_flush_ms: AtomicI64::new(0),
         }

@@ -277,6 +277,10 @@ fn run_with<S: UsageStore>(
     if let Some(addr) = &startup.admin_listen {
         start_admin(addr, gw.clone(), upgrade)?;
     }
+    if snap.tenants_source == crate::fleet::TenantsSource::DiskSnapshot {
+        tracing::warn!("tenants: serving the disk copy until Redis answers");
+    }
+    gw.follow_tenants();
     tracing::info!(listen = %startup.listen, config = %snap.config_path.display(), "vivgate starting");
     drop(snap);
     server.run(RunArgs {

@@ -282,14 +282,14 @@ impl Default for MeterSpec {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsFile {
     #[serde(default)]
     pub groups: Vec<GroupSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSection {
     pub id: String,

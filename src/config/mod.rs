@@ -367,6 +367,10 @@ pub struct Snapshot {
     pub config_path: PathBuf,
     pub tenants_path: PathBuf,
     pub limits: Limits,
+    /// Where the tenants came from: a file, Redis (at a version), or the disk copy.
+    pub tenants_source: crate::fleet::TenantsSource,
+    /// `tenants = "redis://…"`: the URL the tenant table follows.
+    pub tenants_url: Option<String>,
     pub tiers: BTreeMap<String, Arc<Tier>>,
     pub groups: Vec<Group>,
     pub keys: KeyMap<u32>,
@@ -425,6 +429,9 @@ fn read(file: &Path) -> Result<String, ConfigError> {
 pub fn load(config_path: &Path) -> Result<Snapshot, ConfigError> {
     let text = read(config_path)?;
     let file: ConfigFile = parse_toml(config_path, &text)?;
+    if crate::fleet::is_redis(&file.tenants) {
+        return load_from_redis(config_path, file);
+    }
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let tenants_path = dir.join(&file.tenants);
     let tenants_text = read(&tenants_path).map_err(|mut e| {
@@ -436,6 +443,90 @@ pub fn load(config_path: &Path) -> Result<Snapshot, ConfigError> {
         e
     })?;
     compile_with_tenants(config_path, file, &tenants_path, &tenants_text)
+}
+
+/// `tenants = "redis://…"`: the tenant table from Redis (kept on disk as the last good copy), or
+/// that copy when Redis cannot be read.
+fn load_from_redis(config_path: &Path, file: ConfigFile) -> Result<Snapshot, ConfigError> {
+    let url = file.tenants.clone();
+    let label = PathBuf::from(&url);
+    let copy = crate::fleet::snapshot_path(config_path);
+    match crate::fleet::read(&url) {
+        Ok((tenants, version)) => {
+            let text = crate::fleet::to_toml(&tenants);
+            let mut snap = compile(config_path, file, &label, tenants)?;
+            snap.tenants_source = crate::fleet::TenantsSource::Redis(version);
+            snap.tenants_url = Some(url);
+            // what compiled is the last good table
+            if let Err(e) = crate::fleet::save_snapshot(&copy, &text, version) {
+                tracing::warn!(path = %copy.display(), "cannot keep the tenants copy: {e}");
+            }
+            Ok(snap)
+        }
+        Err(e) => {
+            let text = std::fs::read_to_string(&copy).map_err(|io| {
+                err(
+                    &label,
+                    "",
+                    format!("{e}; and no local copy at {} ({io})", copy.display()),
+                )
+            })?;
+            let tenants: TenantsFile = parse_toml(&copy, &text)?;
+            tracing::warn!(
+                copy = %copy.display(),
+                "tenants: Redis unreachable ({e}); serving the last good copy"
+            );
+            let mut snap = compile(config_path, file, &copy, tenants)?;
+            snap.tenants_source = crate::fleet::TenantsSource::DiskSnapshot;
+            snap.tenants_url = Some(url);
+            Ok(snap)
+        }
+    }
+}
+
+/// Parses a tenants file (TOML, or the compact format by its name) without compiling it.
+pub fn read_tenants_file(path: &Path) -> Result<TenantsFile, ConfigError> {
+    let text = read(path)?;
+    if compact::is_compact(path) {
+        Ok(compact::parse(path, &text)?.0)
+    } else {
+        parse_toml(path, &text)
+    }
+}
+
+/// Validates `tenants_path` against the config at `config_path` (as if the config named it):
+/// what `vivgate tenants push` checks before writing. Returns the Redis URL the config names.
+pub fn check_tenants_for_push(
+    config_path: &Path,
+    tenants_path: &Path,
+) -> Result<(String, TenantsFile), ConfigError> {
+    let text = read(config_path)?;
+    let file: ConfigFile = parse_toml(config_path, &text)?;
+    if !crate::fleet::is_redis(&file.tenants) {
+        return Err(err(
+            config_path,
+            "tenants",
+            "names a file, not a redis:// URL: there is nothing to push to",
+        ));
+    }
+    let url = file.tenants.clone();
+    let tenants_text = read(tenants_path)?;
+    compile_with_tenants(config_path, file, tenants_path, &tenants_text)?;
+    Ok((url, read_tenants_file(tenants_path)?))
+}
+
+/// The Redis URL a config names in `tenants`, for `vivgate tenants export`.
+pub fn tenants_url(config_path: &Path) -> Result<String, ConfigError> {
+    let text = read(config_path)?;
+    let file: ConfigFile = parse_toml(config_path, &text)?;
+    if !crate::fleet::is_redis(&file.tenants) {
+        return Err(err(
+            config_path,
+            "tenants",
+            "names a file, not a redis:// URL",
+        ));
+    }
+    Ok(file.tenants)
 }
 
 /// Parses the tenants text in the format its file name says (`.toml`, or the compact line
@@ -801,6 +892,8 @@ pub fn compile(
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
+        tenants_source: crate::fleet::TenantsSource::File,
+        tenants_url: None,
         limits,
         tiers,
         groups,

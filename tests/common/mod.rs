@@ -2,6 +2,8 @@
 //! recording backend on another, and a raw HTTP/1.1 client that controls every byte.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

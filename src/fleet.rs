@@ -1,0 +1,323 @@
+//! Tenants (groups, tiers, status, overage flag, key hashes) shared by every instance through
+//! Redis: `tenants = "redis://host:port/db"` in the config instead of a file.
+//!
+//! Layout (every key carries the `{vivgate-tenants}` hash tag, so a Redis Cluster keeps them in
+//! one slot and a change is one transaction):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{vivgate-tenants}:groups` | set | every group id |
+//! | `{vivgate-tenants}:group:<id>` | hash | `tier`, `status` (`active`/`frozen`/`deactivated`), `overage_billing` (`0`/`1`), `keys` (the `sha256:<hex>` hashes, space-separated) |
+//! | `{vivgate-tenants}:version` | integer | incremented by every change |
+//!
+//! A writer changes the keys in one `MULTI`/`EXEC` that also increments `version`, then
+//! publishes the new version on the channel `vivgate-tenants`. Every instance keeps the whole
+//! tenant table in memory (the request path never reads Redis), reloads when a message arrives,
+//! and compares `version` every [`RESYNC_EVERY`] to repair a missed message. The last good
+//! table is kept on disk; an instance that starts while Redis is unreachable serves with it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+use crate::config::file::{GroupSection, TenantsFile};
+use crate::config::GroupStatus;
+
+pub const GROUPS_KEY: &str = "{vivgate-tenants}:groups";
+pub const VERSION_KEY: &str = "{vivgate-tenants}:version";
+pub const CHANNEL: &str = "vivgate-tenants";
+/// How often an instance compares `version` with the one it serves.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(5);
+/// The longest a tenants read may take at load.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn group_key(id: &str) -> String {
+    format!("{{vivgate-tenants}}:group:{id}")
+}
+
+/// Whether a `tenants` value names Redis rather than a file.
+pub fn is_redis(tenants: &str) -> bool {
+    tenants.starts_with("redis://") || tenants.starts_with("redis+unix://")
+}
+
+fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    let con = client.get_connection_with_timeout(READ_TIMEOUT)?;
+    con.set_read_timeout(Some(READ_TIMEOUT))?;
+    con.set_write_timeout(Some(READ_TIMEOUT))?;
+    Ok(con)
+}
+
+/// The tenant table in Redis and its version.
+pub fn read(url: &str) -> Result<(TenantsFile, u64), String> {
+    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+    // read under WATCH so a concurrent push cannot give a table from two versions
+    type Raw = Vec<(String, std::collections::HashMap<String, String>)>;
+    let (groups, version): (Raw, u64) =
+        redis::transaction(&mut con, &[VERSION_KEY, GROUPS_KEY], |con, pipe| {
+            let version: Option<u64> = con.get(VERSION_KEY)?;
+            let mut ids: Vec<String> = con.smembers(GROUPS_KEY)?;
+            ids.sort();
+            let mut groups = Vec::with_capacity(ids.len());
+            for id in ids {
+                let h: std::collections::HashMap<String, String> = con.hgetall(group_key(&id))?;
+                groups.push((id, h));
+            }
+            // EXEC answers nil when a watched key changed meanwhile: read again
+            let confirmed: Option<(Option<u64>,)> = pipe.get(VERSION_KEY).query(con)?;
+            Ok(confirmed.map(|_| (groups, version.unwrap_or(0))))
+        })
+        .map_err(|e| format!("redis {url}: {e}"))?;
+    to_file(groups).map(|f| (f, version))
+}
+
+fn to_file(
+    groups: Vec<(String, std::collections::HashMap<String, String>)>,
+) -> Result<TenantsFile, String> {
+    let mut out = Vec::with_capacity(groups.len());
+    for (id, h) in groups {
+        let field = |f: &str| {
+            h.get(f)
+                .cloned()
+                .ok_or_else(|| format!("{}: missing field {f:?}", group_key(&id)))
+        };
+        let status = match field("status")?.as_str() {
+            "active" => GroupStatus::Active,
+            "frozen" => GroupStatus::Frozen,
+            "deactivated" => GroupStatus::Deactivated,
+            other => return Err(format!("{}: unknown status {other:?}", group_key(&id))),
+        };
+        let overage_billing = match h.get("overage_billing").map(String::as_str) {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(other) => {
+                return Err(format!(
+                    "{}: overage_billing {other:?} (expected 0 or 1)",
+                    group_key(&id)
+                ))
+            }
+        };
+        out.push(GroupSection {
+            tier: field("tier")?,
+            status,
+            overage_billing,
+            keys: h
+                .get("keys")
+                .map(|k| k.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            id,
+        });
+    }
+    Ok(TenantsFile { groups: out })
+}
+
+/// Replaces the whole tenant table in one transaction, bumps the version and announces it.
+/// Returns the new version.
+pub fn push(url: &str, tenants: &TenantsFile) -> Result<u64, String> {
+    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+    let version: u64 = redis::transaction(&mut con, &[GROUPS_KEY], |con, pipe| {
+        let old: Vec<String> = con.smembers(GROUPS_KEY)?;
+        pipe.atomic();
+        for id in &old {
+            pipe.del(group_key(id)).ignore();
+        }
+        pipe.del(GROUPS_KEY).ignore();
+        for g in &tenants.groups {
+            pipe.sadd(GROUPS_KEY, &g.id).ignore();
+            pipe.hset_multiple(
+                group_key(&g.id),
+                &[
+                    ("tier", g.tier.clone()),
+                    ("status", status_str(g.status).to_string()),
+                    (
+                        "overage_billing",
+                        if g.overage_billing { "1" } else { "0" }.to_string(),
+                    ),
+                    ("keys", g.keys.join(" ")),
+                ],
+            )
+            .ignore();
+        }
+        pipe.incr(VERSION_KEY, 1);
+        pipe.query::<Option<(u64,)>>(con).map(|r| r.map(|(v,)| v))
+    })
+    .map_err(|e| format!("redis {url}: {e}"))?;
+    announce(&mut con, version);
+    Ok(version)
+}
+
+/// Sets one group's status (the admin API on any instance). Returns the new version.
+pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, String> {
+    change_group(url, group, |pipe, key| {
+        pipe.hset(key, "status", status_str(status)).ignore();
+        Ok(())
+    })
+}
+
+/// Removes one key hash from its group (the admin API on any instance).
+pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
+    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+    let keys: Option<String> = con
+        .hget(group_key(group), "keys")
+        .map_err(|e| format!("redis {url}: {e}"))?;
+    let keys = keys.ok_or_else(|| format!("unknown group {group:?}"))?;
+    let kept: Vec<&str> = keys.split_whitespace().filter(|k| *k != key_hash).collect();
+    if kept.len() == keys.split_whitespace().count() {
+        return Err(format!("group {group:?} has no key {key_hash}"));
+    }
+    let kept = kept.join(" ");
+    change_group(url, group, move |pipe, key| {
+        pipe.hset(key, "keys", &kept).ignore();
+        Ok(())
+    })
+}
+
+fn change_group(
+    url: &str,
+    group: &str,
+    f: impl Fn(&mut redis::Pipeline, &str) -> redis::RedisResult<()>,
+) -> Result<u64, String> {
+    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+    let key = group_key(group);
+    let version: u64 = redis::transaction(&mut con, &[key.as_str()], |con, pipe| {
+        let exists: bool = con.exists(&key)?;
+        if !exists {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unknown group",
+            )));
+        }
+        pipe.atomic();
+        f(pipe, &key)?;
+        pipe.incr(VERSION_KEY, 1);
+        pipe.query::<Option<(u64,)>>(con).map(|r| r.map(|(v,)| v))
+    })
+    .map_err(|e| format!("redis {url}: {e}"))?;
+    announce(&mut con, version);
+    Ok(version)
+}
+
+fn announce(con: &mut redis::Connection, version: u64) {
+    let _: redis::RedisResult<u64> = con.publish(CHANNEL, version);
+}
+
+fn status_str(s: GroupStatus) -> &'static str {
+    match s {
+        GroupStatus::Active => "active",
+        GroupStatus::Frozen => "frozen",
+        GroupStatus::Deactivated => "deactivated",
+    }
+}
+
+/// The tenant table as a tenants file (`vivgate tenants export`).
+pub fn to_toml(tenants: &TenantsFile) -> String {
+    let mut out = String::new();
+    for g in &tenants.groups {
+        let keys: Vec<String> = g.keys.iter().map(|k| format!("{k:?}")).collect();
+        out.push_str(&format!(
+            "[[groups]]\nid = {:?}\ntier = {:?}\nstatus = {:?}\noverage_billing = {}\nkeys = [{}]\n\n",
+            g.id,
+            g.tier,
+            status_str(g.status),
+            g.overage_billing,
+            keys.join(", ")
+        ));
+    }
+    out
+}
+
+/// Where the last good table is kept: beside the config, `state/tenants-snapshot.toml`.
+pub fn snapshot_path(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("state")
+        .join("tenants-snapshot.toml")
+}
+
+/// Writes the last good table (atomically: a temp file renamed over the old one).
+pub fn save_snapshot(path: &Path, tenants_toml: &str, version: u64) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(
+        &tmp,
+        format!("# vivgate tenants, version {version}, from Redis\n{tenants_toml}"),
+    )?;
+    std::fs::rename(tmp, path)
+}
+
+/// Follows changes: reloads `reload` when a version is announced, and compares the version
+/// every [`RESYNC_EVERY`] (or at once after a reconnect) to repair a missed message. Runs on a
+/// thread of its own until the process exits.
+pub fn follow(
+    url: String,
+    alive: impl Fn() -> bool + Send + 'static,
+    served_version: impl Fn() -> Option<u64> + Send + 'static,
+    reload: impl Fn() + Send + 'static,
+) {
+    let _ = std::thread::Builder::new()
+        .name("vivgate-tenants".into())
+        .spawn(move || loop {
+            if !alive() {
+                return;
+            }
+            let Ok(mut con) = connect(&url) else {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            };
+            let check = |con: &mut redis::Connection| -> redis::RedisResult<()> {
+                let v: Option<u64> = con.get(VERSION_KEY)?;
+                if v.is_some() && v != served_version() {
+                    reload();
+                }
+                Ok(())
+            };
+            // caught up first: changes made while this instance could not hear them
+            if check(&mut con).is_err() {
+                continue;
+            }
+            let Ok(mut sub_con) = connect(&url) else {
+                continue;
+            };
+            let _ = sub_con.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut pubsub = sub_con.as_pubsub();
+            if pubsub.subscribe(CHANNEL).is_err() {
+                continue;
+            }
+            let mut last_check = Instant::now();
+            loop {
+                if !alive() {
+                    return;
+                }
+                match pubsub.get_message() {
+                    Ok(_) => reload(),
+                    Err(e) if e.is_timeout() => {}
+                    Err(_) => break,
+                }
+                if last_check.elapsed() >= RESYNC_EVERY {
+                    last_check = Instant::now();
+                    if check(&mut con).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+}
+
+/// Where a snapshot's tenants came from (for logs and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TenantsSource {
+    #[default]
+    File,
+    /// Redis, at this version.
+    Redis(u64),
+    /// The disk copy, because Redis could not be read.
+    DiskSnapshot,
+}
+
+/// Shared handle for tests and the binary: the version a gateway serves.
+pub type ServedVersion = Arc<std::sync::atomic::AtomicU64>;

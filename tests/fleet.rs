@@ -1,0 +1,303 @@
+//! One fleet: tenants in Redis, followed by every instance. A real `redis-server` (see
+//! `common::redis_server`); without one these tests say so loudly, unless
+//! `VIVGATE_REQUIRE_REDIS=1` makes that a failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::*;
+use pingora::apps::http_app::HttpServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vivgate::admin::AdminApp;
+use vivgate::clock::{utc_ms, ManualClock};
+use vivgate::config::file::TenantsFile;
+use vivgate::server::{proxy_app, serve};
+use vivgate::usage::MemoryStore;
+use vivgate::Gateway;
+
+/// The harness config with `tenants = "<redis url>"`, written as `name` in the harness dir.
+fn fleet_config(h: &Harness, redis: &RedisServer, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace(
+            "tenants = \"tenants.toml\"",
+            &format!("tenants = \"{}\"", redis.url()),
+        );
+    let path = h.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    vivgate().args(args).output().unwrap()
+}
+
+fn push(config: &Path, file: &Path) {
+    let out = cli(&[
+        "tenants",
+        "push",
+        "--config",
+        config.to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn normalized(mut t: TenantsFile) -> TenantsFile {
+    t.groups.sort_by(|a, b| a.id.cmp(&b.id));
+    for g in &mut t.groups {
+        g.keys.sort();
+    }
+    t
+}
+
+struct Instance {
+    gw: Arc<Gateway<MemoryStore>>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+async fn instance(config: &Path) -> Instance {
+    let snap = vivgate::config::load(config).unwrap();
+    let gw = Arc::new(Gateway::new(
+        snap,
+        Arc::new(MemoryStore::new()),
+        Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0))),
+        Some(config.to_path_buf()),
+    ));
+    gw.follow_tenants();
+    let (stop, rx) = watch::channel(false);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(l, proxy_app(gw.clone()), rx.clone()));
+    let al = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = al.local_addr().unwrap();
+    tokio::spawn(serve(
+        al,
+        Arc::new(HttpServer::new_app(AdminApp::new(gw.clone()))),
+        rx,
+    ));
+    Instance {
+        gw,
+        addr,
+        admin,
+        _stop: stop,
+    }
+}
+
+async fn status_of(addr: SocketAddr, key: &str) -> u16 {
+    Client::connect(addr)
+        .await
+        .get("/tenant/integrationObjects?type=a", Some(key))
+        .await
+        .status
+}
+
+/// Waits until every instance answers `status` for `key`; returns how long that took.
+async fn until_all(instances: &[Instance], key: &str, status: u16) -> Duration {
+    let start = Instant::now();
+    for i in instances {
+        loop {
+            if status_of(i.addr, key).await == status {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "not applied within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_export_gives_the_same_tenants() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    let file = h.dir.path().join("tenants.toml");
+    push(&config, &file);
+    let out = cli(&["tenants", "export", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: TenantsFile = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let original = vivgate::config::read_tenants_file(&file).unwrap();
+    assert_eq!(normalized(exported), normalized(original));
+
+    // a file that does not validate is refused and Redis keeps what it had
+    let bad = h.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[groups]]\nid = \"g\"\ntier = \"nope\"\nstatus = \"active\"\n",
+    )
+    .unwrap();
+    let out = cli(&[
+        "tenants",
+        "push",
+        "--config",
+        config.to_str().unwrap(),
+        "--file",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("groups[0].tier") && err.contains("unknown tier"),
+        "{err}"
+    );
+    let (now, _) = vivgate::fleet::read(&redis.url()).unwrap();
+    assert_eq!(now.groups.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_reaches_all_four_within_a_second() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    push(&config, &h.dir.path().join("tenants.toml"));
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        fleet.push(instance(&config).await);
+    }
+    for i in &fleet {
+        assert_eq!(status_of(i.addr, "key-pro").await, 200);
+        assert_eq!(status_of(i.addr, "key-free").await, 200);
+    }
+
+    // revoke a key through instance 0's admin API
+    let hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-pro"));
+    let mut admin = Client::connect(fleet[0].admin).await;
+    let r = admin
+        .request(
+            &format!(
+                "DELETE /groups/{}/keys/{hash} HTTP/1.1\nHost: a",
+                group_id("key-pro")
+            ),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let revoke = until_all(&fleet, "key-pro", 401).await;
+    assert!(
+        revoke < Duration::from_secs(1),
+        "revocation took {revoke:?}"
+    );
+
+    // freeze a group through instance 0's admin API
+    let body = br#"{"status": "frozen"}"#;
+    let r = admin
+        .request(
+            &format!(
+                "PUT /groups/{}/status HTTP/1.1\nHost: a\nContent-Length: {}",
+                group_id("key-free"),
+                body.len()
+            ),
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let freeze = until_all(&fleet, "key-free", 400).await;
+    assert!(freeze < Duration::from_secs(1), "freeze took {freeze:?}");
+
+    // a change written straight into Redis, as the portal would, following the README layout
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{{vivgate-tenants}}:group:{}", group_id("key-tiny"));
+    let _: () = redis::pipe()
+        .atomic()
+        .hset(&key, "status", "deactivated")
+        .ignore()
+        .incr("{vivgate-tenants}:version", 1)
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("vivgate-tenants")
+        .arg("portal")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let portal = until_all(&fleet, "key-tiny", 403).await;
+    assert!(
+        portal < Duration::from_secs(1),
+        "portal change took {portal:?}"
+    );
+    println!(
+        "propagation over 4 instances: revoke {revoke:?}, freeze {freeze:?}, portal {portal:?}"
+    );
+    for i in &fleet {
+        assert_eq!(i.gw.tenants_version(), fleet[0].gw.tenants_version());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_serves_the_disk_copy_and_catches_up() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    push(&config, &h.dir.path().join("tenants.toml"));
+    // a first instance reads Redis and keeps the copy on disk
+    let first = instance(&config).await;
+    assert_eq!(status_of(first.addr, "key-pro").await, 200);
+    assert!(vivgate::fleet::snapshot_path(&config).exists());
+    drop(first);
+
+    redis.kill();
+    let second = instance(&config).await;
+    assert_eq!(
+        second.gw.snapshot().tenants_source,
+        vivgate::fleet::TenantsSource::DiskSnapshot
+    );
+    assert_eq!(
+        status_of(second.addr, "key-pro").await,
+        200,
+        "never an empty table"
+    );
+    assert_eq!(status_of(second.addr, "key-nobody").await, 401);
+    assert_eq!(second.gw.metrics().tenants_from_copy.get(), 1);
+
+    // Redis comes back (it kept its data) and a change is made meanwhile: applied
+    redis.restart().await;
+    let file = h.dir.path().join("tenants2.toml");
+    std::fs::write(
+        &file,
+        tenants_toml().replace(
+            &format!(
+                "id = \"{}\"\ntier = \"pro\"\nstatus = \"active\"",
+                group_id("key-pro")
+            ),
+            &format!(
+                "id = \"{}\"\ntier = \"pro\"\nstatus = \"frozen\"",
+                group_id("key-pro")
+            ),
+        ),
+    )
+    .unwrap();
+    push(&config, &file);
+    let took = until_all(std::slice::from_ref(&second), "key-pro", 400).await;
+    assert!(took < Duration::from_secs(4), "caught up in {took:?}");
+    assert_eq!(second.gw.metrics().tenants_from_copy.get(), 0);
+}
