@@ -50,6 +50,8 @@ pub enum GatewayError {
     TooManyConnections,
     /// The shared usage store cannot answer and the outage policy is `deny`.
     UsageUnavailable,
+    /// A CORS preflight from an origin, or for a method or headers, `[cors]` does not allow.
+    CorsRefused,
 }
 
 impl GatewayError {
@@ -57,7 +59,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             MissingKey | InvalidKey => 401,
-            GroupDeactivated => 403,
+            GroupDeactivated | CorsRefused => 403,
             GroupFrozen => 400,
             NoRoute => 404,
             MethodNotAllowed(_) => 405,
@@ -111,6 +113,7 @@ impl GatewayError {
             BurstLimited(_) => "burst_limited",
             TooManyConnections => "too_many_connections",
             UsageUnavailable => "usage_unavailable",
+            CorsRefused => "cors_refused",
         }
     }
 
@@ -162,6 +165,7 @@ impl GatewayError {
             }
             TooManyConnections => "Service unavailable: too many connections".into(),
             UsageUnavailable => "Usage service unavailable".into(),
+            CorsRefused => "CORS preflight refused: origin, method or headers not allowed".into(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Ctx {
     upstream_started: Option<std::time::Instant>,
     /// The canonical path, when the request spelled it otherwise: what the backend receives.
     canonical_path: Option<String>,
+    /// The request's `Origin`, when `[cors]` allows it: every answer carries the CORS headers.
+    cors_origin: Option<HeaderValue>,
 }
 
 impl Default for Ctx {
@@ -87,6 +89,7 @@ impl Default for Ctx {
             rejected: None,
             upstream_started: None,
             canonical_path: None,
+            cors_origin: None,
         }
     }
 }
@@ -338,6 +341,87 @@ impl<S: UsageStore> VivGate<S> {
         Some((policy, HeaderValue::try_from(state).ok()?))
     }
 
+    /// Notes an allowed `Origin`; for a preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`, on a well-formed path) says whether it is allowed.
+    fn cors(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        cors: &crate::config::Cors,
+    ) -> Option<Result<(), GatewayError>> {
+        let req = session.req_header();
+        let origin = req.headers.get(header::ORIGIN)?;
+        let allowed = origin.to_str().is_ok_and(|o| cors.origins.contains(o));
+        if allowed {
+            ctx.cors_origin = Some(origin.clone());
+        }
+        if req.method != http::Method::OPTIONS || canonical_path(req.uri.path()).is_err() {
+            return None;
+        }
+        let asked = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        let method_ok = cors
+            .methods
+            .iter()
+            .any(|m| m.as_str().as_bytes() == asked.as_bytes());
+        let headers_ok = req
+            .headers
+            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .iter()
+            .all(|v| {
+                v.to_str().is_ok_and(|list| {
+                    list.split(',')
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .all(|h| cors.headers.contains(&h))
+                })
+            });
+        Some(if allowed && method_ok && headers_ok {
+            Ok(())
+        } else {
+            Err(GatewayError::CorsRefused)
+        })
+    }
+
+    /// An allowed preflight: 204 with the CORS headers, no key needed, nothing metered.
+    async fn preflight_ok(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        cors: &crate::config::Cors,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(204, Some(8))?;
+        if let Some(origin) = &ctx.cors_origin {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+        }
+        resp.insert_header(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            cors.allow_methods.clone(),
+        )?;
+        resp.insert_header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            cors.allow_headers.clone(),
+        )?;
+        resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, cors.max_age.clone())?;
+        resp.insert_header(header::VARY, "Origin")?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        drain_for_keepalive(session, self.gw.snapshot().limits.max_drain_body).await;
+        session.write_response_header(Box::new(resp), true).await
+    }
+
+    /// The CORS headers of an answer to an allowed origin.
+    fn add_cors_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+        let Some(origin) = &ctx.cors_origin else {
+            return Ok(());
+        };
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+        resp.insert_header(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, ratelimit, ratelimit-policy, retry-after"),
+        )?;
+        resp.append_header(header::VARY, "Origin")?;
+        Ok(())
+    }
+
     /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
         let body = envelope(&e.message());
@@ -382,6 +466,7 @@ impl<S: UsageStore> VivGate<S> {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
         }
+        self.add_cors_headers(&mut resp, ctx)?;
         Ok(resp)
     }
 }
@@ -518,6 +603,18 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.gw.next_request_id(),
         };
+        if let Some(cors) = &self.gw.snapshot().cors {
+            if let Some(preflight) = self.cors(session, ctx, cors) {
+                match preflight {
+                    Ok(()) => self.preflight_ok(session, ctx, cors).await?,
+                    Err(e) => {
+                        ctx.rejected = Some(e.reason());
+                        self.reject(session, ctx, &e).await?;
+                    }
+                }
+                return Ok(true);
+            }
+        }
         match self.check_request(session, ctx).await {
             Ok(Checked::OwnUsage(group)) => {
                 self.own_usage(session, ctx, &group).await?;
@@ -677,6 +774,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
         }
+        self.add_cors_headers(resp, ctx)?;
         Ok(())
     }
 

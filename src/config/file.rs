@@ -18,6 +18,8 @@ pub struct ConfigFile {
     pub usage: UsageSection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// Browser clients: answered preflights and CORS headers. Absent: no CORS handling.
+    pub cors: Option<CorsSection>,
     #[serde(default)]
     pub tiers: BTreeMap<String, TierSection>,
     #[serde(default)]
@@ -112,6 +114,26 @@ impl Default for LimitsSection {
             failed_auth_block_ms: 60_000,
         }
     }
+}
+
+/// `[cors]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Exact origins (`https://app.example.com`); the same list for every group, since a
+    /// preflight carries no key.
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for; default: GET, HEAD, POST, PUT, PATCH, DELETE.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for; default: authorization, content-type,
+    /// x-request-id.
+    pub allowed_headers: Option<Vec<String>>,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_seconds: u64,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 /// The operator API. No `listen`: no admin listener.

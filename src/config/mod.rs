@@ -257,6 +257,95 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
     })
 }
 
+/// `[cors]`, checked, with the answer headers ready.
+#[derive(Debug)]
+pub struct Cors {
+    pub origins: HashSet<String>,
+    pub methods: Vec<Method>,
+    /// Lower-cased.
+    pub headers: Vec<String>,
+    pub allow_methods: HeaderValue,
+    pub allow_headers: HeaderValue,
+    pub max_age: HeaderValue,
+}
+
+fn compile_cors(cfg: &Path, c: &file::CorsSection) -> Result<Cors, ConfigError> {
+    let mut origins = HashSet::new();
+    for (i, o) in c.allowed_origins.iter().enumerate() {
+        let ok = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o.ends_with('/')
+            && o.bytes().all(|b| b.is_ascii_graphic())
+            && o.split("://")
+                .nth(1)
+                .is_some_and(|h| !h.is_empty() && !h.contains('/'));
+        if !ok {
+            return Err(err(
+                cfg,
+                format!("cors.allowed_origins[{i}]"),
+                format!("{o:?}: an origin is scheme://host[:port], exactly as browsers send it"),
+            ));
+        }
+        origins.insert(o.clone());
+    }
+    let methods: Vec<Method> = match &c.allowed_methods {
+        None => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).expect("valid method"))
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, m) in list.iter().enumerate() {
+                let parsed = Method::from_bytes(m.as_bytes())
+                    .ok()
+                    .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                    .ok_or_else(|| {
+                        err(
+                            cfg,
+                            format!("cors.allowed_methods[{i}]"),
+                            format!("{m:?} is not an upper-case HTTP method"),
+                        )
+                    })?;
+                out.push(parsed);
+            }
+            out
+        }
+    };
+    let headers: Vec<String> = match &c.allowed_headers {
+        None => vec![
+            "authorization".into(),
+            "content-type".into(),
+            "x-request-id".into(),
+        ],
+        Some(list) => {
+            for (i, h) in list.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(err(
+                        cfg,
+                        format!("cors.allowed_headers[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    ));
+                }
+            }
+            list.iter().map(|h| h.to_ascii_lowercase()).collect()
+        }
+    };
+    let value = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+    Ok(Cors {
+        allow_methods: value(
+            methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        allow_headers: value(headers.join(", ")),
+        max_age: value(c.max_age_seconds.to_string()),
+        origins,
+        methods,
+        headers,
+    })
+}
+
 #[derive(Debug)]
 pub struct Route {
     /// The route's path or prefix, as configured (the metrics label).
@@ -378,6 +467,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// The admin bearer token's hash; `None`: the admin API is open (loopback only).
     pub admin_token: Option<KeyHash>,
+    /// `[cors]`; `None`: no CORS handling.
+    pub cors: Option<Cors>,
 }
 
 impl Snapshot {
@@ -696,6 +787,12 @@ pub fn compile(
         retention_months: u.retention_months,
     };
 
+    // [cors]
+    let cors = match &file.cors {
+        None => None,
+        Some(c) => Some(compile_cors(cfg, c)?),
+    };
+
     // [admin]
     let a = &file.admin;
     let admin_token = match &a.token {
@@ -901,6 +998,7 @@ pub fn compile(
         routes,
         upstreams,
         admin_token,
+        cors,
     })
 }
 
