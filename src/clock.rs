@@ -153,6 +153,12 @@ pub fn format_utc(ms: i64) -> String {
     )
 }
 
+/// `2026-11-15T12:00:00.123Z`: [`format_utc`] with milliseconds (log lines).
+pub fn format_utc_ms(ms: i64) -> String {
+    let base = format_utc(ms);
+    format!("{}.{:03}Z", &base[..base.len() - 1], ms.rem_euclid(1000))
+}
+
 /// Milliseconds since the epoch of a UTC date and time; for tests and tools.
 pub fn utc_ms(year: i32, month: u32, day: u32, h: u32, min: u32, s: u32, ms: u32) -> i64 {
     days_from_civil(year, month, day) * 86_400_000

@@ -61,6 +61,7 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     burst: crate::abuse::Burst,
     /// Client connections open now (for `limits.max_connections`).
     connections: std::sync::atomic::AtomicUsize,
+    access_log: Option<crate::access::AccessLog>,
 }
 
 impl<S: UsageStore> Gateway<S> {
@@ -72,6 +73,11 @@ impl<S: UsageStore> Gateway<S> {
     ) -> Self {
         let metrics = Metrics::new();
         store.register_metrics(metrics.registry());
+        let access_log = snapshot.startup.access_log.as_ref().and_then(|a| {
+            crate::access::AccessLog::open(a)
+                .map_err(|e| tracing::error!("access log {:?}: {e}; no access log", a.target))
+                .ok()
+        });
         let gw = Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -85,6 +91,7 @@ impl<S: UsageStore> Gateway<S> {
             failed_auth: Default::default(),
             burst: Default::default(),
             connections: Default::default(),
+            access_log,
         };
         gw.note_tenants_source(&gw.snapshot());
         gw
@@ -232,6 +239,10 @@ impl<S: UsageStore> Gateway<S> {
         );
     }
 
+    pub fn access_log(&self) -> Option<&crate::access::AccessLog> {
+        self.access_log.as_ref()
+    }
+
     pub fn failed_auth(&self) -> &crate::abuse::FailedAuth {
         &self.failed_auth
     }
@@ -266,6 +277,9 @@ impl<S: UsageStore> Gateway<S> {
         }
         if a.admin_listen != b.admin_listen {
             return Err(ReloadError::NeedsRestart("admin.listen"));
+        }
+        if a.access_log != b.access_log {
+            return Err(ReloadError::NeedsRestart("access_log"));
         }
         let report = ReloadReport::between(&old, &new);
         drop(old);

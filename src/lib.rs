@@ -6,6 +6,7 @@
 //! the rest. See `README.md` and `../shared/DESIGN.md`.
 
 pub mod abuse;
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod clock;

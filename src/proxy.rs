@@ -69,6 +69,10 @@ pub struct Ctx {
     canonical_path: Option<String>,
     /// The request's `Origin`, when `[cors]` allows it: every answer carries the CORS headers.
     cors_origin: Option<HeaderValue>,
+    /// For the access log: when the request began, the upstream server and its answer time.
+    started: Instant,
+    upstream_addr: Option<std::net::SocketAddr>,
+    upstream_ms: Option<f64>,
 }
 
 impl Default for Ctx {
@@ -90,6 +94,9 @@ impl Default for Ctx {
             upstream_started: None,
             canonical_path: None,
             cors_origin: None,
+            started: Instant::now(),
+            upstream_addr: None,
+            upstream_ms: None,
         }
     }
 }
@@ -651,6 +658,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             .lb
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy server"))?;
+        ctx.upstream_addr = backend.addr.as_inet().copied();
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
@@ -751,10 +759,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     ) -> Result<()> {
         ctx.upstream_responded = true;
         if let Some(t) = ctx.upstream_started {
-            self.gw
-                .metrics()
-                .upstream_seconds
-                .observe(t.elapsed().as_secs_f64());
+            let secs = t.elapsed().as_secs_f64();
+            self.gw.metrics().upstream_seconds.observe(secs);
+            ctx.upstream_ms = Some(secs * 1000.0);
         }
         if resp
             .headers
@@ -832,6 +839,28 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             .inc();
         if let Some(reason) = ctx.rejected {
             metrics.rejections.with_label_values(&[reason]).inc();
+        }
+        if let Some(log) = self.gw.access_log() {
+            let req = session.req_header();
+            let down = session.as_downstream();
+            log.write(&crate::access::Entry {
+                time_ms: self.gw.clock().now_ms(),
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                method: req.method.as_str(),
+                path: ctx.canonical_path.as_deref().unwrap_or(req.uri.path()),
+                query: req.uri.query(),
+                route: ctx.route.as_ref().map(|r| &*r.name),
+                group: ctx.group.as_ref().map(|g| &*g.id),
+                tier: ctx.group.as_ref().map(|g| &*g.tier.name),
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                reason: ctx.rejected,
+                upstream: ctx.upstream_addr,
+                upstream_ms: ctx.upstream_ms,
+                total_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                bytes_in: down.body_bytes_read(),
+                bytes_out: down.body_bytes_sent(),
+            });
         }
         let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
             return;

@@ -195,7 +195,8 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
-        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-redis", "redis")}
+        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-redis", "redis",
+                                          "vivgate-log")}
         b = ports["backend"]
         body = BODY.replace("'", "\\'")
         backend_conf = nginx_conf(dir, "backend", f"""  server {{ listen 127.0.0.1:{b};
@@ -227,6 +228,13 @@ required_query = ["collectionId"]
 id_query = ["collectionId"]
 meter = "calls"
 """)
+        # the same vivgate with its access log on (a file on the same disk)
+        conf = open(os.path.join(dir, "vivgate.toml")).read()
+        conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
+                            f"listen = \"127.0.0.1:{ports['vivgate-log']}\"")
+        conf += '[usage]\npath = "state/usage-log.redb"\n[access_log]\npath = "access.log"\n'
+        with open(os.path.join(dir, "vivgate-log.toml"), "w") as f:
+            f.write(conf)
         if use_redis:
             conf = open(os.path.join(dir, "vivgate.toml")).read()
             conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
@@ -258,6 +266,10 @@ meter = "calls"
         pids = {"backend": [bp.pid] + children(bp.pid), "nginx": [np.pid] + children(np.pid),
                 "passthrough": [pp.pid], "vivgate": [vp.pid]}
         targets = ["backend", "nginx", "passthrough", "vivgate"]
+        vl = start([vivgate, "--config", os.path.join(dir, "vivgate-log.toml")], PROXY_CPU, env)
+        wait_port(ports["vivgate-log"], vl, "vivgate (access log)")
+        pids["vivgate-log"] = [vl.pid]
+        targets.append("vivgate-log")
         if use_redis:
             # Redis on the load generator's CPU: the proxy's CPU counts only the gateway
             rp = start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
@@ -368,6 +380,10 @@ def report(results, fixed, a, load_s, vrss_kib):
         lines.append(f"| {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
                      f"{vs('nginx', 'rps')} | {vs('passthrough', 'rps')} | {vs('nginx', 'cpu_us')} | "
                      f"{vs('passthrough', 'cpu_us')} | {errs[t]} |")
+    if "vivgate-log" in med:
+        lines += ["", f"access log on vs off, same run: "
+                  f"{med['vivgate-log']['rps'] / med['vivgate']['rps']:.2f}× req/s, "
+                  f"{med['vivgate-log']['cpu_us'] / med['vivgate']['cpu_us']:.2f}× CPU per request"]
     if "vivgate-redis" in med:
         lines += ["", f"store = \"redis\" vs the embedded store, same run: "
                   f"{med['vivgate-redis']['rps'] / med['vivgate']['rps']:.2f}× req/s, "

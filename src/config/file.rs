@@ -20,6 +20,8 @@ pub struct ConfigFile {
     pub admin: AdminSection,
     /// Browser clients: answered preflights and CORS headers. Absent: no CORS handling.
     pub cors: Option<CorsSection>,
+    /// One JSON line per request. Absent: no access log.
+    pub access_log: Option<AccessLogSection>,
     #[serde(default)]
     pub tiers: BTreeMap<String, TierSection>,
     #[serde(default)]
@@ -114,6 +116,22 @@ impl Default for LimitsSection {
             failed_auth_block_ms: 60_000,
         }
     }
+}
+
+/// `[access_log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// `"stdout"` or a file path (relative to the config file).
+    #[serde(default = "default_access_path")]
+    pub path: String,
+    /// Log the query string too (it may hold ids a tenant considers private).
+    #[serde(default)]
+    pub include_query: bool,
+}
+
+fn default_access_path() -> String {
+    "stdout".into()
 }
 
 /// `[cors]`

@@ -428,6 +428,8 @@ impl fmt::Debug for Upstream {
 /// Settings that only take effect at start; a reload that changes them is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartupSettings {
+    /// `[access_log]`; `None`: no access log (a reload cannot change it).
+    pub access_log: Option<crate::access::AccessLogSettings>,
     pub listen: String,
     pub threads: usize,
     pub grace_period_seconds: u64,
@@ -787,6 +789,19 @@ pub fn compile(
         retention_months: u.retention_months,
     };
 
+    // [access_log]
+    let access_log = file
+        .access_log
+        .as_ref()
+        .map(|a| crate::access::AccessLogSettings {
+            target: if a.path == "stdout" {
+                crate::access::Target::Stdout
+            } else {
+                crate::access::Target::File(cfg.parent().unwrap_or(Path::new(".")).join(&a.path))
+            },
+            include_query: a.include_query,
+        });
+
     // [cors]
     let cors = match &file.cors {
         None => None,
@@ -986,6 +1001,7 @@ pub fn compile(
             grace_period_seconds: s.grace_period_seconds,
             usage,
             admin_listen,
+            access_log,
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
