@@ -670,6 +670,18 @@ impl RedisStore {
         }
     }
 
+    /// Whether every count and lease has been settled.
+    fn nothing_pending(&self) -> bool {
+        self.cells.iter().all(|c| {
+            c.inflight.lock().map(|i| i.is_none()).unwrap_or(false)
+                && c.direct.load(Ordering::Acquire) == 0
+                && c.bytes.load(Ordering::Acquire) == 0
+                && c.lease.load(Ordering::Acquire) == 0
+                && c.lease_used.load(Ordering::Acquire) == 0
+                && c.lease_returned.load(Ordering::Acquire) == 0
+        })
+    }
+
     /// Whether Redis answers a PING within the store timeout (asked only while it is down).
     async fn ping(&self) -> bool {
         if self.down_since.lock().map(|d| d.is_none()).unwrap_or(false) {
@@ -995,13 +1007,20 @@ impl UsageStore for SharedRedisStore {
     }
 
     fn shutdown(&self) -> Result<(), String> {
-        self.0
-            .run(|s| Box::pin(async move { s.settle_all(true).await }))
-            .ok_or("redis settlement did not finish in time")?;
-        if self.0.is_down(self.0.clock.now_ms()) {
-            return Err("redis unavailable at stop: unsettled counts are lost".into());
+        // a few attempts: the first call on a connection Redis dropped (a restart) fails while
+        // the connection is made again
+        for attempt in 0..4 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            self.0
+                .run(|s| Box::pin(async move { s.settle_all(true).await }))
+                .ok_or("redis settlement did not finish in time")?;
+            if !self.0.is_down(self.0.clock.now_ms()) && self.0.nothing_pending() {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err("redis unavailable at stop: unsettled counts are lost".into())
     }
 
     fn register_metrics(&self, registry: &prometheus::Registry) {
