@@ -59,6 +59,8 @@ pub struct RedisSettings {
     pub lease_max: u64,
     pub lease_idle: Duration,
     pub lease_ttl: Duration,
+    /// Months a finished month stays readable (from the archive once its key expired).
+    pub retention_months: u32,
 }
 
 // the allowance is checked to be within 0..=1 at load, never NaN
@@ -179,6 +181,8 @@ struct Cell {
     lease_confirmed_ms: AtomicI64,
     /// The group's quota ran out at this time: ask Redis again only after a short pause.
     exhausted_at_ms: AtomicI64,
+    /// The month ended and its totals were copied to the month archive.
+    archived: AtomicBool,
     limit: AtomicU64,
     bytes_limit: AtomicU64,
     overage: AtomicBool,
@@ -372,6 +376,12 @@ impl RedisStore {
 
     fn key(group: &str, month: Month) -> String {
         format!("vivgate:usage:{{{group}}}:{month}")
+    }
+
+    /// One hash per finished month: group → `calls bytes calls_overage bytes_overage`, kept for
+    /// the retention period after the month's own keys expired.
+    fn archive_key(month: Month) -> String {
+        format!("vivgate:usage-archive:{month}")
     }
 
     fn expire_at(month: Month) -> i64 {
@@ -626,10 +636,28 @@ impl RedisStore {
                 }
             }
         }
-        // months that ended and are fully settled are dropped from memory
+        // a month that ended (an hour ago: late settlements are in) is copied to its archive
         let current = Month::containing(now);
+        let archive_due: Vec<(GroupId, Month, Arc<Cell>)> = self
+            .cells
+            .iter()
+            .filter(|e| {
+                let m = e.key().1;
+                m < current
+                    && now >= m.next().start_ms() + ARCHIVE_AFTER_MS
+                    && !e.value().archived.load(Ordering::Relaxed)
+            })
+            .map(|e| (e.key().0.clone(), e.key().1, e.value().clone()))
+            .collect();
+        for (group, month, cell) in archive_due {
+            if self.archive(&group, month).await.is_ok() {
+                cell.archived.store(true, Ordering::Relaxed);
+            }
+        }
+        // months that ended, are archived and fully settled are dropped from memory
         self.cells.retain(|(_, m), c| {
             *m >= current.prev()
+                || !c.archived.load(Ordering::Relaxed)
                 || c.inflight.lock().map(|i| i.is_some()).unwrap_or(true)
                 || c.direct.load(Ordering::Relaxed) != 0
                 || c.bytes.load(Ordering::Relaxed) != 0
@@ -811,6 +839,71 @@ impl RedisStore {
         rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 
+    /// Copies a finished month's totals (served calls, leases excluded) to the month archive.
+    async fn archive(&self, group: &str, month: Month) -> Result<(), String> {
+        let u = self.read(group, month).await?;
+        let Some(mut conn) = self.conn.get().cloned() else {
+            return Err("redis not connected".into());
+        };
+        let key = Self::archive_key(month);
+        let value = format!(
+            "{} {} {} {}",
+            u.calls, u.bytes, u.calls_overage, u.bytes_overage
+        );
+        let keep_until = month_plus(month, self.settings.retention_months).start_ms();
+        let group = group.to_string();
+        let task = self.handle.spawn(async move {
+            redis::pipe()
+                .hset(&key, group, value)
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(keep_until)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        });
+        match tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
+            .await
+        {
+            Ok(Ok(Ok(()))) => Ok(()),
+            _ => Err("redis did not archive the month".into()),
+        }
+    }
+
+    /// A month whose own key expired, from its archive (zeros if it was never archived).
+    async fn read_archive(&self, group: &str, month: Month) -> Result<Usage, String> {
+        let mut conn = self
+            .conn
+            .get()
+            .cloned()
+            .ok_or("redis cluster not connected yet")?;
+        let (key, field) = (Self::archive_key(month), group.to_string());
+        let task = self.handle.spawn(async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(field)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        });
+        let v = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
+            .await
+            .map_err(|_| "redis did not answer in time".to_string())?
+            .map_err(|e| format!("redis: {e}"))?
+            .map_err(|e| format!("redis: {e}"))?;
+        let Some(v) = v else {
+            return Ok(Usage::default());
+        };
+        let n: Vec<u64> = v.split(' ').filter_map(|x| x.parse().ok()).collect();
+        let g = |i: usize| n.get(i).copied().unwrap_or(0);
+        Ok(Usage {
+            calls: g(0),
+            bytes: g(1),
+            calls_overage: g(2),
+            bytes_overage: g(3),
+        })
+    }
+
     /// Reads one month's totals straight from Redis.
     async fn read(&self, group: &str, month: Month) -> Result<Usage, String> {
         let mut conn = self
@@ -831,6 +924,9 @@ impl RedisStore {
                 .map_err(|_| "redis did not answer in time".to_string())?
                 .map_err(|e| format!("redis: {e}"))?
                 .map_err(|e| format!("redis: {e}"))?;
+        if fields.is_empty() {
+            return self.read_archive(group, month).await;
+        }
         let get = |name: &str| {
             fields
                 .iter()
@@ -902,6 +998,14 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
             .map(|h| format!("redis://{h}"))
             .collect(),
     )
+}
+
+/// A finished month is archived this long after it ends (settlements of its last second are in).
+const ARCHIVE_AFTER_MS: i64 = 3_600_000;
+
+/// `month` plus `n` months.
+fn month_plus(month: Month, n: u32) -> Month {
+    (0..n).fold(month, |m, _| m.next())
 }
 
 fn rand_u32() -> u32 {

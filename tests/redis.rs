@@ -537,3 +537,65 @@ async fn a_redis_cluster_url_works_the_same() {
     };
     assert_eq!(usage.calls, 200, "read back through the cluster");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_month_stays_readable_from_its_archive() {
+    use vivgate::usage::{GroupId, Take};
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
+        .unwrap()
+        .replace("api_calls = 5", "api_calls = 100")
+        + &format!(
+            "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\n",
+            redis.url()
+        );
+    let snap = vivgate::config::load_from_str(
+        Path::new("vivgate.toml"),
+        &config,
+        Path::new("tenants.toml"),
+        &tenants_toml(),
+    )
+    .unwrap();
+    // the store's clock stands two hours after the end of November
+    let clock = Arc::new(ManualClock::new(utc_ms(2026, 12, 1, 2, 0, 0, 0)));
+    let store = SharedRedisStore(
+        RedisStore::connect(snap.startup.usage.redis.clone().unwrap(), clock).unwrap(),
+    );
+    let nov = Month::from_ym(2026, 11);
+    let g: GroupId = group_id(TINY).into();
+    for _ in 0..7 {
+        let t = store.take_call(&g, nov, 100, false, "tiny").await;
+        assert!(matches!(t, Take::Admitted { .. }), "{t:?}");
+    }
+    store.add_bytes(&g, nov, 1_234, 1_500, false);
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.flush().unwrap())
+        .await
+        .unwrap();
+    // the month's own key expires some weeks after the month (here: now)
+    let key = format!("vivgate:usage:{{{}}}:2026-11", group_id(TINY));
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let g2 = g.clone();
+    let u = tokio::task::spawn_blocking(move || s.usage_checked(&g2, nov))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((u.calls, u.bytes), (7, 1_234), "read from the archive");
+    // the archive is kept for the retention period (13 months after November 2026)
+    let expire_at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("vivgate:usage-archive:2026-11")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(expire_at, utc_ms(2027, 12, 1, 0, 0, 0, 0));
+}

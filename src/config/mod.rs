@@ -778,6 +778,7 @@ pub fn compile(
             lease_max: u.lease_max,
             lease_idle: Duration::from_millis(u.lease_idle_ms),
             lease_ttl: Duration::from_millis(u.lease_ttl_ms),
+            retention_months: u.retention_months,
         })
     } else {
         None
