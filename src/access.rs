@@ -34,7 +34,7 @@ pub struct AccessLog {
 pub struct Entry<'a> {
     pub time_ms: i64,
     pub request_id: &'a str,
-    pub client: Option<SocketAddr>,
+    pub client: Option<std::net::IpAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -80,7 +80,7 @@ impl AccessLog {
         let line = serde_json::json!({
             "time": crate::clock::format_utc_ms(e.time_ms),
             "request_id": e.request_id,
-            "client": e.client.map(|a| a.ip().to_string()),
+            "client": e.client.map(|a| a.to_string()),
             "method": e.method,
             "path": e.path,
             "query": if self.include_query { e.query } else { None },

@@ -73,6 +73,8 @@ pub struct Ctx {
     started: Instant,
     upstream_addr: Option<std::net::SocketAddr>,
     upstream_ms: Option<f64>,
+    /// The client's address: the peer, or behind a trusted proxy the hop it names.
+    client_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for Ctx {
@@ -97,6 +99,7 @@ impl Default for Ctx {
             started: Instant::now(),
             upstream_addr: None,
             upstream_ms: None,
+            client_ip: None,
         }
     }
 }
@@ -119,10 +122,8 @@ impl<S: UsageStore> VivGate<S> {
         // ... and one canonical path, or nothing
         let path =
             canonical_path(req.uri.path()).map_err(|e| GatewayError::Malformed(e.as_str()))?;
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client = client_ip(session, &snap.trusted_proxies);
+        ctx.client_ip = client;
         let failed_auth = snap.limits.failed_auth.zip(client);
         if let Some((_, ip)) = failed_auth {
             if let Some(left) = self.gw.failed_auth().blocked(ip, Instant::now()) {
@@ -478,6 +479,38 @@ impl<S: UsageStore> VivGate<S> {
     }
 }
 
+/// The client's address. Behind a trusted proxy (`server.trusted_proxies`) it is the rightmost
+/// `X-Forwarded-For` hop that is not itself trusted (every header line, right to left); a
+/// malformed hop ends the walk there. Otherwise, and without the header, the peer address.
+fn client_ip(session: &Session, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
+        return Some(peer);
+    }
+    let values: Vec<&http::HeaderValue> = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .collect();
+    let mut client = peer;
+    for v in values.iter().rev() {
+        let Ok(list) = v.to_str() else {
+            return Some(client);
+        };
+        for hop in list.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+                return Some(client);
+            };
+            client = ip;
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                return Some(ip);
+            }
+        }
+    }
+    Some(client)
+}
+
 /// What the client is told when proxying fails: a server that could not be reached is a 502,
 /// one that did not answer in time a 504, a bad request a 400, anything else a 500. `None`
 /// when the client is gone and nothing can be sent.
@@ -745,8 +778,14 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             req.insert_header("x-vivreal-tier", g.tier.header.clone())?;
         }
         req.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            req.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        let client = ctx.client_ip.or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        });
+        if let Some(ip) = client {
+            req.insert_header("x-forwarded-for", ip.to_string())?;
         }
         Ok(())
     }
@@ -846,7 +885,12 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             log.write(&crate::access::Entry {
                 time_ms: self.gw.clock().now_ms(),
                 request_id: ctx.request_id.to_str().unwrap_or(""),
-                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                client: ctx.client_ip.or_else(|| {
+                    session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip())
+                }),
                 method: req.method.as_str(),
                 path: ctx.canonical_path.as_deref().unwrap_or(req.uri.path()),
                 query: req.uri.query(),

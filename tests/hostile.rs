@@ -721,3 +721,48 @@ async fn malformed_chunked_bodies_get_an_envelope_or_a_close() {
         .iter()
         .all(|r| r.uri != "/tenant/collectionObjects"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_client_is_the_forwarded_hop() {
+    let h = Harness::start_with(|c| {
+        c.replace(
+            "threads = 2",
+            "threads = 2\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+        ) + "\n[limits]\nfailed_auth_limit = 2\nfailed_auth_block_ms = 60000\n"
+    })
+    .await;
+    let get = |xff: &'static str, key: &'static str| {
+        let addr = h.addr;
+        async move {
+            Client::connect(addr)
+                .await
+                .request(
+                    &format!("GET /status/200 HTTP/1.1\nHost: t\nAuthorization: Bearer {key}\nX-Forwarded-For: {xff}"),
+                    b"",
+                )
+                .await
+        }
+    };
+    assert_eq!(get("198.51.100.1, 10.1.2.3", "key-pro").await.status, 200);
+    assert_eq!(get("not-an-address", "key-pro").await.status, 200);
+    assert_eq!(
+        get("203.0.113.9, 198.51.100.2", "key-pro").await.status,
+        200
+    );
+    let seen: Vec<String> = h
+        .backend
+        .received()
+        .iter()
+        .map(|r| r.header("x-forwarded-for").unwrap_or("").to_string())
+        .collect();
+    // the rightmost untrusted hop; a malformed one ends the walk at the peer; a spoofed left
+    // part is ignored
+    assert_eq!(seen, ["198.51.100.1", "127.0.0.1", "198.51.100.2"]);
+
+    // key guessing is counted per client, not per load balancer
+    for _ in 0..2 {
+        assert_eq!(get("203.0.113.1", "guess").await.status, 401);
+    }
+    assert_envelope(&get("203.0.113.1", "key-pro").await, 429, "Too many failed");
+    assert_eq!(get("203.0.113.2", "key-pro").await.status, 200);
+}

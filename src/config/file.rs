@@ -40,6 +40,10 @@ pub struct ServerSection {
     /// Seconds a graceful stop waits for in-flight requests.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
+    /// CIDRs of load balancers in front: behind them the client is the rightmost untrusted
+    /// `X-Forwarded-For` hop.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -48,6 +52,7 @@ impl Default for ServerSection {
             listen: default_listen(),
             threads: default_threads(),
             grace_period_seconds: default_grace(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -471,6 +471,8 @@ pub struct Snapshot {
     pub admin_token: Option<KeyHash>,
     /// `[cors]`; `None`: no CORS handling.
     pub cors: Option<Cors>,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -790,6 +792,21 @@ pub fn compile(
         retention_months: u.retention_months,
     };
 
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in s.trusted_proxies.iter().enumerate() {
+        let net = c
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                err(
+                    cfg,
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{c:?} is not an address or a CIDR"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+
     // [access_log]
     let access_log = file
         .access_log
@@ -1016,6 +1033,7 @@ pub fn compile(
         upstreams,
         admin_token,
         cors,
+        trusted_proxies,
     })
 }
 
