@@ -111,8 +111,8 @@ impl<S: UsageStore> VivGate<S> {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        snap: Arc<Snapshot>,
     ) -> Result<Checked, GatewayError> {
-        let snap = self.gw.snapshot();
         let req = session.req_header();
         // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
         // URI it parses, and forwards the raw target) ...
@@ -643,7 +643,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.gw.next_request_id(),
         };
-        if let Some(cors) = &self.gw.snapshot().cors {
+        let snap = self.gw.snapshot();
+        if let Some(cors) = &snap.cors {
             if let Some(preflight) = self.cors(session, ctx, cors) {
                 match preflight {
                     Ok(()) => self.preflight_ok(session, ctx, cors).await?,
@@ -655,7 +656,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 return Ok(true);
             }
         }
-        match self.check_request(session, ctx).await {
+        match self.check_request(session, ctx, snap).await {
             Ok(Checked::OwnUsage(group)) => {
                 self.own_usage(session, ctx, &group).await?;
                 Ok(true)

@@ -36,13 +36,16 @@ const TINY: &str = "key-tiny";
 
 impl Fleet {
     async fn start(redis: &RedisServer, n: usize, quota: u64, usage_extra: &str) -> Fleet {
+        Self::start_url(&redis.url(), n, quota, usage_extra).await
+    }
+
+    async fn start_url(url: &str, n: usize, quota: u64, usage_extra: &str) -> Fleet {
         let h = Harness::start().await;
         let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
             .unwrap()
             .replace("api_calls = 5", &format!("api_calls = {quota}"))
             + &format!(
-                "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n{usage_extra}\n",
-                redis.url()
+                "\n[usage]\nstore = \"redis\"\nredis_url = \"{url}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n{usage_extra}\n"
             );
         let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
         let mut f = Fleet {
@@ -461,43 +464,10 @@ async fn a_redis_cluster_url_works_the_same() {
     let Some(cluster) = RedisCluster::start().await else {
         return;
     };
-    let h = Harness::start().await;
-    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-        .unwrap()
-        .replace("api_calls = 5", "api_calls = 200")
-        + &format!(
-            "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n",
-            cluster.url()
-        );
-    let mut gws = Vec::new();
-    let mut addrs = Vec::new();
-    let mut stops = Vec::new();
-    for _ in 0..2 {
-        let snap = vivgate::config::load_from_str(
-            Path::new("vivgate.toml"),
-            &config,
-            Path::new("tenants.toml"),
-            &tenants_toml(),
-        )
-        .unwrap();
-        let settings = snap.startup.usage.redis.clone().unwrap();
-        let store = RedisStore::connect(settings, Arc::new(SystemClock)).unwrap();
-        let gw = Arc::new(Gateway::new(
-            snap,
-            Arc::new(SharedRedisStore(store)),
-            Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0))),
-            None,
-        ));
-        let (stop, rx) = watch::channel(false);
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(l.local_addr().unwrap());
-        tokio::spawn(serve(l, proxy_app(gw.clone()), rx));
-        gws.push(gw);
-        stops.push(stop);
-    }
+    let mut fleet = Fleet::start_url(&cluster.url(), 2, 200, "").await;
     // the cluster connection is made in the background (until then the outage policy
-    // applies): wait until each instance has served a call of another group through it
-    for gw in &gws {
+    // applies): wait until each instance reads through it
+    for gw in &fleet.gws {
         wait_for("the cluster connection", || {
             let gw = gw.clone();
             async move {
@@ -512,19 +482,15 @@ async fn a_redis_cluster_url_works_the_same() {
         })
         .await;
     }
+    let addrs = fleet.addrs.clone();
     let (_, served) = load(&addrs, 16, TINY, u64::MAX, Duration::from_secs(3)).await;
     assert_eq!(
         served, 200,
         "the quota holds across 2 instances on a cluster"
     );
-    for (gw, stop) in gws.iter().zip(&stops) {
-        let _ = stop.send(true);
-        let gw = gw.clone();
-        tokio::task::spawn_blocking(move || gw.store().shutdown())
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    fleet.stop(0).await;
+    fleet.stop(1).await;
+    let gws = fleet.gws.clone();
     let usage = {
         let gw = gws[0].clone();
         tokio::task::spawn_blocking(move || {

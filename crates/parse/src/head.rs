@@ -163,55 +163,12 @@ pub fn scan(buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadErro
 
 /// Unreserved, sub-delimiters, `:`, `@`, `/`, `?` and `%`.
 fn target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'?'
-                | b'%'
-        )
+    crate::unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
 }
 
 /// What `host[:port]` may hold (reg-name, IP literal, port), without `@`.
 fn authority_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'%'
-                | b'['
-                | b']'
-        )
+    crate::unreserved_or_sub_delim(b) || matches!(b, b':' | b'%' | b'[' | b']')
 }
 
 fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo, HeadError> {

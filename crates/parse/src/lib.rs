@@ -9,3 +9,26 @@ pub mod invariants;
 pub mod json;
 pub mod path;
 pub mod query;
+
+/// RFC 3986 unreserved characters and sub-delimiters: the base every request-target class of
+/// the parsers (path literal, target, authority) extends.
+pub(crate) const fn unreserved_or_sub_delim(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}

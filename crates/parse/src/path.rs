@@ -71,25 +71,7 @@ const fn literal_table() -> [bool; 256] {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
+        t[b] = (crate::unreserved_or_sub_delim(c) && c != b';') || c == b':' || c == b'@';
         b += 1;
     }
     t
