@@ -52,6 +52,9 @@ pub enum GatewayError {
     UsageUnavailable,
     /// A CORS preflight from an origin, or for a method or headers, `[cors]` does not allow.
     CorsRefused,
+    /// Every server of the route's upstream is down (health checks); retry after this many
+    /// seconds.
+    UpstreamsDown(u64),
 }
 
 impl GatewayError {
@@ -76,7 +79,7 @@ impl GatewayError {
             HeadTimeout | BodyTimeout => 408,
             ConnectNotAllowed => 405,
             AuthBlocked(_) | BurstLimited(_) => 429,
-            TooManyConnections | UsageUnavailable => 503,
+            TooManyConnections | UsageUnavailable | UpstreamsDown(_) => 503,
         }
     }
 
@@ -114,6 +117,7 @@ impl GatewayError {
             TooManyConnections => "too_many_connections",
             UsageUnavailable => "usage_unavailable",
             CorsRefused => "cors_refused",
+            UpstreamsDown(_) => "upstream_down",
         }
     }
 
@@ -166,6 +170,7 @@ impl GatewayError {
             TooManyConnections => "Service unavailable: too many connections".into(),
             UsageUnavailable => "Usage service unavailable".into(),
             CorsRefused => "CORS preflight refused: origin, method or headers not allowed".into(),
+            UpstreamsDown(_) => "Service unavailable: no healthy upstream server".into(),
         }
     }
 }

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use std::os::fd::AsRawFd as _;
+
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest as _, SocketDigest, Ssl as _, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,11 +41,31 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// How long writing a refusal may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The HTTP/1 application: vivgate's checks on the raw head, then pingora's proxy.
+/// The application of one listener: the PROXY header and the TLS handshake if the listener has
+/// them, then HTTP/2 (pingora's, by ALPN or h2c prior knowledge) or HTTP/1 with vivgate's checks
+/// on the raw head, then pingora's proxy.
 pub struct Front<S: UsageStore> {
     gw: Arc<Gateway<S>>,
     proxy: Arc<HttpProxy<VivGate<S>>>,
+    listener: ListenerSettings,
 }
+
+/// What a listener does before HTTP.
+#[derive(Default)]
+pub struct ListenerSettings {
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+    /// Terminate TLS with this acceptor.
+    pub tls: Option<Acceptor>,
+    /// Plain HTTP/2 with prior knowledge is accepted.
+    pub h2c: bool,
+}
+
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The longest PROXY header read: a v1 line is at most 107 bytes, a v2 header 16 plus its
+/// addresses and TLVs (a few hundred in practice).
+const MAX_PROXY_HEADER: usize = 4096;
 
 /// Why reading a head ended without one.
 enum NoHead {
@@ -51,16 +76,82 @@ enum NoHead {
 }
 
 impl<S: UsageStore> Front<S> {
-    pub fn new(gw: Arc<Gateway<S>>, proxy: Arc<HttpProxy<VivGate<S>>>) -> Self {
-        Front { gw, proxy }
+    pub fn new(
+        gw: Arc<Gateway<S>>,
+        proxy: Arc<HttpProxy<VivGate<S>>>,
+        listener: ListenerSettings,
+    ) -> Self {
+        Front {
+            gw,
+            proxy,
+            listener,
+        }
     }
 
-    async fn connection(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn connection(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let limits = self.gw.snapshot().limits;
         let Some(_open) = self.gw.open_connection(limits.max_connections) else {
-            self.refuse(stream, GatewayError::TooManyConnections).await;
+            if self.listener.tls.is_none() && !self.listener.proxy_protocol {
+                self.refuse(stream, GatewayError::TooManyConnections).await;
+            }
             return;
         };
+        let plain = self.listener.tls.is_none() && !self.listener.proxy_protocol;
+        let stream = if plain && !self.listener.h2c {
+            stream
+        } else {
+            match self.before_http(stream, &limits).await {
+                Some((s, false)) => s,
+                Some((s, true)) => {
+                    // pingora's HTTP/2 server: its stream limits come from `h2_options`
+                    ServerApp::process_new(&self.proxy, s, shutdown).await;
+                    return;
+                }
+                None => return,
+            }
+        };
+        self.http1(stream, &limits, shutdown).await;
+    }
+
+    /// The PROXY header, the TLS handshake and the protocol choice, all within the head
+    /// deadline. `None`: the connection is closed (a missing or untrusted PROXY header, a failed
+    /// handshake, silence). The flag is true for HTTP/2.
+    async fn before_http(&self, stream: Stream, limits: &Limits) -> Option<(Stream, bool)> {
+        let deadline = Instant::now() + limits.head_timeout;
+        let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
+        if self.listener.proxy_protocol {
+            let trusted = self.gw.snapshot().trusted_proxies.clone();
+            if let Err(why) = read_proxy_header(&mut l4, &trusted, deadline).await {
+                self.gw
+                    .metrics()
+                    .rejections
+                    .with_label_values(&["proxy_protocol"])
+                    .inc();
+                tracing::debug!(why, "connection closed: PROXY protocol");
+                return None;
+            }
+        }
+        if let Some(acceptor) = &self.listener.tls {
+            let tls = match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*l4)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return None;
+                }
+            };
+            let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+            return Some((Box::new(tls), h2));
+        }
+        let h2 = self.listener.h2c && sniff_preface(&mut l4, deadline).await?;
+        Some((l4, h2))
+    }
+
+    async fn http1(&self, mut stream: Stream, limits: &Limits, shutdown: &ShutdownWatch) {
+        let limits = *limits;
         let mut served: u32 = 0;
         loop {
             let mut buf = BytesMut::with_capacity(INITIAL_BUF);
@@ -191,6 +282,117 @@ async fn read_head(
             Ok(None) => {}
             Err(e) => return Err(NoHead::Refuse(refusal(e))),
         }
+    }
+}
+
+/// Reads the first bytes of a plain connection, as far as telling the HTTP/2 preface from an
+/// HTTP/1 request, and puts them back. `None`: the client closed or went silent.
+async fn sniff_preface(l4: &mut L4Stream, deadline: Instant) -> Option<bool> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    let h2 = loop {
+        let want = H2_PREFACE.len() - buf.len();
+        let n = match tokio::time::timeout_at(deadline, l4.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                l4.rewind(&buf);
+                // an HTTP/1 head that started is answered by the HTTP/1 path (408 or parse)
+                return (!buf.is_empty()).then_some(false);
+            }
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            break false;
+        }
+        if buf.len() == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    l4.rewind(&buf);
+    Some(h2)
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from a trusted peer, and makes its source address
+/// the connection's client address. Bytes after the header are put back for TLS or HTTP.
+async fn read_proxy_header(
+    l4: &mut L4Stream,
+    trusted: &[ipnet::IpNet],
+    deadline: Instant,
+) -> Result<(), &'static str> {
+    let peer = l4
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned())
+        .and_then(|a| a.as_inet().copied())
+        .ok_or("no peer address")?;
+    if !trusted.iter().any(|n| n.contains(&peer.ip())) {
+        return Err("a PROXY header from a peer not in server.trusted_proxies");
+    }
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let (len, source) = loop {
+        let n = match tokio::time::timeout_at(deadline, l4.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err("closed before a PROXY header"),
+            Err(_) => return Err("no PROXY header in time"),
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match proxy_source(&buf) {
+            Ok(Some(found)) => break found,
+            Ok(None) if buf.len() < MAX_PROXY_HEADER => continue,
+            Ok(None) => return Err("PROXY header too long"),
+            Err(why) => return Err(why),
+        }
+    };
+    l4.rewind(&buf[len..]);
+    if let Some(source) = source {
+        // a fresh digest: the address pingora (and vivgate) read as the client's
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest
+            .peer_addr
+            .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+                source,
+            )));
+        l4.set_socket_digest(digest);
+    }
+    Ok(())
+}
+
+/// Parses a PROXY header at the start of `buf`: `Ok(None)` while incomplete, else its length
+/// and source address (`None` for a LOCAL or UNKNOWN header: the peer's own address stands).
+pub fn proxy_source(
+    buf: &[u8],
+) -> Result<Option<(usize, Option<std::net::SocketAddr>)>, &'static str> {
+    use ppp::PartialResult as _;
+    let parsed = ppp::HeaderResult::parse(buf);
+    if parsed.is_incomplete() {
+        // a v1 line ends at its CRLF (at most 107 bytes): whatever is missing then is missing
+        let v1_ended =
+            buf.starts_with(b"PROXY") && (buf.len() >= 107 || buf.windows(2).any(|w| w == b"\r\n"));
+        return if v1_ended {
+            Err("a malformed PROXY v1 header")
+        } else {
+            Ok(None)
+        };
+    }
+    match parsed {
+        ppp::HeaderResult::V1(Ok(h)) => {
+            let source = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+                ppp::v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Ok(Some((h.header.len(), source)))
+        }
+        ppp::HeaderResult::V2(Ok(h)) => {
+            let source = match (h.command, h.addresses) {
+                (ppp::v2::Command::Local, _) => None,
+                (_, ppp::v2::Addresses::IPv4(a)) => Some((a.source_address, a.source_port).into()),
+                (_, ppp::v2::Addresses::IPv6(a)) => Some((a.source_address, a.source_port).into()),
+                _ => None,
+            };
+            Ok(Some((h.len(), source)))
+        }
+        _ => Err("not a PROXY protocol header"),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod front;
 pub mod gateway;
+pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod overrides;
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod redis_store;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod usage;
 
 pub use gateway::Gateway;

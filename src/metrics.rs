@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Reloads by result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     pub flush_failures: IntCounter,
+    /// Upstream servers marked down by passive health (consecutive connect failures).
+    pub servers_marked_down: IntCounter,
     /// Calls and bytes used this month, summed per tier (set at scrape time).
     pub usage_calls: IntGaugeVec,
     pub usage_bytes: IntGaugeVec,
@@ -78,6 +80,11 @@ impl Metrics {
             "Usage store flushes that failed",
         )
         .expect("valid metric");
+        let servers_marked_down = IntCounter::new(
+            "upstream_servers_marked_down_total",
+            "Upstream servers marked down after consecutive connect failures",
+        )
+        .expect("valid metric");
         let usage_calls = IntGaugeVec::new(
             Opts::new("usage_calls", "API calls used this month, per tier"),
             &["tier"],
@@ -111,6 +118,7 @@ impl Metrics {
             Box::new(upstream_seconds.clone()),
             Box::new(reloads.clone()),
             Box::new(flush_failures.clone()),
+            Box::new(servers_marked_down.clone()),
             Box::new(usage_calls.clone()),
             Box::new(usage_bytes.clone()),
             Box::new(flush_age.clone()),
@@ -124,6 +132,7 @@ impl Metrics {
             upstream_seconds,
             reloads,
             flush_failures,
+            servers_marked_down,
             usage_calls,
             usage_bytes,
             tenants_from_copy,

@@ -75,6 +75,9 @@ pub struct Ctx {
     upstream_ms: Option<f64>,
     /// The client's address: the peer, or behind a trusted proxy the hop it names.
     client_ip: Option<std::net::IpAddr>,
+    /// Every server of the route's upstream is down: the client may retry after this many
+    /// seconds.
+    all_down: Option<u64>,
 }
 
 impl Default for Ctx {
@@ -100,6 +103,7 @@ impl Default for Ctx {
             upstream_addr: None,
             upstream_ms: None,
             client_ip: None,
+            all_down: None,
         }
     }
 }
@@ -464,7 +468,9 @@ impl<S: UsageStore> VivGate<S> {
                 let month = ctx.month.unwrap_or(Month::containing(ctx.now_ms));
                 resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
             }
-            GatewayError::AuthBlocked(secs) => resp.insert_header(header::RETRY_AFTER, *secs)?,
+            GatewayError::AuthBlocked(secs) | GatewayError::UpstreamsDown(secs) => {
+                resp.insert_header(header::RETRY_AFTER, *secs)?
+            }
             GatewayError::BurstLimited(_) | GatewayError::UsageUnavailable => {
                 resp.insert_header(header::RETRY_AFTER, 1)?
             }
@@ -688,12 +694,26 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx.connected = false;
         ctx.upstream_started = Some(std::time::Instant::now());
         let up = &snap.upstreams[route.upstream];
-        let backend = up
-            .lb
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy server"))?;
+        let passive = &up.passive;
+        let Some(backend) = up.lb.select_with(b"", 256, |b, healthy| {
+            healthy && b.addr.as_inet().is_none_or(|a| !passive.is_down(a))
+        }) else {
+            let wait = up
+                .health_interval
+                .or(passive.down_for())
+                .unwrap_or_default();
+            ctx.all_down = Some(wait.as_secs().max(1));
+            return Error::e_explain(ErrorType::ConnectNoRoute, "every server is down");
+        };
         ctx.upstream_addr = backend.addr.as_inet().copied();
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match (&up.tls, ctx.upstream_addr) {
+            (Some(tls), Some(addr)) => {
+                let mut peer = HttpPeer::new(backend.addr, true, tls.name(&addr).to_string());
+                peer.options.ca = tls.ca.clone();
+                peer
+            }
+            _ => HttpPeer::new(backend.addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
@@ -711,11 +731,16 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
         let servers = match (&ctx.snap, &ctx.route) {
-            (Some(snap), Some(route)) => snap.upstreams[route.upstream]
-                .lb
-                .backends()
-                .get_backend()
-                .len(),
+            (Some(snap), Some(route)) => {
+                let up = &snap.upstreams[route.upstream];
+                if let Some(addr) = &ctx.upstream_addr {
+                    if up.passive.failed(addr) {
+                        tracing::warn!(upstream = %up.name, server = %addr, "server marked down after consecutive connect failures");
+                        self.gw.metrics().servers_marked_down.inc();
+                    }
+                }
+                up.lb.backends().get_backend().len()
+            }
             _ => 0,
         };
         if ctx.connect_retries == 0 && servers > 1 {
@@ -738,6 +763,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.connected = true;
+        if let (Some(snap), Some(route), Some(addr)) = (&ctx.snap, &ctx.route, &ctx.upstream_addr) {
+            snap.upstreams[route.upstream].passive.connected(addr);
+        }
         Ok(())
     }
 
@@ -833,7 +861,10 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         e: &pingora::Error,
         ctx: &mut Ctx,
     ) -> FailToProxy {
-        let err = classify(e.etype(), e.esource());
+        let err = match ctx.all_down {
+            Some(secs) => Some(GatewayError::UpstreamsDown(secs)),
+            None => classify(e.etype(), e.esource()),
+        };
         let code = err.as_ref().map_or(0, GatewayError::status);
         ctx.rejected = Some(err.as_ref().map_or("client_gone", GatewayError::reason));
         session.set_keepalive(None);

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
-use pingora::proxy::http_proxy;
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -20,21 +21,56 @@ use tokio::net::TcpListener;
 use crate::admin::AdminApp;
 use crate::clock::{Clock, Month, SystemClock};
 use crate::config;
-use crate::front::Front;
+use crate::front::{Front, ListenerSettings};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::store::EmbeddedStore;
 use crate::usage::{MemoryStore, UsageStore};
 
-/// The application for a gateway (vivgate's front, then pingora's proxy), ready for [`serve`].
+/// The application of a plain listener (vivgate's front, then pingora's proxy), ready for
+/// [`serve`].
 pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<Front<S>> {
-    let conf = Arc::new(ServerConf::default());
-    Arc::new(front_app(&conf, gw))
+    listener_app(gw, ListenerSettings::default())
 }
 
-fn front_app<S: UsageStore>(conf: &Arc<ServerConf>, gw: Arc<Gateway<S>>) -> Front<S> {
-    let proxy = Arc::new(http_proxy(conf, VivGate::new(gw.clone())));
-    Front::new(gw, proxy)
+/// The application of a listener with `settings` (PROXY header, TLS, h2c), ready for [`serve`].
+pub fn listener_app<S: UsageStore>(
+    gw: Arc<Gateway<S>>,
+    settings: ListenerSettings,
+) -> Arc<Front<S>> {
+    let conf = Arc::new(ServerConf::default());
+    Arc::new(Front::new(gw.clone(), new_proxy(&conf, &gw), settings))
+}
+
+/// The TLS acceptor of the snapshot's listener `listen`: certificates are read from the current
+/// snapshot at each handshake, so a reload rotates them.
+pub fn tls_acceptor<S: UsageStore>(
+    gw: &Arc<Gateway<S>>,
+    listen: &str,
+    http2: bool,
+) -> Result<Acceptor, String> {
+    let gw = gw.clone();
+    crate::tls::acceptor(listen, http2, Arc::new(move || gw.snapshot()))
+}
+
+/// pingora's proxy with vivgate's HTTP/2 limits (from pingora's bounded defaults) and idle
+/// timeout. They take effect at start.
+fn new_proxy<S: UsageStore>(
+    conf: &Arc<ServerConf>,
+    gw: &Arc<Gateway<S>>,
+) -> Arc<HttpProxy<VivGate<S>>> {
+    let limits = gw.snapshot().limits;
+    let mut proxy = http_proxy(conf, VivGate::new(gw.clone()));
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.h2_max_concurrent_streams);
+    h2.max_header_list_size(limits.h2_max_header_list_bytes);
+    proxy.h2_options = Some(h2);
+    let mut options = HttpServerOptions::default();
+    // the front has already seen the h2c preface before pingora peeks at it again
+    options.h2c = true;
+    options.h2_idle_timeout = Some(limits.keepalive_timeout);
+    proxy.server_options = Some(options);
+    Arc::new(proxy)
 }
 
 /// Accepts connections on `listener` and hands each to `app` until `shutdown` turns true.
@@ -91,6 +127,13 @@ pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: Shu
                 continue;
             }
             up.lb.backends().run_health_check(true).await;
+            for b in up.lb.backends().get_backend().iter() {
+                if let Some(addr) = b.addr.as_inet() {
+                    if up.lb.backends().ready(b) && up.passive.checked_ok(addr) {
+                        tracing::info!(upstream = %up.name, server = %addr, "server back up after a successful health check");
+                    }
+                }
+            }
             last.insert(key, Instant::now());
         }
         // not held across the sleep: a reload retires the old snapshot as soon as it can
@@ -257,12 +300,32 @@ fn run_with<S: UsageStore>(
     gw.load_overrides()?;
     let snap = gw.snapshot();
     let startup = &snap.startup;
-    let mut proxy = Service::new(
+    let proxy = new_proxy(&server.configuration, &gw);
+    let plain = ListenerSettings {
+        proxy_protocol: startup.proxy_protocol,
+        tls: None,
+        h2c: startup.h2c,
+    };
+    let mut service = Service::new(
         "vivgate".to_string(),
-        front_app(&server.configuration, gw.clone()),
+        Front::new(gw.clone(), proxy.clone(), plain),
     );
-    proxy.add_tcp(&startup.listen);
-    server.add_service(proxy);
+    service.add_tcp(&startup.listen);
+    server.add_service(service);
+    for t in &startup.tls_listeners {
+        let settings = ListenerSettings {
+            proxy_protocol: t.proxy_protocol,
+            tls: Some(tls_acceptor(&gw, &t.listen, t.http2)?),
+            h2c: false,
+        };
+        let mut service = Service::new(
+            format!("vivgate tls {}", t.listen),
+            Front::new(gw.clone(), proxy.clone(), settings),
+        );
+        service.add_tcp(&t.listen);
+        server.add_service(service);
+        tracing::info!(listen = %t.listen, http2 = t.http2, "TLS listener");
+    }
     server.add_service(background_service(
         "health checks",
         HealthService(gw.clone()),

@@ -1,5 +1,6 @@
 //! Several servers per upstream: round robin, one retry of a failed connect on another server,
-//! and active health checks that take a dead server out of the rotation.
+//! active health checks that take a dead server out of the rotation, passive health (consecutive
+//! connect failures), and a 503 with `Retry-After` when every server is down.
 
 mod common;
 
@@ -55,7 +56,7 @@ async fn a_failed_connect_is_retried_once_on_another_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_checks_take_a_dead_server_out_and_all_dead_is_502() {
+async fn health_checks_take_a_dead_server_out_and_all_dead_is_503() {
     let (live, a, _s) = extra_backend().await;
     let dead = dead_addr().await;
     let h = Harness::start_with(with_pair([dead, a], 100)).await;
@@ -89,12 +90,115 @@ async fn health_checks_take_a_dead_server_out_and_all_dead_is_502() {
     }
     assert_eq!(live.received().len(), 4);
 
-    // both servers down: 502, and nothing is charged
+    // both servers down: 503 at once, with Retry-After, and nothing is charged
     drop(_s);
     drop(live);
     let h2 = Harness::start_with(with_pair([dead, dead_addr().await], 100)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = h2.get(P, Some("key-pro")).await;
-    assert_envelope(&r, 502, "unreachable");
+    assert_envelope(&r, 503, "no healthy upstream server");
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(h2.usage("key-pro").calls, 0);
+}
+
+fn passive(h: &Harness) -> std::sync::Arc<vivgate::config::Snapshot> {
+    h.gw.snapshot()
+}
+
+fn is_down(h: &Harness, addr: &std::net::SocketAddr) -> bool {
+    let snap = passive(h);
+    let up = snap.upstreams.iter().find(|u| u.name == "pair").unwrap();
+    up.passive.is_down(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
+    // no active checks: connect failures alone take the dead server out
+    let (live, a, _s) = extra_backend().await;
+    let dead = dead_addr().await;
+    let h = Harness::start_with(|c| {
+        with_pair([dead, a], 0)(c).replace(
+            "health_check_interval_ms = 0\n\n[[routes]]\nprefix = \"/pair/\"",
+            "health_check_interval_ms = 0\npassive_failures = 2\npassive_down_ms = 60000\n\n[[routes]]\nprefix = \"/pair/\"",
+        )
+    })
+    .await;
+    for _ in 0..8 {
+        let r = h.get(P, Some("key-pro")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(is_down(&h, &dead));
+    assert!(!is_down(&h, &a));
+    assert_eq!(live.received().len(), 8);
+    let m = h.gw.metrics().render(0);
+    assert!(
+        m.contains("vivgate_upstream_servers_marked_down_total 1"),
+        "{m}"
+    );
+
+    // every server failing: the first request finds out (502), later ones get a 503 at once
+    let dead2 = dead_addr().await;
+    let h2 = Harness::start_with(|c| {
+        with_pair([dead, dead2], 0)(c).replace(
+            "health_check_interval_ms = 0\n\n[[routes]]\nprefix = \"/pair/\"",
+            "health_check_interval_ms = 0\npassive_failures = 1\npassive_down_ms = 60000\n\n[[routes]]\nprefix = \"/pair/\"",
+        )
+    })
+    .await;
+    assert_envelope(&h2.get(P, Some("key-pro")).await, 502, "unreachable");
+    let started = std::time::Instant::now();
+    let r = h2.get(P, Some("key-pro")).await;
+    assert_envelope(&r, 503, "no healthy upstream server");
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(started.elapsed() < Duration::from_millis(250));
+    assert_eq!(h2.usage("key-pro").calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_marked_down_comes_back_after_a_successful_active_check() {
+    let (live, a, _s) = extra_backend().await;
+    let revived = dead_addr().await;
+    let h = Harness::start_with(|c| {
+        with_pair([revived, a], 300)(c).replace(
+            "health_check_interval_ms = 300\n",
+            "health_check_interval_ms = 300\npassive_failures = 1\n",
+        )
+    })
+    .await;
+    // the active check takes the dead server out at once; passive health marks it down too,
+    // as a connect failure between two checks would
+    {
+        let snap = h.gw.snapshot();
+        let up = snap.upstreams.iter().find(|u| u.name == "pair").unwrap();
+        assert!(up.passive.failed(&revived));
+    }
+    for _ in 0..2 {
+        assert_eq!(h.get(P, Some("key-pro")).await.status, 200);
+    }
+    assert!(is_down(&h, &revived));
+    assert_eq!(live.received().len(), 2);
+
+    // the server comes up; the next active check brings it back into the rotation
+    let backend = vivgate::backend::Backend::new();
+    let l = tokio::net::TcpListener::bind(revived).await.unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(vivgate::server::serve(
+        l,
+        std::sync::Arc::new(pingora::apps::http_app::HttpServer::new_app(
+            backend.clone(),
+        )),
+        rx,
+    ));
+    wait_for("the revived server to be back", || {
+        let down = is_down(&h, &revived);
+        async move { !down }
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(h.get(P, Some("key-pro")).await.status, 200);
+    }
+    assert!(
+        !backend.received().is_empty(),
+        "the revived server serves again"
+    );
 }

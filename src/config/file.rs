@@ -44,6 +44,38 @@ pub struct ServerSection {
     /// `X-Forwarded-For` hop.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The plain listener also speaks HTTP/2 with prior knowledge (h2c).
+    #[serde(default)]
+    pub h2c: bool,
+    /// Every connection to the plain listener starts with a PROXY protocol header (v1 or v2),
+    /// accepted only from `trusted_proxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// TLS listeners. Entries with the same `listen` are one listener with several
+    /// certificates, chosen by SNI; the first is the default.
+    #[serde(default)]
+    pub tls: Vec<TlsSection>,
+}
+
+/// `[[server.tls]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: String,
+    /// PEM certificate chain, leaf first; relative to the config file.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key: String,
+    /// Offer HTTP/2 by ALPN (besides HTTP/1.1).
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Every connection starts with a PROXY protocol header, before the TLS handshake.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ServerSection {
@@ -53,6 +85,9 @@ impl Default for ServerSection {
             threads: default_threads(),
             grace_period_seconds: default_grace(),
             trusted_proxies: Vec::new(),
+            h2c: false,
+            proxy_protocol: false,
+            tls: Vec::new(),
         }
     }
 }
@@ -100,6 +135,10 @@ pub struct LimitsSection {
     pub failed_auth_limit: u32,
     pub failed_auth_window_ms: u64,
     pub failed_auth_block_ms: u64,
+    /// HTTP/2: streams open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: the largest header list of one request, in bytes (HPACK-decoded).
+    pub h2_max_header_list_bytes: u32,
 }
 
 impl Default for LimitsSection {
@@ -119,6 +158,8 @@ impl Default for LimitsSection {
             failed_auth_limit: 20,
             failed_auth_window_ms: 10_000,
             failed_auth_block_ms: 60_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 65_536,
         }
     }
 }
@@ -282,6 +323,28 @@ pub struct UpstreamSection {
     /// 0 turns active health checks off.
     #[serde(default = "default_health_interval")]
     pub health_check_interval_ms: u64,
+    /// Connect to the servers over TLS, verifying their certificates.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name sent as SNI and verified in the servers' certificates; default: the host part of
+    /// each server.
+    pub sni: Option<String>,
+    /// PEM file of the CAs the servers' certificates are verified against, instead of the
+    /// system roots; relative to the config file.
+    pub ca_file: Option<String>,
+    /// Consecutive connect failures that mark a server down (0: no passive health).
+    #[serde(default = "default_passive_failures")]
+    pub passive_failures: u32,
+    /// With active health checks off, how long a server marked down is skipped.
+    #[serde(default = "default_passive_down")]
+    pub passive_down_ms: u64,
+}
+
+fn default_passive_failures() -> u32 {
+    3
+}
+fn default_passive_down() -> u64 {
+    10_000
 }
 
 fn default_connect_timeout() -> u64 {

@@ -133,6 +133,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// `None`: the failed-authentication limiter is off.
     pub failed_auth: Option<FailedAuthLimit>,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +220,20 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
         10_000_000,
         "",
     )?;
+    range(
+        "h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams as u64,
+        1,
+        10_000,
+        "",
+    )?;
+    range(
+        "h2_max_header_list_bytes",
+        l.h2_max_header_list_bytes as u64,
+        1_024,
+        1_048_576,
+        "",
+    )?;
     if l.failed_auth_limit > 0 {
         range(
             "failed_auth_window_ms",
@@ -254,6 +270,8 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
             window: Duration::from_millis(l.failed_auth_window_ms),
             block: Duration::from_millis(l.failed_auth_block_ms),
         }),
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
     })
 }
 
@@ -415,6 +433,26 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// `None`: no active health checks.
     pub health_interval: Option<Duration>,
+    /// `Some`: the servers are reached over TLS.
+    pub tls: Option<UpstreamTls>,
+    pub passive: crate::health::PassiveHealth,
+}
+
+/// `upstreams.<name>.tls`: how the servers' certificates are verified.
+pub struct UpstreamTls {
+    /// The SNI and verified name of each server, in `lb` address order.
+    pub names: Vec<(SocketAddr, String)>,
+    /// `ca_file`'s certificates; `None`: the system roots.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+}
+
+impl UpstreamTls {
+    pub fn name(&self, addr: &SocketAddr) -> &str {
+        self.names
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map_or("", |(_, n)| n.as_str())
+    }
 }
 
 impl fmt::Debug for Upstream {
@@ -436,6 +474,20 @@ pub struct StartupSettings {
     pub usage: UsageSettings,
     /// The admin listener's address, if any.
     pub admin_listen: Option<String>,
+    /// `server.h2c`: the plain listener also takes HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// `server.proxy_protocol`: the plain listener expects a PROXY header.
+    pub proxy_protocol: bool,
+    /// `[[server.tls]]`, one entry per address.
+    pub tls_listeners: Vec<TlsListener>,
+}
+
+/// A TLS listener (its certificates are in [`Snapshot::tls_certs`], which a reload may change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: String,
+    pub http2: bool,
+    pub proxy_protocol: bool,
 }
 
 /// Where usage is kept (`[usage]`); fixed at start.
@@ -473,6 +525,8 @@ pub struct Snapshot {
     pub cors: Option<Cors>,
     /// `server.trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The certificates of each TLS listener, by address.
+    pub tls_certs: crate::tls::Certificates,
 }
 
 impl Snapshot {
@@ -680,6 +734,16 @@ pub fn compile(
     }
     if s.threads == 0 {
         return Err(err(cfg, "server.threads", "must be at least 1"));
+    }
+
+    let (tls_listeners, tls_certs) = compile_tls(cfg, &s.tls)?;
+    // (port 0 is an ephemeral port of its own each time, as in tests)
+    if !s.listen.ends_with(":0") && tls_listeners.iter().any(|t| t.listen == s.listen) {
+        return Err(err(
+            cfg,
+            "server.tls",
+            format!("{} is already server.listen", s.listen),
+        ));
     }
 
     // [limits]
@@ -914,6 +978,7 @@ pub fn compile(
             return Err(err(cfg, field("servers"), "needs at least one server"));
         }
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut names = Vec::new();
         for (i, s) in u.servers.iter().enumerate() {
             let resolved = s
                 .to_socket_addrs()
@@ -927,7 +992,34 @@ pub fn compile(
                     )
                 })?;
             addrs.push(resolved);
+            let host = s.rsplit_once(':').map_or(s.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            names.push((resolved, u.sni.clone().unwrap_or_else(|| host.to_string())));
         }
+        let tls = if u.tls {
+            for (_, n) in &names {
+                if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                    return Err(err(
+                        cfg,
+                        field("sni"),
+                        format!("{n:?} is not a server name"),
+                    ));
+                }
+            }
+            let ca = match &u.ca_file {
+                None => None,
+                Some(f) => {
+                    let path = cfg.parent().unwrap_or(Path::new(".")).join(f);
+                    Some(load_ca(&path).map_err(|m| err(cfg, field("ca_file"), m))?)
+                }
+            };
+            Some(UpstreamTls { names, ca })
+        } else {
+            if u.sni.is_some() || u.ca_file.is_some() {
+                return Err(err(cfg, field("tls"), "sni and ca_file need tls = true"));
+            }
+            None
+        };
         for (f, v) in [
             ("connect_timeout_ms", u.connect_timeout_ms),
             ("read_timeout_ms", u.read_timeout_ms),
@@ -953,7 +1045,15 @@ pub fn compile(
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             write_timeout: Duration::from_millis(u.write_timeout_ms),
+            passive: crate::health::PassiveHealth::new(
+                &addrs,
+                u.passive_failures,
+                health_interval
+                    .is_none()
+                    .then(|| Duration::from_millis(u.passive_down_ms)),
+            ),
             health_interval,
+            tls,
         });
     }
 
@@ -1020,6 +1120,9 @@ pub fn compile(
             usage,
             admin_listen,
             access_log,
+            h2c: s.h2c,
+            proxy_protocol: s.proxy_protocol,
+            tls_listeners,
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
@@ -1034,7 +1137,83 @@ pub fn compile(
         admin_token,
         cors,
         trusted_proxies,
+        tls_certs,
     })
+}
+
+/// `[[server.tls]]`: one listener per address, each with its certificates in order.
+fn compile_tls(
+    cfg: &Path,
+    entries: &[file::TlsSection],
+) -> Result<(Vec<TlsListener>, crate::tls::Certificates), ConfigError> {
+    let mut listeners: Vec<TlsListener> = Vec::new();
+    let mut certs = crate::tls::Certificates::default();
+    for (i, t) in entries.iter().enumerate() {
+        let field = |f: &str| format!("server.tls[{i}].{f}");
+        if t.listen
+            .to_socket_addrs()
+            .map_or(true, |mut a| a.next().is_none())
+        {
+            return Err(err(
+                cfg,
+                field("listen"),
+                format!("not an address: {:?}", t.listen),
+            ));
+        }
+        let listener = TlsListener {
+            listen: t.listen.clone(),
+            http2: t.http2,
+            proxy_protocol: t.proxy_protocol,
+        };
+        match listeners.iter().find(|l| l.listen == t.listen) {
+            None => listeners.push(listener),
+            Some(l) if *l == listener => {}
+            Some(_) => {
+                return Err(err(
+                    cfg,
+                    field("listen"),
+                    "entries for one address must agree on http2 and proxy_protocol",
+                ))
+            }
+        }
+        let dir = cfg.parent().unwrap_or(Path::new("."));
+        let pair = crate::tls::load_pair(&dir.join(&t.cert), &dir.join(&t.key))
+            .map_err(|(f, m)| err(cfg, field(f), m))?;
+        certs.0.entry(t.listen.clone()).or_default().push(pair);
+    }
+    Ok((listeners, certs))
+}
+
+/// A PEM file of CA certificates, checked, as pingora's per-peer CA list.
+fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let ders: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+    if ders.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for d in &ders {
+        store
+            .add(d.clone())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let wrapped = ders
+        .into_iter()
+        .map(|d| {
+            let raw = d.to_vec();
+            // pingora parses again (and panics on what it cannot parse): keep that out of the
+            // gateway
+            std::panic::catch_unwind(|| {
+                pingora::utils::tls::WrappedX509::new(raw, pingora::utils::tls::parse_x509)
+            })
+            .map_err(|_| format!("{}: a certificate pingora cannot parse", path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::from(wrapped.into_boxed_slice()))
 }
 
 fn valid_name(s: &str) -> bool {

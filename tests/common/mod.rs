@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,8 +17,9 @@ use tokio::sync::watch;
 
 use vivgate::backend::Backend;
 use vivgate::clock::{utc_ms, ManualClock, Month};
+use vivgate::front::ListenerSettings;
 use vivgate::keys::{format_key_hash, hash_key};
-use vivgate::server::{health_checks, proxy_app, serve};
+use vivgate::server::{health_checks, listener_app, proxy_app, serve, tls_acceptor};
 use vivgate::usage::{MemoryStore, Usage, UsageStore};
 use vivgate::Gateway;
 
@@ -172,8 +174,23 @@ upstream = "dead"
     )
 }
 
+/// How a harness's clients speak to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 over plain TCP.
+    H1,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
 pub struct Harness {
     pub addr: SocketAddr,
+    /// The TLS listener (HTTP/1.1 and h2 by ALPN, certificate for `localhost` from `ca`) and the
+    /// h2c listener, when started with [`Harness::start_proto`] or [`Harness::start_tls_with`].
+    pub tls_addr: Option<SocketAddr>,
+    pub h2c_addr: Option<SocketAddr>,
+    pub ca: Option<Arc<tls::TestCa>>,
+    pub proto: Proto,
     pub backend: Backend,
     pub backend_addr: SocketAddr,
     pub gw: Arc<Gateway<MemoryStore>>,
@@ -203,8 +220,53 @@ impl Harness {
         Self::start_with(|c| c).await
     }
 
+    /// Like [`Harness::start`]; clients speak `proto` (HTTP/2 goes over the TLS listener).
+    pub async fn start_proto(proto: Proto) -> Harness {
+        let mut h = Self::start_tls_with(|c| c).await;
+        h.proto = proto;
+        h
+    }
+
+    /// Like [`Harness::start_with`], with a TLS listener and an h2c listener as well.
+    pub async fn start_tls_with(edit: impl FnOnce(String) -> String) -> Harness {
+        let ca = Arc::new(tls::TestCa::default());
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.write(dir.path(), "localhost", &["localhost"]);
+        let tls_section = format!(
+            "\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let mut h = Self::start_in(dir, |c| edit(c) + &tls_section).await;
+        let (stop_tx, gw) = (h.stop.subscribe(), h.gw.clone());
+        let tl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        h.tls_addr = Some(tl.local_addr().unwrap());
+        let settings = ListenerSettings {
+            tls: Some(tls_acceptor(&gw, "127.0.0.1:0", true).unwrap()),
+            ..Default::default()
+        };
+        tokio::spawn(serve(
+            tl,
+            listener_app(gw.clone(), settings),
+            stop_tx.clone(),
+        ));
+        let hl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        h.h2c_addr = Some(hl.local_addr().unwrap());
+        let settings = ListenerSettings {
+            h2c: true,
+            ..Default::default()
+        };
+        tokio::spawn(serve(hl, listener_app(gw, settings), stop_tx));
+        h.ca = Some(ca);
+        h
+    }
+
     /// Like [`Harness::start`], with the config text passed through `edit` first.
     pub async fn start_with(edit: impl FnOnce(String) -> String) -> Harness {
+        Self::start_in(tempfile::tempdir().unwrap(), edit).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, edit: impl FnOnce(String) -> String) -> Harness {
         let (stop, stop_rx) = watch::channel(false);
         let backend = Backend::new();
         let bl = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -215,7 +277,6 @@ impl Harness {
             stop_rx.clone(),
         ));
 
-        let dir = tempfile::tempdir().unwrap();
         let config_path: PathBuf = dir.path().join("vivgate.toml");
         std::fs::write(
             &config_path,
@@ -238,6 +299,10 @@ impl Harness {
         tokio::spawn(health_checks(gw.clone(), stop_rx));
         Harness {
             addr,
+            tls_addr: None,
+            h2c_addr: None,
+            ca: None,
+            proto: Proto::H1,
             backend,
             backend_addr,
             gw,
@@ -247,8 +312,27 @@ impl Harness {
         }
     }
 
+    /// A client of the harness's protocol.
     pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await
+        match self.proto {
+            Proto::H1 => Client::connect(self.addr).await,
+            Proto::H2 => self.h2_client().await,
+        }
+    }
+
+    /// An HTTP/2 client over TLS (ALPN h2) to the TLS listener.
+    pub async fn h2_client(&self) -> Client {
+        let (ca, addr) = (self.ca.as_ref().unwrap(), self.tls_addr.unwrap());
+        let tls = ca.connect(addr, "localhost", &[b"h2"]).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        Client::h2(tls::h2_handshake(tls).await)
+    }
+
+    /// An HTTP/1.1 client over TLS to the TLS listener.
+    pub async fn tls_client(&self) -> Client {
+        let (ca, addr) = (self.ca.as_ref().unwrap(), self.tls_addr.unwrap());
+        let tls = ca.connect(addr, "localhost", &[b"http/1.1"]).await.unwrap();
+        Client::over(Box::new(tls))
     }
 
     /// One request on a new connection.
@@ -343,21 +427,45 @@ pub fn assert_envelope(resp: &Resp, status: u16, needle: &str) {
     );
 }
 
-/// A raw HTTP/1.1 client on one connection.
+/// A byte stream a [`Client`] speaks HTTP/1.1 on (TCP or TLS).
+pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// A raw HTTP/1.1 client on one connection, or an HTTP/2 client that takes the same request
+/// text (see [`tls::h2_request`]).
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Conn>,
     buf: Vec<u8>,
     /// The request in flight was a HEAD: its response has no body.
     head: bool,
+    h2: Option<h2::client::SendRequest<bytes::Bytes>>,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
+        Client::over(Box::new(TcpStream::connect(addr).await.unwrap()))
+    }
+
+    pub fn over(stream: Box<dyn Conn>) -> Client {
         Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream,
             buf: Vec::new(),
             head: false,
+            h2: None,
         }
+    }
+
+    pub fn h2(send: h2::client::SendRequest<bytes::Bytes>) -> Client {
+        Client {
+            stream: Box::new(tokio::io::duplex(64).0),
+            buf: Vec::new(),
+            head: false,
+            h2: Some(send),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.is_some()
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -379,6 +487,9 @@ impl Client {
     /// Like [`Client::request`]; `None` when the server closed the connection without
     /// answering (or the request could not be sent).
     pub async fn try_request(&mut self, head: &str, body: &[u8]) -> Option<Resp> {
+        if let Some(send) = &mut self.h2 {
+            return tls::h2_request(send, head, body).await;
+        }
         let mut raw = head
             .trim_end()
             .replace('\n', "\r\n")
