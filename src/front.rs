@@ -408,7 +408,8 @@ async fn stopped(w: &mut ShutdownWatch) {
     }
 }
 
-fn refusal(e: HeadError) -> GatewayError {
+/// The envelope for a head the scanner refused.
+pub fn refusal(e: HeadError) -> GatewayError {
     match e {
         HeadError::TooLarge | HeadError::TooManyHeaders => GatewayError::HeadTooLarge,
         HeadError::Malformed(why) | HeadError::Framing(why) => GatewayError::Malformed(why),

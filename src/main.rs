@@ -111,18 +111,26 @@ fn tenants(command: TenantsCommand) -> ExitCode {
 }
 
 fn init_logging() {
-    // pingora logs raw malformed requests and request headers at debug and trace level (an API
-    // key can be in them): its targets stay at info whatever RUST_LOG says.
+    // pingora logs raw malformed requests and request headers at debug and trace level, and h2
+    // traces decoded header fields (an API key can be in them): these targets stay at info
+    // whatever RUST_LOG says.
     let user = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
         "{user},pingora=info,pingora_core=info,pingora_proxy=info,pingora_http=info,\
-         pingora_pool=info,pingora_load_balancing=info,pingora_limits=info"
+         pingora_pool=info,pingora_load_balancing=info,pingora_limits=info,h2=info,\
+         rustls=info,tokio_rustls=info"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // a directive for a module (`pingora_proxy::proxy_h1=debug`) would beat the crate-level
     // pins above: this cap holds whatever the directives say
+    const CAPPED: [&str; 4] = ["pingora", "h2", "rustls", "tokio_rustls"];
     let pingora_cap = tracing_subscriber::filter::filter_fn(|m| {
-        !m.target().starts_with("pingora") || *m.level() <= tracing::Level::INFO
+        *m.level() <= tracing::Level::INFO
+            || !CAPPED.iter().any(|c| {
+                m.target()
+                    .strip_prefix(c)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', ':']))
+            })
     });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

@@ -118,6 +118,15 @@ impl<S: UsageStore> VivGate<S> {
         snap: Arc<Snapshot>,
     ) -> Result<Checked, GatewayError> {
         let req = session.req_header();
+        // HTTP/2 has no head scan in the front: its `:path` and method get the same rules here
+        if session.is_http2() {
+            if req.method == http::Method::CONNECT {
+                return Err(GatewayError::ConnectNotAllowed);
+            }
+            let target = std::str::from_utf8(req.raw_path())
+                .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))?;
+            vivgate_parse::head::check_target(target).map_err(crate::front::refusal)?;
+        }
         // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
         // URI it parses, and forwards the raw target) ...
         if req.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(req.raw_path()) {
@@ -710,6 +719,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             (Some(tls), Some(addr)) => {
                 let mut peer = HttpPeer::new(backend.addr, true, tls.name(&addr).to_string());
                 peer.options.ca = tls.ca.clone();
+                peer.group_key = tls.pool_key;
                 peer
             }
             _ => HttpPeer::new(backend.addr, false, String::new()),

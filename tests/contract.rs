@@ -1,4 +1,6 @@
 //! The error contract, row by row, through the real gateway and a real backend on loopback.
+//! Every row runs over HTTP/1.1 and again over HTTP/2 (TLS, ALPN h2); the two tests of HTTP/1
+//! framing (chunked bodies, `Expect: 100-continue`) run over HTTP/1.1 only.
 
 mod common;
 
@@ -8,9 +10,8 @@ fn cobj(id: &str) -> String {
     format!("/tenant/collectionObjects?collectionId={id}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwards_a_valid_request_with_identity_headers_and_rate_limit() {
-    let h = Harness::start().await;
+async fn forwards_a_valid_request_with_identity_headers_and_rate_limit(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let mut c = h.client().await;
     let resp = c
         .request(
@@ -59,9 +60,8 @@ async fn forwards_a_valid_request_with_identity_headers_and_rate_limit() {
     assert_eq!(h.usage("key-pro").calls, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
-    let h = Harness::start().await;
+async fn request_ids_are_kept_when_valid_and_replaced_otherwise(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let mut c = h.client().await;
     let resp = c
         .request(&format!("GET {} HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro\nX-Request-Id: client-id_1.2", cobj(OID)), b"")
@@ -89,9 +89,8 @@ async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_or_invalid_keys_are_401_whatever_the_path() {
-    let h = Harness::start().await;
+async fn missing_or_invalid_keys_are_401_whatever_the_path(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     assert_envelope(
         &h.get(&cobj(OID), None).await,
         401,
@@ -139,9 +138,8 @@ async fn missing_or_invalid_keys_are_401_whatever_the_path() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deactivated_is_403_and_frozen_is_400_before_routing() {
-    let h = Harness::start().await;
+async fn deactivated_is_403_and_frozen_is_400_before_routing(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     assert_envelope(
         &h.get(&cobj(OID), Some("key-deactivated")).await,
         403,
@@ -163,9 +161,8 @@ async fn deactivated_is_403_and_frozen_is_400_before_routing() {
     assert!(h.backend.received().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
-    let h = Harness::start().await;
+async fn unknown_paths_are_404_and_wrong_methods_405_with_allow(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     assert_envelope(
         &h.get("/tenant/nothing", Some("key-pro")).await,
         404,
@@ -202,9 +199,8 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(h.backend.received()[0].method, "HEAD");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn required_query_parameters_are_checked_per_route() {
-    let h = Harness::start().await;
+async fn required_query_parameters_are_checked_per_route(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let k = Some("key-pro");
     assert_envelope(
         &h.get("/tenant/collectionObjects", k).await,
@@ -243,9 +239,8 @@ async fn required_query_parameters_are_checked_per_route() {
     assert_eq!(h.usage("key-pro").calls, 1, "rejected requests are free");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_ids_are_404_after_the_presence_check() {
-    let h = Harness::start().await;
+async fn malformed_ids_are_404_after_the_presence_check(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let k = Some("key-pro");
     assert_envelope(&h.get(&cobj("123"), k).await, 404, "collectionId");
     assert_envelope(
@@ -276,9 +271,8 @@ async fn malformed_ids_are_404_after_the_presence_check() {
     assert_eq!(h.backend.received().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_bodies_are_validated_and_forwarded_byte_for_byte() {
-    let h = Harness::start().await;
+async fn json_bodies_are_validated_and_forwarded_byte_for_byte(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let mut c = h.client().await;
     let p = "/tenant/collectionObjects";
     assert_envelope(&c.post(p, "key-pro", b"{oops").await, 400, "Invalid JSON");
@@ -374,9 +368,8 @@ async fn expect_100_continue_is_answered_and_not_forwarded() {
     assert_envelope(&c.read_response().await, 401, "Missing Authorization");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejections_keep_the_connection_alive() {
-    let h = Harness::start().await;
+async fn rejections_keep_the_connection_alive(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let mut c = h.client().await;
     assert_envelope(&c.get(&cobj(OID), None).await, 401, "Missing");
     assert_envelope(&c.get("/nope", Some("key-pro")).await, 404, "Not found");
@@ -390,7 +383,9 @@ async fn rejections_keep_the_connection_alive() {
         .request("POST /tenant/collectionObjects HTTP/1.1\nHost: t\nContent-Type: application/json\nContent-Length: 7", b"{\"a\":1}")
         .await;
     assert_envelope(&r, 401, "Missing");
-    assert_eq!(r.header("connection"), Some("keep-alive"));
+    // (HTTP/2 has no connection header: the stream ends, the connection stays)
+    let expected = (!c.is_h2()).then_some("keep-alive");
+    assert_eq!(r.header("connection"), expected);
     assert_envelope(
         &c.post("/tenant/collectionObjects", "key-pro", b"nope")
             .await,
@@ -407,9 +402,8 @@ async fn rejections_keep_the_connection_alive() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_answers_pass_through_unchanged() {
-    let h = Harness::start().await;
+async fn backend_answers_pass_through_unchanged(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let r = h.get("/status/404", Some("key-pro")).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.text(), r#"{"backend_status": 404}"#);
@@ -424,9 +418,8 @@ async fn backend_answers_pass_through_unchanged() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_backend_is_502_and_free_slow_backend_is_504() {
-    let h = Harness::start().await;
+async fn unreachable_backend_is_502_and_free_slow_backend_is_504(proto: Proto) {
+    let h = Harness::start_proto(proto).await;
     let r = h.get("/offline/x", Some("key-pro")).await;
     assert_envelope(&r, 502, "unreachable");
     assert_eq!(
@@ -444,3 +437,38 @@ async fn unreachable_backend_is_502_and_free_slow_backend_is_504() {
         "a backend that was reached is charged"
     );
 }
+
+/// Runs each named contract test over HTTP/1.1 (`<name>::http1`) and HTTP/2 (`<name>::http2`).
+macro_rules! over_http1_and_http2 {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn http1() {
+                    super::$name(Proto::H1).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn http2() {
+                    super::$name(Proto::H2).await
+                }
+            }
+        )*
+    };
+}
+
+over_http1_and_http2!(
+    forwards_a_valid_request_with_identity_headers_and_rate_limit,
+    request_ids_are_kept_when_valid_and_replaced_otherwise,
+    missing_or_invalid_keys_are_401_whatever_the_path,
+    deactivated_is_403_and_frozen_is_400_before_routing,
+    unknown_paths_are_404_and_wrong_methods_405_with_allow,
+    required_query_parameters_are_checked_per_route,
+    malformed_ids_are_404_after_the_presence_check,
+    json_bodies_are_validated_and_forwarded_byte_for_byte,
+    rejections_keep_the_connection_alive,
+    backend_answers_pass_through_unchanged,
+    unreachable_backend_is_502_and_free_slow_backend_is_504,
+);

@@ -766,3 +766,209 @@ async fn behind_a_trusted_proxy_the_client_is_the_forwarded_hop() {
     assert_envelope(&get("203.0.113.1", "key-pro").await, 429, "Too many failed");
     assert_eq!(get("203.0.113.2", "key-pro").await.status, 200);
 }
+
+/// The same attack classes over HTTP/2 (TLS, ALPN h2), where a request is pseudo-headers and
+/// HPACK rather than bytes on a line: path spellings, parameter pollution, spoofed identity and
+/// override headers, Authorization variants and JSON bombs. Whatever HTTP/2 can carry gets the
+/// same answer as over HTTP/1; what it cannot carry never reaches the gateway's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_same_payloads_get_the_same_answers() {
+    use common::tls::{h2_send, H2Outcome};
+    let h = Harness::start_proto(Proto::H2).await;
+    let (ca, addr) = (h.ca.clone().unwrap(), h.tls_addr.unwrap());
+    let connect = || {
+        let ca = ca.clone();
+        async move {
+            common::tls::h2_handshake(ca.connect(addr, "localhost", &[b"h2"]).await.unwrap()).await
+        }
+    };
+    let mut send = connect().await;
+    let key = |k: &str| format!("Bearer {k}").into_bytes();
+    let auth = key("key-pro");
+
+    // path spellings: every one HTTP/2 can carry is refused with the same envelope
+    let mut carried = 0;
+    for (target, needle) in BAD_PATHS {
+        match h2_send(&send, "GET", target, &[("authorization", &auth)], b"").await {
+            H2Outcome::Answered(r) => {
+                assert_eq!(r.status, 400, "{target:?}");
+                assert_envelope(&r, 400, needle);
+                carried += 1;
+            }
+            H2Outcome::NotRepresentable => {}
+            H2Outcome::Reset(e) => {
+                // a stream error is fine; a lost connection is re-made for the next payload
+                eprintln!("{target:?}: reset: {e}");
+                send = connect().await;
+            }
+        }
+    }
+    eprintln!(
+        "{carried} of {} path spellings carried over HTTP/2",
+        BAD_PATHS.len()
+    );
+    assert!(carried >= 35, "only {carried} path spellings were carried");
+
+    // parameter pollution
+    let other = "651f0c2ab4e8a90087654321";
+    for target in [
+        format!("/tenant/collectionObjects?collectionId={OID}&collectionId={other}"),
+        format!("/tenant/collectionObjects?collectionId={OID}&%63ollectionId={other}"),
+        format!("/tenant/collectionObjects?CollectionId={other}&collectionId={OID}"),
+        format!("/tenant/collectionObjects?collectionId={OID}&collectionId%5B%24ne%5D=1"),
+        "/tenant/integrationObjects?type=a&t%79pe=b".to_string(),
+    ] {
+        let H2Outcome::Answered(r) =
+            h2_send(&send, "GET", &target, &[("authorization", &auth)], b"").await
+        else {
+            panic!("{target}: no answer");
+        };
+        assert_envelope(&r, 400, "is given more than once");
+    }
+
+    // Authorization: the strict bearer form only, and one header only
+    let refused: &[&[(&str, &[u8])]] = &[
+        &[("authorization", b"key-pro")],
+        &[("authorization", b"Bearer  key-pro")],
+        &[("authorization", b"Bearer key-pro extra")],
+        &[("authorization", b"Bearer\tkey-pro")],
+        &[("authorization", b"Basic a2V5LXBybzo=")],
+        &[("authorization", b"Bearer key-pro\xc3\xa9")],
+        &[
+            ("authorization", b"Bearer key-pro"),
+            ("authorization", b"Bearer key-free"),
+        ],
+        &[("authorization", b"Bearer key-pro, Bearer key-free")],
+        &[("x-api-key", b"key-pro")],
+        &[],
+    ];
+    for headers in refused {
+        let H2Outcome::Answered(r) = h2_send(&send, "GET", "/status/200", headers, b"").await
+        else {
+            panic!("{headers:?}: no answer");
+        };
+        assert_envelope(&r, 401, "");
+    }
+    assert_eq!(h.backend.total(), 0, "nothing refused reached the backend");
+
+    // spoofed identity and override headers are stripped; the gateway's own are set
+    let spoofed: Vec<(&str, &[u8])> = vec![
+        ("authorization", b"Bearer key-free"),
+        ("x-vivreal-group-id", b"aaaaaaaaaaaaaaaaaaaaaa02"),
+        ("x-vivreal-tier", b"enterprise"),
+        ("x_vivreal_admin", b"1"),
+        ("x-forwarded-for", b"203.0.113.9"),
+        ("forwarded", b"for=203.0.113.9"),
+        ("x-real-ip", b"203.0.113.9"),
+        ("x-original-url", b"/admin/delete"),
+        ("x-http-method-override", b"DELETE"),
+    ];
+    let H2Outcome::Answered(r) = h2_send(&send, "GET", "/status/200", &spoofed, b"").await else {
+        panic!("no answer");
+    };
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = h.backend.received();
+    let fwd = &got[0];
+    assert_eq!(fwd.header("x-vivreal-group-id"), Some(group_id("key-free")));
+    assert_eq!(fwd.header("x-vivreal-tier"), Some("free"));
+    assert_eq!(fwd.header("x_vivreal_admin"), None);
+    assert_eq!(fwd.header("x-forwarded-for"), Some("127.0.0.1"));
+    for name in [
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-http-method-override",
+        "authorization",
+    ] {
+        assert_eq!(fwd.header(name), None, "{name} is not forwarded");
+    }
+
+    // JSON limits and bombs
+    let json = |body: &[u8]| {
+        let send = send.clone();
+        let body = body.to_vec();
+        async move {
+            let auth = b"Bearer key-pro".to_vec();
+            match h2_send(
+                &send,
+                "POST",
+                "/tenant/collectionObjects",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", b"application/json"),
+                ],
+                &body,
+            )
+            .await
+            {
+                H2Outcome::Answered(r) => r,
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+    };
+    let too_big = format!("\"{}\"", "a".repeat(65_535));
+    assert_envelope(&json(too_big.as_bytes()).await, 413, "too large");
+    let deep = "[".repeat(65) + &"]".repeat(65);
+    assert_envelope(&json(deep.as_bytes()).await, 400, "nested too deeply");
+    for bomb in [
+        "[".repeat(60_000).into_bytes(),
+        b"\"\\ud800\"".to_vec(),
+        b"\xef\xbb\xbf{}".to_vec(),
+        b"{} {}".to_vec(),
+    ] {
+        assert_envelope(&json(&bomb).await, 400, "JSON");
+    }
+    assert_eq!(
+        h.backend.total(),
+        1,
+        "only the spoofing request was forwarded"
+    );
+}
+
+/// HTTP/2's own abuse: a rapid-reset flood (CVE-2023-44487) on one connection costs the
+/// gateway streams it never forwards, and the server stays available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_rapid_reset_flood_is_cut_off() {
+    let h = Harness::start_proto(Proto::H2).await;
+    let (ca, addr) = (h.ca.clone().unwrap(), h.tls_addr.unwrap());
+    let tls = ca.connect(addr, "localhost", &[b"h2"]).await.unwrap();
+    let send = common::tls::h2_handshake(tls).await;
+    let mut cut = false;
+    for _ in 0..2_000 {
+        let Ok(mut s) = send.clone().ready().await else {
+            cut = true;
+            break;
+        };
+        let req = http::Request::builder()
+            .uri("https://localhost/slow/x?ms=1000")
+            .header("authorization", "Bearer key-pro")
+            .body(())
+            .unwrap();
+        match s.send_request(req, true) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // either the connection was cut (GOAWAY) or every stream was reset before it was forwarded;
+    // both leave the gateway serving others at once
+    let started = Instant::now();
+    let mut c = h.h2_client().await;
+    let ok = c
+        .get(
+            &format!("/tenant/collectionObjects?collectionId={OID}"),
+            Some("key-pro"),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    eprintln!("rapid reset: connection cut = {cut}");
+    assert!(
+        h.backend.total() < 200,
+        "{} of 2000 reset streams were forwarded",
+        h.backend.total()
+    );
+}

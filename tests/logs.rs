@@ -1,7 +1,8 @@
 //! No log line carries an API key or a query value: the real binary at the most verbose log
 //! level (`RUST_LOG=trace`, pingora's targets asked for trace too), through every attack class
 //! that logs something — malformed heads, unknown and malformed keys, key guessing, upstream
-//! failures and timeouts, oversize heads, slow clients.
+//! failures and timeouts, oversize heads, slow clients — over HTTP/1.1, and over HTTP/2 on TLS
+//! and h2c.
 
 mod common;
 
@@ -16,11 +17,19 @@ const SECRET_VALUE: &str = "qUeRyVaLuE9876543210";
 async fn no_key_or_query_value_reaches_the_log() {
     let h = Harness::start().await;
     let port = dead_addr().await.port();
+    let tls_port = dead_addr().await.port();
+    let ca = common::tls::TestCa::default();
+    let (cert, key) = ca.write(h.dir.path(), "localhost", &["localhost"]);
     let config = h.binary_config(
         "logs.toml",
         port,
-        "grace_period_seconds = 1",
-        "[limits]\nhead_timeout_ms = 300\nfailed_auth_limit = 3\nfailed_auth_block_ms = 500\n",
+        "grace_period_seconds = 1\nh2c = true",
+        &format!(
+            "[limits]\nhead_timeout_ms = 300\nfailed_auth_limit = 3\nfailed_auth_block_ms = 500\n\
+             [[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
     );
     let log = h.dir.path().join("vivgate.log");
     let mut child = spawn_binary_logging(
@@ -29,7 +38,8 @@ async fn no_key_or_query_value_reaches_the_log() {
         &[(
             "RUST_LOG",
             "trace,pingora_core=trace,pingora_proxy=trace,pingora_http=trace,\
-             pingora_proxy::proxy_h1=trace,pingora_core::protocols::http::v1::server=trace",
+             pingora_proxy::proxy_h1=trace,pingora_core::protocols::http::v1::server=trace,\
+             h2=trace,h2::codec=trace,rustls=trace",
         )],
         port,
         Some(&log),
@@ -70,6 +80,45 @@ async fn no_key_or_query_value_reaches_the_log() {
             "{}",
             &bytes[..bytes.len().min(60)]
         );
+    }
+    // the same secrets over HTTP/2: on TLS (ALPN h2) and on the plain listener (h2c)
+    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let tls = ca.connect(tls_addr, "localhost", &[b"h2"]).await.unwrap();
+    let over_tls = common::tls::h2_handshake(tls).await;
+    let over_h2c =
+        common::tls::h2_handshake(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // the key-guessing block ends
+    for send in [over_tls, over_h2c] {
+        let secret_auth = format!("Bearer {SECRET_KEY}").into_bytes();
+        type Attack<'a> = (String, Vec<(&'a str, &'a [u8])>, u16);
+        let h2_attacks: Vec<Attack> = vec![
+            (
+                format!("/status/200?{q}"),
+                vec![("authorization", b"Bearer key-pro")],
+                200,
+            ),
+            (
+                format!("/offline/x?{q}"),
+                vec![("authorization", b"Bearer key-pro")],
+                502,
+            ),
+            (
+                format!("/cdn/../x?{q}"),
+                vec![("authorization", &secret_auth)],
+                400,
+            ),
+            (
+                format!("/status/200?{q}"),
+                vec![("authorization", &secret_auth)],
+                401,
+            ),
+        ];
+        for (target, headers, status) in h2_attacks {
+            match common::tls::h2_send(&send, "GET", &target, &headers, b"").await {
+                common::tls::H2Outcome::Answered(r) => assert_eq!(r.status, status, "{target}"),
+                other => panic!("{target}: {other:?}"),
+            }
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(15)).await;

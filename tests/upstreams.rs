@@ -202,3 +202,43 @@ async fn a_server_marked_down_comes_back_after_a_successful_active_check() {
         "the revived server serves again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_verify_the_server_certificate() {
+    let ca = common::tls::TestCa::default();
+    let (backend, addr, _stop) = common::tls::tls_backend(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, common::tls::TestCa::new("other").pem()).unwrap();
+    let upstream = |name: &str, ca: &std::path::Path, sni: &str| {
+        format!(
+            "\n[upstreams.{name}]\nservers = [\"{addr}\"]\ntls = true\nsni = \"{sni}\"\n\
+             ca_file = {:?}\nhealth_check_interval_ms = 0\npassive_failures = 0\n\
+             \n[[routes]]\nprefix = \"/{name}/\"\nmethods = [\"GET\"]\nupstream = \"{name}\"\n",
+            ca.display().to_string()
+        )
+    };
+    let tail = upstream("good", &ca_file, "localhost")
+        + &upstream("untrusted", &other_file, "localhost")
+        + &upstream("misnamed", &ca_file, "api.example.com");
+    let h = Harness::start_with(move |c| c + &tail).await;
+    for _ in 0..3 {
+        let r = h.get("/good/x?y=1", Some("key-pro")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["data"]["uri"], "/good/x?y=1");
+    }
+    assert_eq!(backend.received().len(), 3);
+    // a certificate from another CA, or for another name, is never talked to
+    for p in ["/untrusted/x", "/misnamed/x"] {
+        let r = h.get(p, Some("key-pro")).await;
+        assert_envelope(&r, 502, "unreachable");
+    }
+    assert_eq!(backend.received().len(), 3);
+    assert_eq!(
+        h.usage("key-pro").calls,
+        3,
+        "failed handshakes are not charged"
+    );
+}

@@ -444,6 +444,9 @@ pub struct UpstreamTls {
     pub names: Vec<(SocketAddr, String)>,
     /// `ca_file`'s certificates; `None`: the system roots.
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Keeps this upstream's pooled connections apart: pingora's pool key has the address and
+    /// SNI but not the CA a connection was verified against.
+    pub pool_key: u64,
 }
 
 impl UpstreamTls {
@@ -1006,14 +1009,25 @@ pub fn compile(
                     ));
                 }
             }
+            let mut key = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(name, &mut key);
             let ca = match &u.ca_file {
                 None => None,
                 Some(f) => {
                     let path = cfg.parent().unwrap_or(Path::new(".")).join(f);
-                    Some(load_ca(&path).map_err(|m| err(cfg, field("ca_file"), m))?)
+                    let ca = load_ca(&path).map_err(|m| err(cfg, field("ca_file"), m))?;
+                    for c in ca.iter() {
+                        std::hash::Hash::hash(c.borrow_raw_cert(), &mut key);
+                    }
+                    Some(ca)
                 }
             };
-            Some(UpstreamTls { names, ca })
+            let pool_key = std::hash::Hasher::finish(&key);
+            Some(UpstreamTls {
+                names,
+                ca,
+                pool_key,
+            })
         } else {
             if u.sni.is_some() || u.ca_file.is_some() {
                 return Err(err(cfg, field("tls"), "sni and ca_file need tls = true"));

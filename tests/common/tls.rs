@@ -181,3 +181,115 @@ pub async fn read_h2_response(resp: h2::client::ResponseFuture) -> Option<Resp> 
         body,
     })
 }
+
+/// A recording backend behind TLS, with a certificate for `localhost` from `ca`; it stops when
+/// the returned sender is dropped.
+pub async fn tls_backend(
+    ca: &TestCa,
+) -> (
+    vivgate::backend::Backend,
+    SocketAddr,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use pingora::apps::ServerApp;
+    use rustls_pki_types::pem::PemObject;
+    let (cert, key) = ca.issue(&["localhost"]);
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = Arc::new(pingora::listeners::tls::Acceptor::from_server_config(
+        Arc::new(config),
+    ));
+    let backend = vivgate::backend::Backend::new();
+    let app = Arc::new(pingora::apps::http_app::HttpServer::new_app(
+        backend.clone(),
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = l.accept() => {
+                    let Ok((tcp, _)) = accepted else { continue };
+                    let (acceptor, app, rx) = (acceptor.clone(), app.clone(), rx.clone());
+                    tokio::spawn(async move {
+                        let l4: pingora::protocols::l4::stream::Stream = tcp.into();
+                        if let Ok(tls) = acceptor.tls_handshake(l4).await {
+                            let mut next: Option<pingora::protocols::Stream> = Some(Box::new(tls));
+                            while let Some(s) = next {
+                                next = app.process_new(s, &rx).await;
+                            }
+                        }
+                    });
+                }
+                _ = rx.changed() => break,
+            }
+        }
+    });
+    (backend, addr, stop)
+}
+
+/// What became of one HTTP/2 request.
+#[derive(Debug)]
+pub enum H2Outcome {
+    /// The gateway answered.
+    Answered(Resp),
+    /// The request cannot be written as HTTP/2 at all (the `http` crate, which the h2 server
+    /// parses with too, refuses it).
+    NotRepresentable,
+    /// The stream or connection was reset without an answer.
+    Reset(String),
+}
+
+/// Sends one request on `send` with exactly these header bytes (no `Host`: the authority is
+/// `localhost`).
+pub async fn h2_send(
+    send: &h2::client::SendRequest<Bytes>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> H2Outcome {
+    let Ok(uri) = http::Uri::try_from(format!("https://localhost{target}")) else {
+        return H2Outcome::NotRepresentable;
+    };
+    // (a fragment, say, is dropped by the parser: that is another request)
+    if uri.path_and_query().map(|p| p.as_str()) != Some(target) {
+        return H2Outcome::NotRepresentable;
+    }
+    let mut req = http::Request::builder().method(method).uri(uri);
+    for (n, v) in headers {
+        let Ok(v) = http::HeaderValue::from_bytes(v) else {
+            return H2Outcome::NotRepresentable;
+        };
+        req = req.header(*n, v);
+    }
+    let Ok(req) = req.body(()) else {
+        return H2Outcome::NotRepresentable;
+    };
+    let mut send = match send.clone().ready().await {
+        Ok(s) => s,
+        Err(e) => return H2Outcome::Reset(e.to_string()),
+    };
+    let (resp, mut stream) = match send.send_request(req, body.is_empty()) {
+        Ok(x) => x,
+        Err(e) => return H2Outcome::Reset(e.to_string()),
+    };
+    if !body.is_empty() {
+        if let Err(e) = stream.send_data(Bytes::copy_from_slice(body), true) {
+            return H2Outcome::Reset(e.to_string());
+        }
+    }
+    match read_h2_response(resp).await {
+        Some(r) => H2Outcome::Answered(r),
+        None => H2Outcome::Reset("no response".into()),
+    }
+}

@@ -157,6 +157,27 @@ impl HeadScanner {
 }
 
 /// One-shot form of [`HeadScanner::scan`].
+/// The request target's own rules: origin form, no fragment, and only the bytes RFC 3986
+/// allows unencoded in a path and query (anything else would be escaped by pingora for routing
+/// but forwarded raw, so the backend would see another target). HTTP/1 heads are checked in
+/// [`scan`]; an HTTP/2 `:path` is checked with this alone.
+pub fn check_target(target: &str) -> Result<(), HeadError> {
+    if !target.starts_with('/') {
+        return Err(HeadError::NotOriginForm);
+    }
+    if target.contains('#') {
+        return Err(HeadError::Malformed(
+            "the request target must not carry a fragment",
+        ));
+    }
+    if !target.bytes().all(target_byte) {
+        return Err(HeadError::Malformed(
+            "the request target has a character that must be percent-encoded",
+        ));
+    }
+    Ok(())
+}
+
 pub fn scan(buf: &[u8], limits: HeadLimits) -> Result<Option<HeadInfo>, HeadError> {
     HeadScanner::new().scan(buf, limits)
 }
@@ -185,21 +206,7 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
     if method == "CONNECT" {
         return Err(HeadError::Connect);
     }
-    if !target.starts_with('/') {
-        return Err(HeadError::NotOriginForm);
-    }
-    if target.contains('#') {
-        return Err(HeadError::Malformed(
-            "the request target must not carry a fragment",
-        ));
-    }
-    // only what RFC 3986 allows unencoded in a path and query: anything else would be escaped
-    // by pingora for routing but forwarded raw, so the backend would see another target
-    if !target.bytes().all(target_byte) {
-        return Err(HeadError::Malformed(
-            "the request target has a character that must be percent-encoded",
-        ));
-    }
+    check_target(target)?;
     let http11 = req.version == Some(1);
     let (mut cl, mut te, mut hosts) = (None, None, 0);
     let mut cl_seen = 0;
