@@ -19,7 +19,7 @@ use pingora::listeners::tls::Acceptor;
 use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest as _, SocketDigest, Ssl as _, Stream};
+use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl as _, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,10 +97,13 @@ impl<S: UsageStore> Front<S> {
             return;
         };
         let plain = self.listener.tls.is_none() && !self.listener.proxy_protocol;
+        // one deadline from the connection's start: a PROXY header, a handshake and the first
+        // head together
+        let first_by = Instant::now() + limits.head_timeout;
         let stream = if plain && !self.listener.h2c {
             stream
         } else {
-            match self.before_http(stream, &limits).await {
+            match self.before_http(stream, first_by).await {
                 Some((s, false)) => s,
                 Some((s, true)) => {
                     // pingora's HTTP/2 server: its stream limits come from `h2_options`
@@ -110,14 +113,13 @@ impl<S: UsageStore> Front<S> {
                 None => return,
             }
         };
-        self.http1(stream, &limits, shutdown).await;
+        self.http1(stream, &limits, first_by, shutdown).await;
     }
 
     /// The PROXY header, the TLS handshake and the protocol choice, all within the head
     /// deadline. `None`: the connection is closed (a missing or untrusted PROXY header, a failed
     /// handshake, silence). The flag is true for HTTP/2.
-    async fn before_http(&self, stream: Stream, limits: &Limits) -> Option<(Stream, bool)> {
-        let deadline = Instant::now() + limits.head_timeout;
+    async fn before_http(&self, stream: Stream, deadline: Instant) -> Option<(Stream, bool)> {
         let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
         if self.listener.proxy_protocol {
             let trusted = self.gw.snapshot().trusted_proxies.clone();
@@ -143,19 +145,30 @@ impl<S: UsageStore> Front<S> {
                     return None;
                 }
             };
-            let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-            return Some((Box::new(tls), h2));
+            if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
+                // pingora's HTTP/2 handshake waits for the preface without a limit
+                let preface = PrefaceBy::new(Box::new(tls), deadline);
+                return Some((Box::new(preface), true));
+            }
+            return Some((Box::new(tls), false));
         }
         let h2 = self.listener.h2c && sniff_preface(&mut l4, deadline).await?;
         Some((l4, h2))
     }
 
-    async fn http1(&self, mut stream: Stream, limits: &Limits, shutdown: &ShutdownWatch) {
+    async fn http1(
+        &self,
+        mut stream: Stream,
+        limits: &Limits,
+        first_by: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
         let limits = *limits;
         let mut served: u32 = 0;
         loop {
             let mut buf = BytesMut::with_capacity(INITIAL_BUF);
-            match read_head(&mut stream, &mut buf, &limits, served == 0, shutdown).await {
+            let first = (served == 0).then_some(first_by);
+            match read_head(&mut stream, &mut buf, &limits, first, shutdown).await {
                 Ok(()) => {}
                 Err(NoHead::Closed) => return,
                 Err(NoHead::Refuse(e)) => {
@@ -238,18 +251,18 @@ impl<S: UsageStore> Front<S> {
 }
 
 /// Reads one request head into `buf`. The first request of a connection must arrive whole
-/// within `head_timeout` of the connection; a later one may idle up to `keepalive_timeout`,
+/// by `first` (`head_timeout` after the connection began); a later one may idle up to `keepalive_timeout`,
 /// then must arrive whole within `head_timeout` of its first byte. A stop ends the wait for a
 /// request that has not started.
 async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
     limits: &Limits,
-    first: bool,
+    first: Option<Instant>,
     shutdown: &ShutdownWatch,
 ) -> Result<(), NoHead> {
     let mut scanner = HeadScanner::new();
-    let mut deadline = first.then(|| Instant::now() + limits.head_timeout);
+    let mut deadline = first;
     let mut shutdown = shutdown.clone();
     loop {
         if buf.capacity() - buf.len() < 1024 {
@@ -284,6 +297,118 @@ async fn read_head(
         }
     }
 }
+
+/// A stream whose first bytes (the HTTP/2 client preface) must arrive by a deadline: a read
+/// still waiting for them then fails with `TimedOut`. Everything else passes through.
+#[derive(Debug)]
+struct PrefaceBy {
+    inner: Stream,
+    left: usize,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl PrefaceBy {
+    fn new(inner: Stream, deadline: Instant) -> Self {
+        PrefaceBy {
+            inner,
+            left: H2_PREFACE.len(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for PrefaceBy {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.left = this.left.saturating_sub(buf.filled().len() - before);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending
+                if this.left > 0
+                    && std::future::Future::poll(this.deadline.as_mut(), cx).is_ready() =>
+            {
+                Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefaceBy {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl pingora::protocols::Shutdown for PrefaceBy {
+    async fn shutdown(&mut self) {
+        <dyn pingora::protocols::IO as pingora::protocols::Shutdown>::shutdown(&mut *self.inner)
+            .await
+    }
+}
+
+impl pingora::protocols::UniqueID for PrefaceBy {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl pingora::protocols::Ssl for PrefaceBy {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl pingora::protocols::GetTimingDigest for PrefaceBy {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl pingora::protocols::GetProxyDigest for PrefaceBy {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for PrefaceBy {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+impl pingora::protocols::Peek for PrefaceBy {}
 
 /// Reads the first bytes of a plain connection, as far as telling the HTTP/2 preface from an
 /// HTTP/1 request, and puts them back. `None`: the client closed or went silent.

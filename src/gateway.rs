@@ -281,6 +281,24 @@ impl<S: UsageStore> Gateway<S> {
         if a.access_log != b.access_log {
             return Err(ReloadError::NeedsRestart("access_log"));
         }
+        if a.h2c != b.h2c {
+            return Err(ReloadError::NeedsRestart("server.h2c"));
+        }
+        if a.proxy_protocol != b.proxy_protocol {
+            return Err(ReloadError::NeedsRestart("server.proxy_protocol"));
+        }
+        // the listeners are built at start; their certificates are what a reload may change
+        if a.tls_listeners != b.tls_listeners {
+            return Err(ReloadError::NeedsRestart(
+                "server.tls (listen, http2, proxy_protocol)",
+            ));
+        }
+        let (la, lb) = (&old.limits, &new.limits);
+        if (la.h2_max_concurrent_streams, la.h2_max_header_list_bytes)
+            != (lb.h2_max_concurrent_streams, lb.h2_max_header_list_bytes)
+        {
+            return Err(ReloadError::NeedsRestart("limits.h2_*"));
+        }
         let report = ReloadReport::between(&old, &new);
         drop(old);
         self.note_tenants_source(&new);

@@ -18,15 +18,16 @@ pub struct PassiveHealth {
 struct Server {
     addr: SocketAddr,
     failures: AtomicU32,
-    /// Milliseconds since the UNIX epoch when the server was marked down; 0: up.
+    /// When the server was marked down ([`now_ms`]); 0: up.
     down_since: AtomicU64,
 }
 
+/// Milliseconds on a monotonic clock (from the first call), never 0: a step of the wall clock
+/// does not keep a server down.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-        .max(1)
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    (start.elapsed().as_millis() as u64).saturating_add(1)
 }
 
 impl PassiveHealth {

@@ -118,14 +118,10 @@ impl<S: UsageStore> VivGate<S> {
         snap: Arc<Snapshot>,
     ) -> Result<Checked, GatewayError> {
         let req = session.req_header();
-        // HTTP/2 has no head scan in the front: its `:path` and method get the same rules here
+        // HTTP/2 has no head scan in the front: its method, `:path`, authority and header
+        // list get the same rules here
         if session.is_http2() {
-            if req.method == http::Method::CONNECT {
-                return Err(GatewayError::ConnectNotAllowed);
-            }
-            let target = std::str::from_utf8(req.raw_path())
-                .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))?;
-            vivgate_parse::head::check_target(target).map_err(crate::front::refusal)?;
+            check_h2_head(req, &snap.limits)?;
         }
         // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
         // URI it parses, and forwards the raw target) ...
@@ -252,8 +248,14 @@ impl<S: UsageStore> VivGate<S> {
         }
         session.enable_retry_buffering();
         let mut body = Vec::new();
+        // HTTP/1 reads carry the session's read timeout; pingora's HTTP/2 reads have none
+        let pause = snap.limits.body_idle_timeout;
         loop {
-            match session.read_request_body().await {
+            let read = match tokio::time::timeout(pause, session.read_request_body()).await {
+                Ok(read) => read,
+                Err(_) => Err(Error::new(ErrorType::ReadTimedout)),
+            };
+            match read {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
                         return Err(GatewayError::BodyTooLarge);
@@ -550,6 +552,34 @@ fn classify(etype: &ErrorType, esource: &ErrorSource) -> Option<GatewayError> {
     }
 }
 
+/// The front's HTTP/1 head rules that apply to an HTTP/2 request (its framing is the h2
+/// crate's): no CONNECT, an origin-form `:path` of allowed bytes, a valid authority and `Host`,
+/// and the head limits (header lines and bytes: 431).
+fn check_h2_head(req: &RequestHeader, limits: &crate::config::Limits) -> Result<(), GatewayError> {
+    use vivgate_parse::head::{check_host, check_target};
+    if req.method == http::Method::CONNECT {
+        return Err(GatewayError::ConnectNotAllowed);
+    }
+    let target = std::str::from_utf8(req.raw_path())
+        .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))?;
+    check_target(target).map_err(crate::front::refusal)?;
+    if let Some(a) = req.uri.authority() {
+        check_host(a.as_str().as_bytes()).map_err(crate::front::refusal)?;
+    }
+    for h in req.headers.get_all(header::HOST) {
+        check_host(h.as_bytes()).map_err(crate::front::refusal)?;
+    }
+    // the request line and the blank line of an HTTP/1 head, roughly
+    let mut bytes = req.method.as_str().len() + target.len() + 16;
+    for (n, v) in req.headers.iter() {
+        bytes += n.as_str().len() + v.len() + 4;
+    }
+    if req.headers.len() > limits.head.max_headers || bytes > limits.head.max_bytes {
+        return Err(GatewayError::HeadTooLarge);
+    }
+    Ok(())
+}
+
 fn reset_at(month: Month) -> String {
     format_utc(month.next().start_ms())
 }
@@ -659,6 +689,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             _ => self.gw.next_request_id(),
         };
         let snap = self.gw.snapshot();
+        if session.is_http2() {
+            // a stream whose client stops taking data (no WINDOW_UPDATE) must not hold its
+            // upstream connection forever; the front sets this for HTTP/1
+            session.set_write_timeout(Some(snap.limits.client_write_timeout));
+        }
         if let Some(cors) = &snap.cors {
             if let Some(preflight) = self.cors(session, ctx, cors) {
                 match preflight {
@@ -715,14 +750,19 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             return Error::e_explain(ErrorType::ConnectNoRoute, "every server is down");
         };
         ctx.upstream_addr = backend.addr.as_inet().copied();
-        let mut peer = match (&up.tls, ctx.upstream_addr) {
-            (Some(tls), Some(addr)) => {
-                let mut peer = HttpPeer::new(backend.addr, true, tls.name(&addr).to_string());
+        let mut peer = match &up.tls {
+            Some(tls) => {
+                // never a TLS peer without a name: pingora skips verification for an empty SNI
+                let name = ctx
+                    .upstream_addr
+                    .and_then(|a| tls.name(&a))
+                    .ok_or_else(|| Error::explain(ErrorType::InternalError, "no TLS name"))?;
+                let mut peer = HttpPeer::new(backend.addr, true, name.to_string());
                 peer.options.ca = tls.ca.clone();
                 peer.group_key = tls.pool_key;
                 peer
             }
-            _ => HttpPeer::new(backend.addr, false, String::new()),
+            None => HttpPeer::new(backend.addr, false, String::new()),
         };
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

@@ -245,6 +245,28 @@ async fn sni_chooses_the_certificate_and_a_reload_rotates_it() {
     assert_eq!(ca.presented(addr, "a.test").await.unwrap(), rotated);
     let mut c = h.tls_client().await;
     assert_eq!(c.get(&cobj(), Some("key-pro")).await.status, 200);
+
+    // listeners are built at start: a reload that changes one is refused, naming it
+    ca.write(dir.path(), "a", &["a.test", "127.0.0.1"]);
+    let config_path = h.dir.path().join("vivgate.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("[server]", "[server]\nh2c = true"),
+    )
+    .unwrap();
+    let e = h.gw.reload().unwrap_err().to_string();
+    assert!(e.contains("server.h2c"), "{e}");
+    std::fs::write(
+        &config_path,
+        config.replace(
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"",
+            "[[server.tls]]\nlisten = \"127.0.0.1:1\"",
+        ),
+    )
+    .unwrap();
+    let e = h.gw.reload().unwrap_err().to_string();
+    assert!(e.contains("server.tls"), "{e}");
 }
 
 #[test]
@@ -391,4 +413,104 @@ async fn the_proxy_protocol_names_the_client_from_trusted_peers_only() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
     assert_eq!(h.backend.received().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_silent_http2_clients_are_timed_out() {
+    let h = Harness::start_tls_with(|c| {
+        c + "\n[limits]\nhead_timeout_ms = 300\nbody_idle_timeout_ms = 300\n"
+    })
+    .await;
+    let (ca, addr) = (h.ca.as_ref().unwrap(), h.tls_addr.unwrap());
+
+    // TLS done, h2 agreed, then silence: the preface is due within the head timeout
+    let mut tls = ca.connect(addr, "localhost", &[b"h2"]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        // the server's SETTINGS may come first; then the connection ends
+        match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a silent HTTP/2 client was kept for 3 s"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // a JSON body that stalls: 408, as over HTTP/1
+    let tls = ca.connect(addr, "localhost", &[b"h2"]).await.unwrap();
+    let send = h2_handshake(tls).await;
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/tenant/collectionObjects")
+        .header("authorization", "Bearer key-pro")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
+        .unwrap();
+    let r = read_h2_response(resp).await.unwrap();
+    assert_envelope(&r, 408, "stalled");
+    drop(body);
+    assert_eq!(h.backend.received().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_heads_get_the_http1_head_rules() {
+    use common::tls::{h2_send, H2Outcome};
+    let h = Harness::start_tls_with(|c| c).await;
+    let (ca, addr) = (h.ca.as_ref().unwrap(), h.tls_addr.unwrap());
+    let send = h2_handshake(ca.connect(addr, "localhost", &[b"h2"]).await.unwrap()).await;
+    let auth: &[u8] = b"Bearer key-pro";
+    let answer = |o: H2Outcome| match o {
+        H2Outcome::Answered(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // a Host with userinfo, or one that is not the :authority: pingora refuses the stream when
+    // it accepts it (its own 400 or a reset), before any hook can answer
+    for host in [&b"user@evil.example"[..], b"evil.example/x", b"localhost:1"] {
+        match h2_send(
+            &send,
+            "GET",
+            "/status/200",
+            &[("authorization", auth), ("host", host)],
+            b"",
+        )
+        .await
+        {
+            H2Outcome::Answered(r) => assert_eq!(r.status, 400, "{}", r.text()),
+            H2Outcome::Reset(_) => {}
+            H2Outcome::NotRepresentable => panic!("{host:?}"),
+        }
+    }
+    // more header lines than an HTTP/1 head may have: 431
+    let many: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| (format!("x-h{i}"), b"v".to_vec()))
+        .collect();
+    let mut headers: Vec<(&str, &[u8])> = vec![("authorization", auth)];
+    headers.extend(many.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+    let r = answer(h2_send(&send, "GET", "/status/200", &headers, b"").await);
+    assert_envelope(&r, 431, "too large");
+    assert_eq!(h.backend.received().len(), 0);
+    let ok = answer(h2_send(&send, "GET", "/status/200", &[("authorization", auth)], b"").await);
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn a_proxy_protocol_listener_needs_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), tenants_toml()).unwrap();
+    let path = dir.path().join("vivgate.toml");
+    std::fs::write(
+        &path,
+        "tenants = \"tenants.toml\"\n[tiers.tiny]\napi_calls = 5\ncdn_bytes = 1500\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n",
+    )
+    .unwrap();
+    let e = vivgate::config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("server.proxy_protocol") && e.contains("trusted_proxies"),
+        "{e}"
+    );
 }

@@ -109,9 +109,9 @@ def parse_wrk(out):
     return dict(rps=rps, requests=requests, p50=p50, p99=p99, errors=errors, raw=out)
 
 
-def run_wrk(port, script, duration, conns):
+def run_wrk(port, script, duration, conns, scheme="http"):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-           "-s", script, f"http://127.0.0.1:{port}"]
+           "-s", script, f"{scheme}://127.0.0.1:{port}"]
     return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout)
 
 
@@ -154,6 +154,8 @@ def main():
     ap.add_argument("--no-fixed-rate", action="store_true", help="skip the oha fixed-rate latency runs")
     ap.add_argument("--no-redis", action="store_true",
                     help="skip vivgate with store = \"redis\" (run when redis-server is installed)")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="skip vivgate over HTTPS (run when openssl is installed)")
     ap.add_argument("--reload-keys", type=int, default=0,
                     help="also measure p99 while reloading a compact tenants file of this many keys "
                          "(e.g. 1000000), against a steady run with the same keys")
@@ -196,7 +198,10 @@ def main():
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
         ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-redis", "redis",
-                                          "vivgate-log")}
+                                          "vivgate-log", "vivgate-tls", "vivgate-tls-plain")}
+        # vivgate-tls: the same gateway answering HTTPS (HTTP/1.1 over TLS 1.3, keep-alive) with a
+        # self-signed certificate made by openssl, when openssl is installed
+        use_tls = not a.no_tls and shutil.which("openssl") is not None
         b = ports["backend"]
         body = BODY.replace("'", "\\'")
         backend_conf = nginx_conf(dir, "backend", f"""  server {{ listen 127.0.0.1:{b};
@@ -235,6 +240,18 @@ meter = "calls"
         conf += '[usage]\npath = "state/usage-log.redb"\n[access_log]\npath = "access.log"\n'
         with open(os.path.join(dir, "vivgate-log.toml"), "w") as f:
             f.write(conf)
+        if use_tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout",
+                            os.path.join(dir, "tls.key"), "-out", os.path.join(dir, "tls.pem")],
+                           check=True, capture_output=True)
+            conf = open(os.path.join(dir, "vivgate.toml")).read()
+            conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
+                                f"listen = \"127.0.0.1:{ports['vivgate-tls-plain']}\"")
+            conf += ('[usage]\npath = "state/usage-tls.redb"\n[[server.tls]]\n'
+                     f'listen = "127.0.0.1:{ports["vivgate-tls"]}"\ncert = "tls.pem"\nkey = "tls.key"\n')
+            with open(os.path.join(dir, "vivgate-tls.toml"), "w") as f:
+                f.write(conf)
         if use_redis:
             conf = open(os.path.join(dir, "vivgate.toml")).read()
             conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
@@ -270,6 +287,13 @@ meter = "calls"
         wait_port(ports["vivgate-log"], vl, "vivgate (access log)")
         pids["vivgate-log"] = [vl.pid]
         targets.append("vivgate-log")
+        if use_tls:
+            vt = start([vivgate, "--config", os.path.join(dir, "vivgate-tls.toml")], PROXY_CPU, env)
+            wait_port(ports["vivgate-tls"], vt, "vivgate (TLS)")
+            pids["vivgate-tls"] = [vt.pid]
+            # the same process on its plain listener: TLS's own cost, without instance effects
+            pids["vivgate-tls-plain"] = [vt.pid]
+            targets += ["vivgate-tls-plain", "vivgate-tls"]
         if use_redis:
             # Redis on the load generator's CPU: the proxy's CPU counts only the gateway
             rp = start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
@@ -279,13 +303,14 @@ meter = "calls"
             wait_port(ports["vivgate-redis"], vr, "vivgate (redis store)")
             pids["vivgate-redis"] = [vr.pid]
             targets.append("vivgate-redis")
+        scheme = lambda t: "https" if t == "vivgate-tls" else "http"
         for t in targets:  # warm-up: connections, pools, caches
-            run_wrk(ports[t], script, 2, a.connections)
+            run_wrk(ports[t], script, 2, a.connections, scheme(t))
         results = {t: [] for t in targets}
         for r in range(a.rounds):
             for t in targets:
                 before = cpu_ticks(pids[t])
-                res = run_wrk(ports[t], script, a.duration, a.connections)
+                res = run_wrk(ports[t], script, a.duration, a.connections, scheme(t))
                 res["cpu_us"] = (cpu_ticks(pids[t]) - before) / CLK_TCK * 1e6 / max(res["requests"], 1)
                 results[t].append(res)
                 print(f"round {r + 1}/{a.rounds} {t:<12} {res['rps']:>10.0f} req/s  p50 {res['p50']:.2f} ms  "
@@ -384,6 +409,11 @@ def report(results, fixed, a, load_s, vrss_kib):
         lines += ["", f"access log on vs off, same run: "
                   f"{med['vivgate-log']['rps'] / med['vivgate']['rps']:.2f}× req/s, "
                   f"{med['vivgate-log']['cpu_us'] / med['vivgate']['cpu_us']:.2f}× CPU per request"]
+    if "vivgate-tls" in med:
+        lines += ["", f"HTTPS (HTTP/1.1 over TLS 1.3, keep-alive connections) vs plain HTTP on the same process "
+                  f"(vivgate-tls-plain), same run: "
+                  f"{med['vivgate-tls']['rps'] / med['vivgate-tls-plain']['rps']:.2f}× req/s, "
+                  f"{med['vivgate-tls']['cpu_us'] / med['vivgate-tls-plain']['cpu_us']:.2f}× CPU per request"]
     if "vivgate-redis" in med:
         lines += ["", f"store = \"redis\" vs the embedded store, same run: "
                   f"{med['vivgate-redis']['rps'] / med['vivgate']['rps']:.2f}× req/s, "

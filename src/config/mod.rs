@@ -450,11 +450,11 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    pub fn name(&self, addr: &SocketAddr) -> &str {
+    pub fn name(&self, addr: &SocketAddr) -> Option<&str> {
         self.names
             .iter()
             .find(|(a, _)| a == addr)
-            .map_or("", |(_, n)| n.as_str())
+            .map(|(_, n)| n.as_str())
     }
 }
 
@@ -747,6 +747,23 @@ pub fn compile(
             "server.tls",
             format!("{} is already server.listen", s.listen),
         ));
+    }
+
+    if s.trusted_proxies.is_empty() {
+        if s.proxy_protocol {
+            return Err(err(
+                cfg,
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: a PROXY header is accepted from them only",
+            ));
+        }
+        if let Some(i) = s.tls.iter().position(|t| t.proxy_protocol) {
+            return Err(err(
+                cfg,
+                format!("server.tls[{i}].proxy_protocol"),
+                "needs server.trusted_proxies: a PROXY header is accepted from them only",
+            ));
+        }
     }
 
     // [limits]

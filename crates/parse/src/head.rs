@@ -192,6 +192,16 @@ fn authority_byte(b: u8) -> bool {
     crate::unreserved_or_sub_delim(b) || matches!(b, b':' | b'%' | b'[' | b']')
 }
 
+/// A `Host` (or HTTP/2 `:authority`): an authority without userinfo (pingora would answer
+/// `user@host` with its own 400) and without path characters.
+pub fn check_host(value: &[u8]) -> Result<(), HeadError> {
+    if value.iter().all(|&b| authority_byte(b)) {
+        Ok(())
+    } else {
+        Err(HeadError::Malformed("invalid Host"))
+    }
+}
+
 fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
     let mut req = httparse::Request::new(&mut storage[..max_headers]);
@@ -220,10 +230,7 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
-            // an authority without userinfo: pingora would answer `user@host` with its own 400
-            if !h.value.iter().all(|&b| authority_byte(b)) {
-                return Err(HeadError::Malformed("invalid Host"));
-            }
+            check_host(h.value)?;
         }
     }
     if cl_seen > 1 {
