@@ -300,7 +300,10 @@ fn run_with<S: UsageStore>(
     gw.load_overrides()?;
     let snap = gw.snapshot();
     let startup = &snap.startup;
-    let proxy = new_proxy(&server.configuration, &gw);
+    // one proxy (and upstream pool) per service: pingora runs each service on a runtime of its
+    // own, and a pooled upstream connection reused from another runtime is driven by that
+    // runtime's reactor (measured: 1.17× CPU per request on the plain listener of a process
+    // whose TLS listener had shared the pool)
     let plain = ListenerSettings {
         proxy_protocol: startup.proxy_protocol,
         tls: None,
@@ -308,7 +311,7 @@ fn run_with<S: UsageStore>(
     };
     let mut service = Service::new(
         "vivgate".to_string(),
-        Front::new(gw.clone(), proxy.clone(), plain),
+        Front::new(gw.clone(), new_proxy(&server.configuration, &gw), plain),
     );
     service.add_tcp(&startup.listen);
     server.add_service(service);
@@ -320,7 +323,7 @@ fn run_with<S: UsageStore>(
         };
         let mut service = Service::new(
             format!("vivgate tls {}", t.listen),
-            Front::new(gw.clone(), proxy.clone(), settings),
+            Front::new(gw.clone(), new_proxy(&server.configuration, &gw), settings),
         );
         service.add_tcp(&t.listen);
         server.add_service(service);
