@@ -150,7 +150,10 @@ async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
     let r = h2.get(P, Some("key-pro")).await;
     assert_envelope(&r, 503, "no healthy upstream server");
     assert_eq!(r.header("retry-after"), Some("60"));
-    assert!(started.elapsed() < Duration::from_secs(1), "at once, without a connect attempt");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "at once, without a connect attempt"
+    );
     assert_eq!(h2.usage("key-pro").calls, 0);
 }
 
