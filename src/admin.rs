@@ -155,10 +155,12 @@ impl<S: UsageStore> AdminApp<S> {
                         target: "vivgate::audit",
                         endpoint = "POST /reload",
                         %caller,
-                        "configuration reloaded: groups {:?}, keys {:?}, routes {:?}",
+                        "configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
                         report.groups,
                         report.keys,
-                        report.routes
+                        report.routes,
+                        report.certificates,
+                        report.certificates_new
                     );
                     ok(json!({"reloaded": true, "changes": report}))
                 }

@@ -327,6 +327,10 @@ pub struct ReloadReport {
     pub keys: [usize; 2],
     pub routes: [usize; 2],
     pub upstreams: [usize; 2],
+    /// TLS certificates served before and after, and how many of the new ones are new (a
+    /// rotation); each certificate is told by its leaf.
+    pub certificates: [usize; 2],
+    pub certificates_new: usize,
     pub groups_added: Vec<String>,
     pub groups_removed: Vec<String>,
     pub groups_changed: Vec<String>,
@@ -345,6 +349,8 @@ impl ReloadReport {
             keys: [old.keys.len(), new.keys.len()],
             routes: [old.routes.len(), new.routes.len()],
             upstreams: [old.upstreams.len(), new.upstreams.len()],
+            certificates: [old.tls_certs.count(), new.tls_certs.count()],
+            certificates_new: new.tls_certs.new_since(&old.tls_certs),
             groups_added: Vec::new(),
             groups_removed: Vec::new(),
             groups_changed: Vec::new(),

@@ -1,7 +1,8 @@
 //! Passive health: a server whose connections keep failing is skipped without waiting for the
 //! next active check. After `threshold` consecutive connect failures it is marked down; it comes
 //! back after the next successful active health check, or, when the upstream has no active
-//! checks, once `down_for` has passed (then one request tries it again).
+//! checks, once `down_for` has passed: then one request tries it (the others keep skipping it)
+//! and a connection that succeeds brings it back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -66,10 +67,17 @@ impl PassiveHealth {
         }
         match self.down_for {
             Some(d) if now_ms().saturating_sub(since) >= d.as_millis() as u64 => {
-                // one request tries it again; a failure marks it down afresh
-                s.down_since.store(0, Relaxed);
-                s.failures.store(self.threshold.saturating_sub(1), Relaxed);
-                false
+                // one request (the one that moves the mark) tries it again; a failure marks it
+                // down afresh, a connection brings it back
+                let now = now_ms();
+                let trial = s
+                    .down_since
+                    .compare_exchange(since, now, Relaxed, Relaxed)
+                    .is_ok();
+                if trial {
+                    s.failures.store(self.threshold.saturating_sub(1), Relaxed);
+                }
+                !trial
             }
             _ => true,
         }
@@ -84,17 +92,19 @@ impl PassiveHealth {
             return false;
         };
         let n = s.failures.fetch_add(1, Relaxed) + 1;
-        n >= self.threshold
-            && s.down_since
-                .compare_exchange(0, now_ms(), Relaxed, Relaxed)
-                .is_ok()
+        // (a failed trial restarts the down period; only a first mark is reported)
+        n >= self.threshold && s.down_since.swap(now_ms(), Relaxed) == 0
     }
 
-    /// A connection to `addr` succeeded: its failures are no longer consecutive.
+    /// A connection to `addr` succeeded: its failures are no longer consecutive, and a server
+    /// on trial is up again.
     pub fn connected(&self, addr: &SocketAddr) {
         if let Some(s) = self.server(addr) {
             if s.failures.load(Relaxed) != 0 {
                 s.failures.store(0, Relaxed);
+            }
+            if s.down_since.load(Relaxed) != 0 {
+                s.down_since.store(0, Relaxed);
             }
         }
     }
@@ -129,10 +139,21 @@ mod tests {
         assert!(h.checked_ok(&a));
         assert!(!h.is_down(&a));
 
-        let timed = PassiveHealth::new(&[a], 1, Some(Duration::from_millis(0)));
+        let timed = PassiveHealth::new(&[a], 1, Some(Duration::from_millis(30)));
         assert!(timed.failed(&a));
-        assert!(!timed.is_down(&a), "due for another try at once");
-        assert!(timed.failed(&a), "one more failure marks it down again");
+        assert!(timed.is_down(&a));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!timed.is_down(&a), "one request tries it");
+        assert!(timed.is_down(&a), "the others keep skipping it");
+        assert!(!timed.failed(&a), "a failed trial restarts the pause");
+        assert!(timed.is_down(&a));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!timed.is_down(&a), "the next trial");
+        timed.connected(&a);
+        assert!(
+            !timed.is_down(&a) && !timed.is_down(&a),
+            "a connection brings it back"
+        );
 
         let off = PassiveHealth::new(&[a], 0, None);
         assert!(!off.failed(&a) && !off.is_down(&a));

@@ -118,11 +118,6 @@ impl<S: UsageStore> VivGate<S> {
         snap: Arc<Snapshot>,
     ) -> Result<Checked, GatewayError> {
         let req = session.req_header();
-        // HTTP/2 has no head scan in the front: its method, `:path`, authority and header
-        // list get the same rules here
-        if session.is_http2() {
-            check_h2_head(req, &snap.limits)?;
-        }
         // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
         // URI it parses, and forwards the raw target) ...
         if req.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(req.raw_path()) {
@@ -569,15 +564,38 @@ fn check_h2_head(req: &RequestHeader, limits: &crate::config::Limits) -> Result<
     for h in req.headers.get_all(header::HOST) {
         check_host(h.as_bytes()).map_err(crate::front::refusal)?;
     }
-    // the request line and the blank line of an HTTP/1 head, roughly
+    // the request line and the blank line of an HTTP/1 head, roughly; browsers send each cookie
+    // as a field of its own over HTTP/2, which is one `Cookie` line over HTTP/1
     let mut bytes = req.method.as_str().len() + target.len() + 16;
+    let mut lines = 0;
+    let mut cookie_seen = false;
     for (n, v) in req.headers.iter() {
-        bytes += n.as_str().len() + v.len() + 4;
+        if n == header::COOKIE {
+            bytes += v.len() + if cookie_seen { 2 } else { 10 };
+            lines += usize::from(!cookie_seen);
+            cookie_seen = true;
+        } else {
+            bytes += n.as_str().len() + v.len() + 4;
+            lines += 1;
+        }
     }
-    if req.headers.len() > limits.head.max_headers || bytes > limits.head.max_bytes {
+    if lines > limits.head.max_headers || bytes > limits.head.max_bytes {
         return Err(GatewayError::HeadTooLarge);
     }
     Ok(())
+}
+
+/// The `Cookie` fields of `headers` as one value, `"; "` between them.
+fn join_cookies(headers: &http::HeaderMap) -> HeaderValue {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    // joined valid values with "; " are a valid value
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn reset_at(month: Month) -> String {
@@ -693,6 +711,13 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             // a stream whose client stops taking data (no WINDOW_UPDATE) must not hold its
             // upstream connection forever; the front sets this for HTTP/1
             session.set_write_timeout(Some(snap.limits.client_write_timeout));
+            // HTTP/2 has no head scan in the front: its method, `:path`, authority and header
+            // list get the same rules here, before anything else (CORS preflights included)
+            if let Err(e) = check_h2_head(session.req_header(), &snap.limits) {
+                ctx.rejected = Some(e.reason());
+                self.reject(session, ctx, &e).await?;
+                return Ok(true);
+            }
         }
         if let Some(cors) = &snap.cors {
             if let Some(preflight) = self.cors(session, ctx, cors) {
@@ -840,6 +865,13 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         }
         req.remove_header(&header::AUTHORIZATION);
         req.remove_header(&header::EXPECT);
+        // HTTP/2 cookie fields are joined into one header for an HTTP/1 backend (RFC 9113
+        // §8.2.3); pingora passes them on as separate lines
+        if session.is_http2() && req.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+            let joined = join_cookies(&req.headers);
+            req.remove_header(&header::COOKIE);
+            req.insert_header(header::COOKIE, joined)?;
+        }
         if req.headers.keys().any(is_stripped_header) {
             let names: Vec<HeaderName> = req
                 .headers

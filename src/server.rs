@@ -177,8 +177,8 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
                 _ = hup.recv() => match self.0.clone().reload_in_background().await {
                     Ok(r) => tracing::info!(
                         target: "vivgate::audit",
-                        "SIGHUP: configuration reloaded: groups {:?}, keys {:?}, routes {:?}",
-                        r.groups, r.keys, r.routes
+                        "SIGHUP: configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
+                        r.groups, r.keys, r.routes, r.certificates, r.certificates_new
                     ),
                     Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
                 },

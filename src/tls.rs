@@ -30,6 +30,24 @@ impl fmt::Debug for Certificates {
     }
 }
 
+impl Certificates {
+    /// Certificates over all listeners.
+    pub fn count(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+
+    /// How many of these certificates `old` did not have (told by the leaf).
+    pub fn new_since(&self, old: &Certificates) -> usize {
+        let leaf = |c: &Arc<CertifiedKey>| c.cert.first().map(|d| d.as_ref().to_vec());
+        let before: std::collections::HashSet<_> = old.0.values().flatten().map(leaf).collect();
+        self.0
+            .values()
+            .flatten()
+            .filter(|c| !before.contains(&leaf(c)))
+            .count()
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -56,10 +74,14 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (&'static
         )
     })?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            "key",
-            format!("{}: no usable private key: {e}", key.display()),
-        )
+        let encrypted = std::fs::read(key).is_ok_and(|t| t.windows(9).any(|w| w == b"ENCRYPTED"));
+        let why = if encrypted {
+            "an encrypted key (not supported: decrypt it, e.g. `openssl pkey -in KEY -out PLAIN`)"
+                .to_string()
+        } else {
+            format!("no usable private key: {e}")
+        };
+        ("key", format!("{}: {why}", key.display()))
     })?;
     let signing = provider()
         .key_provider

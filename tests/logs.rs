@@ -25,7 +25,7 @@ async fn no_key_or_query_value_reaches_the_log() {
         port,
         "grace_period_seconds = 1\nh2c = true",
         &format!(
-            "[limits]\nhead_timeout_ms = 300\nfailed_auth_limit = 3\nfailed_auth_block_ms = 500\n\
+            "[limits]\nhead_timeout_ms = 1000\nfailed_auth_limit = 3\nfailed_auth_block_ms = 500\n\
              [[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = {:?}\nkey = {:?}\n",
             cert.display().to_string(),
             key.display().to_string()
@@ -83,6 +83,11 @@ async fn no_key_or_query_value_reaches_the_log() {
     }
     // the same secrets over HTTP/2: on TLS (ALPN h2) and on the plain listener (h2c)
     let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    // pingora starts each listener's service on its own runtime: the TLS one may come up later
+    wait_for("the TLS listener", || async {
+        tokio::net::TcpStream::connect(tls_addr).await.is_ok()
+    })
+    .await;
     let tls = ca.connect(tls_addr, "localhost", &[b"h2"]).await.unwrap();
     let over_tls = common::tls::h2_handshake(tls).await;
     let over_h2c =

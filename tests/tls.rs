@@ -233,7 +233,12 @@ async fn sni_chooses_the_certificate_and_a_reload_rotates_it() {
     let (new_a, _) = ca.write(dir.path(), "a", &["a.test", "127.0.0.1"]);
     let rotated = pem_der(&new_a);
     assert_ne!(rotated, a);
-    h.gw.reload().unwrap();
+    let report = h.gw.reload().unwrap();
+    assert_eq!(report.certificates, [3, 3]);
+    assert_eq!(
+        report.certificates_new, 1,
+        "the reload reports the rotation"
+    );
     assert_eq!(ca.presented(addr, "a.test").await.unwrap(), rotated);
 
     // a certificate whose key does not match is refused, and the running one stays
@@ -417,10 +422,7 @@ async fn the_proxy_protocol_names_the_client_from_trusted_peers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_or_silent_http2_clients_are_timed_out() {
-    let h = Harness::start_tls_with(|c| {
-        c + "\n[limits]\nhead_timeout_ms = 300\nbody_idle_timeout_ms = 300\n"
-    })
-    .await;
+    let h = Harness::start_tls_with(|c| c + "\n[limits]\nhead_timeout_ms = 300\n").await;
     let (ca, addr) = (h.ca.as_ref().unwrap(), h.tls_addr.unwrap());
 
     // TLS done, h2 agreed, then silence: the preface is due within the head timeout
@@ -437,7 +439,10 @@ async fn slow_or_silent_http2_clients_are_timed_out() {
     }
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    // a JSON body that stalls: 408, as over HTTP/1
+    // a JSON body that stalls: 408, as over HTTP/1 (a harness whose head timeout leaves the
+    // handshake room on a loaded machine)
+    let h = Harness::start_tls_with(|c| c + "\n[limits]\nbody_idle_timeout_ms = 300\n").await;
+    let (ca, addr) = (h.ca.as_ref().unwrap(), h.tls_addr.unwrap());
     let tls = ca.connect(addr, "localhost", &[b"h2"]).await.unwrap();
     let send = h2_handshake(tls).await;
     let mut send = send.ready().await.unwrap();
@@ -495,6 +500,19 @@ async fn http2_heads_get_the_http1_head_rules() {
     assert_eq!(h.backend.received().len(), 0);
     let ok = answer(h2_send(&send, "GET", "/status/200", &[("authorization", auth)], b"").await);
     assert_eq!(ok.status, 200);
+
+    // a browser's cookies, one field each over HTTP/2, count as one line (as over HTTP/1) and
+    // reach the backend joined in one Cookie header
+    let cookies: Vec<String> = (0..150).map(|i| format!("c{i}=v{i}")).collect();
+    let mut headers: Vec<(&str, &[u8])> = vec![("authorization", auth)];
+    headers.extend(cookies.iter().map(|c| ("cookie", c.as_bytes())));
+    let r = answer(h2_send(&send, "GET", "/status/200", &headers, b"").await);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = h.backend.received();
+    let fwd = got.last().unwrap();
+    let sent: Vec<_> = fwd.headers.iter().filter(|(n, _)| n == "cookie").collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, cookies.join("; "));
 }
 
 #[test]

@@ -170,11 +170,17 @@ pub async fn read_h2_response(resp: h2::client::ResponseFuture) -> Option<Resp> 
         .collect();
     let mut recv = resp.into_body();
     let mut body = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.ok()?;
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        body.extend_from_slice(&chunk);
-    }
+    let read = async {
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.ok()?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        Some(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("h2 response body within 10 s")?;
     Some(Resp {
         status,
         headers,
