@@ -11,6 +11,15 @@ use common::*;
 const P: &str = "/pair/x";
 
 fn with_pair(servers: [std::net::SocketAddr; 2], health_ms: u64) -> impl FnOnce(String) -> String {
+    with_pair_and(servers, health_ms, "")
+}
+
+/// Like [`with_pair`], with more `[upstreams.pair]` lines.
+fn with_pair_and(
+    servers: [std::net::SocketAddr; 2],
+    health_ms: u64,
+    upstream_lines: &'static str,
+) -> impl FnOnce(String) -> String {
     move |c: String| {
         c + &format!(
             r#"
@@ -18,6 +27,7 @@ fn with_pair(servers: [std::net::SocketAddr; 2], health_ms: u64) -> impl FnOnce(
 servers = ["{}", "{}"]
 connect_timeout_ms = 300
 health_check_interval_ms = {health_ms}
+{upstream_lines}
 
 [[routes]]
 prefix = "/pair/"
@@ -101,14 +111,19 @@ async fn health_checks_take_a_dead_server_out_and_all_dead_is_503() {
     assert_eq!(h2.usage("key-pro").calls, 0);
 }
 
-fn passive(h: &Harness) -> std::sync::Arc<vivgate::config::Snapshot> {
-    h.gw.snapshot()
+/// Runs `f` on the passive health of upstream `pair`.
+fn pair_health<R>(h: &Harness, f: impl FnOnce(&vivgate::health::PassiveHealth) -> R) -> R {
+    let snap = h.gw.snapshot();
+    f(&snap
+        .upstreams
+        .iter()
+        .find(|u| u.name == "pair")
+        .unwrap()
+        .passive)
 }
 
 fn is_down(h: &Harness, addr: &std::net::SocketAddr) -> bool {
-    let snap = passive(h);
-    let up = snap.upstreams.iter().find(|u| u.name == "pair").unwrap();
-    up.passive.is_down(addr)
+    pair_health(h, |p| p.is_down(addr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,12 +131,11 @@ async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
     // no active checks: connect failures alone take the dead server out
     let (live, a, _s) = extra_backend().await;
     let dead = dead_addr().await;
-    let h = Harness::start_with(|c| {
-        with_pair([dead, a], 0)(c).replace(
-            "health_check_interval_ms = 0\n\n[[routes]]\nprefix = \"/pair/\"",
-            "health_check_interval_ms = 0\npassive_failures = 2\npassive_down_ms = 60000\n\n[[routes]]\nprefix = \"/pair/\"",
-        )
-    })
+    let h = Harness::start_with(with_pair_and(
+        [dead, a],
+        0,
+        "passive_failures = 2\npassive_down_ms = 60000",
+    ))
     .await;
     for _ in 0..8 {
         let r = h.get(P, Some("key-pro")).await;
@@ -138,12 +152,11 @@ async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
 
     // every server failing: the first request finds out (502), later ones get a 503 at once
     let dead2 = dead_addr().await;
-    let h2 = Harness::start_with(|c| {
-        with_pair([dead, dead2], 0)(c).replace(
-            "health_check_interval_ms = 0\n\n[[routes]]\nprefix = \"/pair/\"",
-            "health_check_interval_ms = 0\npassive_failures = 1\npassive_down_ms = 60000\n\n[[routes]]\nprefix = \"/pair/\"",
-        )
-    })
+    let h2 = Harness::start_with(with_pair_and(
+        [dead, dead2],
+        0,
+        "passive_failures = 1\npassive_down_ms = 60000",
+    ))
     .await;
     assert_envelope(&h2.get(P, Some("key-pro")).await, 502, "unreachable");
     let started = std::time::Instant::now();
@@ -161,20 +174,10 @@ async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
 async fn a_server_marked_down_comes_back_after_a_successful_active_check() {
     let (live, a, _s) = extra_backend().await;
     let revived = dead_addr().await;
-    let h = Harness::start_with(|c| {
-        with_pair([revived, a], 300)(c).replace(
-            "health_check_interval_ms = 300\n",
-            "health_check_interval_ms = 300\npassive_failures = 1\n",
-        )
-    })
-    .await;
+    let h = Harness::start_with(with_pair_and([revived, a], 300, "passive_failures = 1")).await;
     // the active check takes the dead server out at once; passive health marks it down too,
     // as a connect failure between two checks would
-    {
-        let snap = h.gw.snapshot();
-        let up = snap.upstreams.iter().find(|u| u.name == "pair").unwrap();
-        assert!(up.passive.failed(&revived));
-    }
+    assert!(pair_health(&h, |p| p.failed(&revived)));
     for _ in 0..2 {
         assert_eq!(h.get(P, Some("key-pro")).await.status, 200);
     }

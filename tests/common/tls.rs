@@ -114,8 +114,9 @@ where
     send
 }
 
-/// Sends the request written as HTTP/1 text (`head`: request line and headers; `Host` becomes
-/// the authority, hop-by-hop headers are dropped) over HTTP/2 and reads the whole response.
+/// Sends the request written as HTTP/1 text (`head`: request line and headers; `Host` and the
+/// hop-by-hop headers are dropped, the authority is `localhost`) over HTTP/2 and reads the whole
+/// response. `None`: no answer.
 pub async fn h2_request(
     send: &mut h2::client::SendRequest<Bytes>,
     head: &str,
@@ -124,32 +125,29 @@ pub async fn h2_request(
     let mut lines = head.trim_end().lines().map(|l| l.trim_end_matches('\r'));
     let mut first = lines.next()?.split(' ');
     let (method, target) = (first.next()?, first.next()?);
-    let mut authority = "localhost".to_string();
     let mut headers = Vec::new();
     for l in lines {
         let (n, v) = l.split_once(':')?;
-        let (n, v) = (n.trim().to_ascii_lowercase(), v.trim());
-        match n.as_str() {
-            "host" => authority = v.to_string(),
-            "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te"
-            | "proxy-connection" => {}
-            _ => headers.push((n, v.to_string())),
+        let n = n.trim().to_ascii_lowercase();
+        if !matches!(
+            n.as_str(),
+            "host"
+                | "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "proxy-connection"
+        ) {
+            headers.push((n, v.trim().as_bytes()));
         }
     }
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("https://{authority}{target}"));
-    for (n, v) in &headers {
-        req = req.header(n.as_str(), v.as_str());
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    match h2_send(send, method, target, &headers, body).await {
+        H2Outcome::Answered(r) => Some(r),
+        H2Outcome::NotRepresentable => panic!("not expressible over HTTP/2: {head}"),
+        H2Outcome::Reset(_) => None,
     }
-    let req = req.body(()).ok()?;
-    let send = send.clone().ready().await.ok()?;
-    let mut send = send;
-    let (resp, mut stream) = send.send_request(req, body.is_empty()).ok()?;
-    if !body.is_empty() {
-        stream.send_data(Bytes::copy_from_slice(body), true).ok()?;
-    }
-    read_h2_response(resp).await
 }
 
 pub async fn read_h2_response(resp: h2::client::ResponseFuture) -> Option<Resp> {
