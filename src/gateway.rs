@@ -162,9 +162,10 @@ impl<S: UsageStore> Gateway<S> {
         result
     }
 
-    /// [`Gateway::reload`] on a thread of its own at a low CPU priority (nice 10), so that
-    /// compiling a large key set takes little CPU time from the requests being served (on a
-    /// saturated core it gets about a tenth); the caller awaits the result.
+    /// [`Gateway::reload`] on a thread of its own at a low CPU priority (nice 10) and paced
+    /// ([`crate::pace`]: short bursts with rests between), so that compiling a large key set
+    /// neither takes much CPU time from the requests being served nor holds a core for a whole
+    /// scheduler slice at a time; the caller awaits the result.
     pub async fn reload_in_background(self: Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
@@ -176,6 +177,7 @@ impl<S: UsageStore> Gateway<S> {
                     let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                     libc::setpriority(libc::PRIO_PROCESS, tid, 10);
                 }
+                crate::pace::enable();
                 let _ = tx.send(self.reload());
             });
         if let Err(e) = spawned {
@@ -316,7 +318,9 @@ fn retire(old: Arc<Snapshot>) {
     while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    drop(old);
+    if let Ok(mut snap) = Arc::try_unwrap(old) {
+        crate::pace::drop_vec(std::mem::take(&mut snap.groups));
+    }
 }
 
 /// What a reload changed: counts before and after, and the groups added, removed or changed
@@ -342,8 +346,11 @@ impl ReloadReport {
     pub const MAX_LISTED: usize = 100;
 
     fn between(old: &Snapshot, new: &Snapshot) -> ReloadReport {
-        let before: std::collections::HashMap<&str, &config::Group> =
-            old.groups.iter().map(|g| (&*g.id, g)).collect();
+        let mut before = std::collections::HashMap::with_capacity(old.groups.len());
+        for g in &old.groups {
+            before.insert(&*g.id, g);
+            crate::pace::tick();
+        }
         let mut r = ReloadReport {
             groups: [old.groups.len(), new.groups.len()],
             keys: [old.keys.len(), new.keys.len()],
@@ -363,8 +370,9 @@ impl ReloadReport {
                 r.truncated = true;
             }
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::with_capacity(new.groups.len());
         for g in &new.groups {
+            crate::pace::tick();
             seen.insert(&*g.id);
             match before.get(&*g.id) {
                 None => push(&mut r.groups_added, &g.id),
@@ -379,6 +387,7 @@ impl ReloadReport {
             }
         }
         for g in &old.groups {
+            crate::pace::tick();
             if !seen.contains(&*g.id) {
                 push(&mut r.groups_removed, &g.id);
             }

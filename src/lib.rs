@@ -20,6 +20,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod overrides;
+pub mod pace;
 pub mod pipeline;
 pub mod proxy;
 pub mod redis_store;

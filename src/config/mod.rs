@@ -574,7 +574,28 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
 }
 
 fn read(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|e| err(file, "", format!("cannot read: {e}")))
+    let cannot = |e: std::io::Error| err(file, "", format!("cannot read: {e}"));
+    if !crate::pace::enabled() {
+        return std::fs::read_to_string(file).map_err(cannot);
+    }
+    // a paced reload reads a large tenants file 64 KiB at a time (each read faults in its
+    // pages, in the kernel, where the reload cannot rest)
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).map_err(cannot)?;
+    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(len + 1);
+    loop {
+        let n = (&mut f)
+            .take(1 << 16)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if n == 0 {
+            break;
+        }
+        crate::pace::tick();
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| err(file, "", "cannot read: stream did not contain valid UTF-8"))
 }
 
 /// Reads and compiles a config file and the tenants file it names.
@@ -1094,9 +1115,12 @@ pub fn compile(
     // tenants
     let tf = tenants_path;
     let mut groups = Vec::with_capacity(tenants.groups.len());
-    let mut keys: KeyMap<u32> = KeyMap::default();
-    let mut ids = HashSet::new();
+    // sized once: growing a million-entry table rehashes it all in one go
+    let key_count = tenants.groups.iter().map(|g| g.keys.len()).sum();
+    let mut keys: KeyMap<u32> = KeyMap::with_capacity_and_hasher(key_count, Default::default());
+    let mut ids = HashSet::with_capacity(tenants.groups.len());
     for (gi, g) in tenants.groups.iter().enumerate() {
+        crate::pace::tick();
         let field = |f: &str| format!("groups[{gi}].{f}");
         if !valid_name(&g.id) || g.id.len() > 64 {
             return Err(err(
@@ -1143,6 +1167,8 @@ pub fn compile(
         });
     }
 
+    // a million parsed groups are millions of strings: freed a few at a time on a paced thread
+    crate::pace::drop_vec(tenants.groups);
     Ok(Snapshot {
         startup: StartupSettings {
             listen: s.listen.clone(),
