@@ -49,6 +49,14 @@ impl FailedAuth {
         Self::default()
     }
 
+    /// [`FailedAuth::blocked`] now; the clock is read only while some address is blocked.
+    pub fn blocked_now(&self, addr: IpAddr) -> Option<Duration> {
+        if self.blocked.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.blocked(addr, Instant::now())
+    }
+
     /// How long `addr` is still blocked for, if it is.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
         if self.blocked.load(Ordering::Relaxed) == 0 {

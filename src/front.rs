@@ -165,10 +165,11 @@ impl<S: UsageStore> Front<S> {
     ) {
         let limits = *limits;
         let mut served: u32 = 0;
+        let mut stop = shutdown.clone();
         loop {
             let mut buf = BytesMut::with_capacity(INITIAL_BUF);
             let first = (served == 0).then_some(first_by);
-            match read_head(&mut stream, &mut buf, &limits, first, shutdown).await {
+            match read_head(&mut stream, &mut buf, &limits, first, &mut stop).await {
                 Ok(()) => {}
                 Err(NoHead::Closed) => return,
                 Err(NoHead::Refuse(e)) => {
@@ -259,11 +260,10 @@ async fn read_head(
     buf: &mut BytesMut,
     limits: &Limits,
     first: Option<Instant>,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Result<(), NoHead> {
     let mut scanner = HeadScanner::new();
     let mut deadline = first;
-    let mut shutdown = shutdown.clone();
     loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(INITIAL_BUF);
@@ -277,7 +277,7 @@ async fn read_head(
             tokio::select! {
                 biased;
                 r = read => r,
-                _ = stopped(&mut shutdown) => return Err(NoHead::Closed),
+                _ = stopped(shutdown) => return Err(NoHead::Closed),
             }
         };
         match result {
@@ -287,13 +287,14 @@ async fn read_head(
             Ok(Err(_)) | Ok(Ok(0)) => return Err(NoHead::Closed),
             Ok(Ok(_)) => {}
         }
-        if deadline.is_none() {
-            deadline = Some(Instant::now() + limits.head_timeout);
-        }
         match scanner.scan(buf, limits.head) {
             Ok(Some(_)) => return Ok(()),
             Ok(None) => {}
             Err(e) => return Err(NoHead::Refuse(refusal(e))),
+        }
+        // a head that started must now arrive whole (the clock is read only for a split head)
+        if deadline.is_none() {
+            deadline = Some(Instant::now() + limits.head_timeout);
         }
     }
 }

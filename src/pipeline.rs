@@ -139,15 +139,31 @@ pub fn query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
             "a ; in the query string is read as a separator by some servers and not by others",
         ));
     }
+    // an ID parameter that is also required is read once, here; its verdict waits for step 5
+    // (bit i: `id_query[i]` was read here; in `valid`: it is an object id)
+    let (mut read, mut valid) = (0u64, 0u64);
     for name in &route.required_query {
         match param(raw, name) {
             Param::Absent => return Err(GatewayError::MissingParam(name.clone())),
             Param::Repeated => return Err(GatewayError::DuplicateParam(name.clone())),
             Param::Once(v) if v.is_empty() => return Err(GatewayError::EmptyParam(name.clone())),
-            Param::Once(_) => {}
+            Param::Once(v) => {
+                if let Some(i) = route.id_query.iter().position(|n| n == name) {
+                    if i < 64 {
+                        read |= 1 << i;
+                        valid |= u64::from(is_object_id(&v)) << i;
+                    }
+                }
+            }
         }
     }
-    for name in &route.id_query {
+    for (i, name) in route.id_query.iter().enumerate() {
+        if i < 64 && read & (1 << i) != 0 {
+            if valid & (1 << i) == 0 {
+                return Err(GatewayError::MalformedId(name.clone()));
+            }
+            continue;
+        }
         match param(raw, name) {
             Param::Absent => {}
             Param::Repeated => return Err(GatewayError::DuplicateParam(name.clone())),
@@ -188,6 +204,7 @@ mod tests {
             meters: Meters::default(),
             json_body: false,
             upgrade: false,
+            ok_requests: Default::default(),
         }
     }
 
@@ -301,6 +318,34 @@ upstream = "a"
         assert_eq!(
             query(&r, Some("collectionId=651f0c2ab4e8a9001234567g")),
             Err(GatewayError::MalformedId("collectionId".into()))
+        );
+        // every required parameter (step 4) before any ID (step 5), IDs in their listed order,
+        // whether or not an ID is also required
+        let two = route_with(&["collectionId", "siteId"], &["collectionId"]);
+        assert_eq!(
+            query(&two, Some("collectionId=xyz")),
+            Err(GatewayError::MissingParam("siteId".into()))
+        );
+        assert_eq!(
+            query(&two, Some("collectionId=xyz&siteId=1")),
+            Err(GatewayError::MalformedId("collectionId".into()))
+        );
+        let mixed = route_with(&["collectionId"], &["siteId", "collectionId"]);
+        assert_eq!(
+            query(&mixed, Some("collectionId=xyz&siteId=1&siteId=2")),
+            Err(GatewayError::DuplicateParam("siteId".into()))
+        );
+        assert_eq!(
+            query(&mixed, Some("collectionId=xyz&siteId=1")),
+            Err(GatewayError::MalformedId("siteId".into()))
+        );
+        assert_eq!(
+            query(&mixed, Some(&format!("collectionId=xyz&siteId={id}"))),
+            Err(GatewayError::MalformedId("collectionId".into()))
+        );
+        assert_eq!(
+            query(&mixed, Some(&format!("collectionId={id}&siteId={id}"))),
+            Ok(())
         );
         // an optional ID parameter is only checked when present
         let opt = route_with(&[], &["siteId"]);

@@ -130,7 +130,7 @@ impl<S: UsageStore> VivGate<S> {
         ctx.client_ip = client;
         let failed_auth = snap.limits.failed_auth.zip(client);
         if let Some((_, ip)) = failed_auth {
-            if let Some(left) = self.gw.failed_auth().blocked(ip, Instant::now()) {
+            if let Some(left) = self.gw.failed_auth().blocked_now(ip) {
                 return Err(GatewayError::AuthBlocked(left.as_secs().max(1)));
             }
         }
@@ -272,15 +272,13 @@ impl<S: UsageStore> VivGate<S> {
         pipeline::json_body(&body, snap.limits.max_json_depth)
     }
 
-    /// Step 7: the monthly quota of each meter of the route. Bandwidth is checked before calls so a
-    /// bandwidth refusal does not spend a call.
+    /// Step 7: the monthly quota of each meter of the route, for the month the request was
+    /// matched in (`ctx.month`). Bandwidth is checked before calls so a bandwidth refusal does
+    /// not spend a call.
     async fn take_quota(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
-        let (Some(group), Some(route)) = (&ctx.group, &ctx.route) else {
+        let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
             return Err(GatewayError::Internal);
         };
-        ctx.now_ms = self.gw.clock().now_ms();
-        let month = Month::containing(ctx.now_ms);
-        ctx.month = Some(month);
         let store = self.gw.store();
         let tier = &group.tier;
         if route.meters.bytes {
@@ -896,7 +894,13 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 .map(|a| a.ip())
         });
         if let Some(ip) = client {
-            req.insert_header("x-forwarded-for", ip.to_string())?;
+            // formatted on the stack: an IPv6 address is at most 45 characters
+            use std::io::Write as _;
+            let mut buf = [0u8; 48];
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{ip}");
+            let len = 48 - w.len();
+            req.insert_header("x-forwarded-for", &buf[..len])?;
         }
         Ok(())
     }
@@ -985,11 +989,19 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         let status = session
             .response_written()
             .map_or(http::StatusCode::OK, |r| r.status);
-        let route_name = ctx.route.as_ref().map_or("none", |r| &*r.name);
-        metrics
-            .requests
-            .with_label_values(&[route_name, status.as_str()])
-            .inc();
+        match &ctx.route {
+            Some(r) if status == http::StatusCode::OK => r
+                .ok_requests
+                .get_or_init(|| metrics.requests.with_label_values(&[&r.name, "200"]))
+                .inc(),
+            r => {
+                let route_name = r.as_ref().map_or("none", |r| &*r.name);
+                metrics
+                    .requests
+                    .with_label_values(&[route_name, status.as_str()])
+                    .inc()
+            }
+        }
         if let Some(reason) = ctx.rejected {
             metrics.rejections.with_label_values(&[reason]).inc();
         }

@@ -376,6 +376,9 @@ pub struct Route {
     pub json_body: bool,
     /// `Upgrade` requests (WebSocket) are allowed on this route.
     pub upgrade: bool,
+    /// This route's `requests_total{status="200"}` counter, looked up once (the label lookup
+    /// hashes both labels under a lock on every request otherwise).
+    pub ok_requests: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 /// All routes of one exact path or prefix, by method.
@@ -1401,6 +1404,7 @@ fn compile_routes(
             meters,
             json_body: r.json_body,
             upgrade: r.upgrade,
+            ok_requests: Default::default(),
         });
         let entry = table.entry((is_prefix, path.clone())).or_default();
         for m in methods {
