@@ -18,6 +18,7 @@ pub mod front;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod overrides;
 pub mod pace;

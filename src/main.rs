@@ -8,24 +8,12 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's option `purge_decommits` (index 5 in both its v2 and v3 headers).
-const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
-
-/// Makes mimalloc give freed memory back with `MADV_FREE` (the pages stay mapped until the kernel
-/// needs them, and are reused without a fault if it has not) instead of `MADV_DONTNEED`
-/// (unmapped at once). A reload of a million keys frees a few hundred MiB: unmapped at once, that
-/// stalled requests on a shared core for up to 30 ms, and the next reload faulted every page in
-/// again (benches/README.md).
-fn lazy_memory_return() {
-    // SAFETY: mimalloc options may be set at any time; the index is checked above
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0) };
-}
-
 /// Turns transparent huge pages off for this process. mimalloc asks for them, and the first
 /// touch of a huge page zeroes 2 MiB in one page fault: a reload of a million keys allocates a
-/// few hundred MiB on its thread, and on a shared core each such fault held the workers off
-/// long enough to more than double the p99 latency while it ran (benches/README.md). With 4 KiB
-/// pages the same work comes in steps short enough to interleave with requests.
+/// few hundred MiB on its thread, and on a shared core those faults held the worker off long
+/// enough to raise the p99 latency to 5-10 ms in the seconds they ran ("Reloads under load" in
+/// benches/README.md). With 4 KiB pages the same work comes in steps short enough to interleave
+/// with requests. Measured on the load harness, the request path costs the same either way.
 fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
@@ -201,7 +189,6 @@ fn init_panic_report() {
 fn main() -> ExitCode {
     init_panic_report();
     no_transparent_huge_pages();
-    lazy_memory_return();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => match vivgate::config::load(&config) {

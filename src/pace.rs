@@ -5,9 +5,12 @@
 //! request in flight on that core waits that long: on a saturated core the p99 latency more than
 //! doubled during a reload. A thread that calls [`enable`] instead works in short bursts
 //! (`BURST`) and sleeps between them (`REST`), so a worker waits at most about one burst, and the
-//! reload takes up to a third of a core while it runs. The long loops of a reload (parsing,
-//! compiling, comparing, freeing) call [`tick`]; on other threads (start-up, tests, the admin
-//! API's own thread) `tick` costs one thread-local read and never sleeps.
+//! reload takes up to a third of a core while it runs. The long loops of a reload (reading,
+//! parsing, compiling, comparing, freeing) call [`tick`] or [`tick_now`]; on threads that did
+//! not call [`enable`] (start-up, `vivgate check`, the tenants follower) they cost one
+//! thread-local read and never sleep. Both reload paths (SIGHUP, `POST /reload`) are paced.
+//! Not paced: a TOML tenants file's parse (the `toml` crate's own loop; large key sets belong in
+//! the compact format) and work inside the kernel (page faults, see `src/main.rs`).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -51,13 +54,26 @@ pub fn tick() {
     });
 }
 
+/// [`tick`] for loops whose steps are large (a 64 KiB read, a few hundred frees): reads the
+/// clock on every call.
+#[inline]
+pub fn tick_now() {
+    PACER.with(|p| {
+        let Some((since, _)) = p.get() else { return };
+        if since.elapsed() >= BURST {
+            std::thread::sleep(REST);
+            p.set(Some((Instant::now(), 0)));
+        }
+    });
+}
+
 /// Drops the items of `v` a few at a time, pacing between them (a million groups are a million
 /// frees).
 pub fn drop_vec<T>(mut v: Vec<T>) {
     const CHUNK: usize = 256;
     while !v.is_empty() {
         v.truncate(v.len().saturating_sub(CHUNK));
-        tick();
+        tick_now();
     }
 }
 

@@ -175,6 +175,9 @@ impl<S: UsageStore> VivGate<S> {
         ctx.snap = Some(snap.clone());
         if route.json_body {
             self.read_json_body(session, &snap).await?;
+            // a body may take a while: the quota check is the request's moment
+            ctx.now_ms = self.gw.clock().now_ms();
+            ctx.month = Some(Month::containing(ctx.now_ms));
         }
         if let Some(n) = group.tier.burst_per_second {
             if !self.gw.burst().admit(&group.id, n) {
@@ -272,9 +275,9 @@ impl<S: UsageStore> VivGate<S> {
         pipeline::json_body(&body, snap.limits.max_json_depth)
     }
 
-    /// Step 7: the monthly quota of each meter of the route, for the month the request was
-    /// matched in (`ctx.month`). Bandwidth is checked before calls so a bandwidth refusal does
-    /// not spend a call.
+    /// Step 7: the monthly quota of each meter of the route, for `ctx.month` (the month when the
+    /// route matched, or when a JSON body finished arriving: the quota check's moment, one clock
+    /// read). Bandwidth is checked before calls so a bandwidth refusal does not spend a call.
     async fn take_quota(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
         let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
             return Err(GatewayError::Internal);

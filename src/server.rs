@@ -244,6 +244,7 @@ impl<S: UsageStore> BackgroundService for FlushService<S> {
 /// [`UsageStore::release_for_handover`]); the store is opened after that.
 pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
     let snap = config::load(config_path)?;
+    crate::memory::lazy_memory_return();
     let startup = snap.startup.clone();
     let tag = sanitize(&startup.listen);
     let conf = ServerConf {

@@ -26,7 +26,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(TenantsFile, Vec<usize>), Confi
         .as_bytes()
         .chunks(1 << 16)
         .map(|c| {
-            crate::pace::tick();
+            crate::pace::tick_now();
             c.iter().filter(|&&b| b == b'\n').count()
         })
         .sum::<usize>()

@@ -587,18 +587,29 @@ fn read(file: &Path) -> Result<String, ConfigError> {
     let mut f = std::fs::File::open(file).map_err(cannot)?;
     let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
     let mut bytes = Vec::with_capacity(len + 1);
+    // checked as UTF-8 as it arrives (a whole-file check is one long burst): valid up to here
+    let mut checked = 0;
+    let not_utf8 = || err(file, "", "cannot read: stream did not contain valid UTF-8");
     loop {
         let n = (&mut f)
             .take(1 << 16)
             .read_to_end(&mut bytes)
             .map_err(cannot)?;
+        match std::str::from_utf8(&bytes[checked..]) {
+            Ok(_) => checked = bytes.len(),
+            // a character cut at the end of this read: checked again with the next one
+            Err(e) if e.error_len().is_none() && n > 0 => checked += e.valid_up_to(),
+            Err(_) => return Err(not_utf8()),
+        }
         if n == 0 {
             break;
         }
-        crate::pace::tick();
+        crate::pace::tick_now();
     }
-    String::from_utf8(bytes)
-        .map_err(|_| err(file, "", "cannot read: stream did not contain valid UTF-8"))
+    debug_assert_eq!(checked, bytes.len());
+    // SAFETY: the loop above checked every byte as UTF-8 and ends only with all of them checked
+    // (at the end of the file, an incomplete character is an error)
+    Ok(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
 /// Reads and compiles a config file and the tenants file it names.
@@ -1442,4 +1453,36 @@ fn compile_routes(
     }
     out.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_read_checks_utf8_across_its_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        // a two-byte character across the first 64 KiB boundary, then several more reads
+        let mut text = "a".repeat((1 << 16) - 1);
+        text.push('é');
+        text.push_str(&"b".repeat(200_000));
+        let good = dir.path().join("good.tsv");
+        std::fs::write(&good, &text).unwrap();
+        let invalid = dir.path().join("invalid.tsv");
+        let mut bytes = text.clone().into_bytes();
+        bytes.insert(150_000, 0xff);
+        std::fs::write(&invalid, &bytes).unwrap();
+        let cut = dir.path().join("cut.tsv");
+        std::fs::write(&cut, [text.as_bytes(), &[0xc3]].concat()).unwrap();
+        std::thread::spawn(move || {
+            crate::pace::enable();
+            assert_eq!(read(&good).unwrap(), text);
+            for bad in [invalid, cut] {
+                let e = read(&bad).unwrap_err();
+                assert!(e.message.contains("valid UTF-8"), "{}", e.message);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -1,0 +1,22 @@
+//! How the process gives memory back (mimalloc is the allocator of the `vivgate` binary).
+
+/// mimalloc's option `purge_decommits` (index 5 in both its v2 and v3 headers).
+const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+
+/// Makes mimalloc give freed memory back with `MADV_FREE` (the kernel takes the pages only when
+/// it needs them; until then they count in the RSS and are reused without a fault) instead of
+/// `MADV_DONTNEED` (the pages discarded at once). A reload of a million keys frees a few hundred
+/// MiB: discarded at once, that stalled requests on a shared core for about 30 ms, and the next
+/// reload faulted every page in again ("Reloads under load" in benches/README.md). An operator's
+/// `MIMALLOC_PURGE_DECOMMITS` is left to win. Called once, after the start-up load.
+pub fn lazy_memory_return() {
+    // the start-up load's own garbage (the tenants text, the parsed groups: hundreds of MiB for a
+    // million keys) is discarded now, while no request waits, so the RSS starts low
+    // SAFETY: mi_collect takes a flag; mimalloc options may be set at any time (index above)
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+        return;
+    }
+    // SAFETY: as above
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0) };
+}
