@@ -45,12 +45,8 @@ pub fn tick() {
             p.set(Some((since, n + 1)));
             return;
         }
-        if since.elapsed() < BURST {
-            p.set(Some((since, 0)));
-            return;
-        }
-        std::thread::sleep(REST);
-        p.set(Some((Instant::now(), 0)));
+        p.set(Some((since, 0)));
+        rest_if_due(p);
     });
 }
 
@@ -58,13 +54,16 @@ pub fn tick() {
 /// clock on every call.
 #[inline]
 pub fn tick_now() {
-    PACER.with(|p| {
-        let Some((since, _)) = p.get() else { return };
-        if since.elapsed() >= BURST {
-            std::thread::sleep(REST);
-            p.set(Some((Instant::now(), 0)));
-        }
-    });
+    PACER.with(rest_if_due);
+}
+
+/// On a paced thread whose burst has run `BURST`: rests, and starts the next burst.
+fn rest_if_due(p: &Cell<Option<(Instant, u32)>>) {
+    let Some((since, _)) = p.get() else { return };
+    if since.elapsed() >= BURST {
+        std::thread::sleep(REST);
+        p.set(Some((Instant::now(), 0)));
+    }
 }
 
 /// Drops the items of `v` a few at a time, pacing between them (a million groups are a million
