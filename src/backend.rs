@@ -42,8 +42,10 @@ const MAX_RECORDED: usize = 10_000;
 
 #[derive(Default, Clone)]
 pub struct Backend {
-    received: Arc<Mutex<Vec<Received>>>,
+    received: Arc<Mutex<std::collections::VecDeque<Received>>>,
     total: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests received per `X-Vivreal-Group-Id` (the gateway's identity header).
+    per_group: Arc<Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl Backend {
@@ -56,9 +58,20 @@ impl Backend {
         self.total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many requests were received for `group` (by the `X-Vivreal-Group-Id` the gateway set).
+    pub fn total_for(&self, group: &str) -> u64 {
+        self.per_group
+            .lock()
+            .map(|m| m.get(group).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// The requests received so far (the last 10,000), oldest first.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().map(|v| v.clone()).unwrap_or_default()
+        self.received
+            .lock()
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -93,11 +106,16 @@ impl ServeHttp for Backend {
         };
         self.total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(group) = received.header("x-vivreal-group-id") {
+            if let Ok(mut m) = self.per_group.lock() {
+                *m.entry(group.to_string()).or_default() += 1;
+            }
+        }
         if let Ok(mut v) = self.received.lock() {
             if v.len() >= MAX_RECORDED {
-                v.remove(0);
+                v.pop_front();
             }
-            v.push(received.clone());
+            v.push_back(received.clone());
         }
         let path = req.uri.path();
         let query = req.uri.query();

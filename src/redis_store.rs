@@ -2,8 +2,9 @@
 //!
 //! One Redis hash per (group, month): `vivgate:usage:{<group>}:<YYYY-MM>` (the braces are a
 //! cluster hash tag), with fields `calls`, `calls_overage`, `bytes`, `bytes_overage`, and per
-//! instance `L:<id>` (calls leased and not yet settled), `E:<id>` (when those leases expire, ms)
-//! and `S:<id>` (the last settlement applied, for idempotent retries). It expires 35 days after
+//! instance `L:<id>` (calls leased and not yet settled), `E:<id>` (when those leases expire, ms),
+//! `G:<id>` and `Q:<id>` (calls granted and the last grant number, to undo grants whose reply
+//! was lost) and `S:<id>` (the last settlement applied, for idempotent retries). It expires 35 days after
 //! its month ends.
 //!
 //! - **Hard limits (calls, no overage billing):** an instance takes a *lease* of calls with one
@@ -26,6 +27,12 @@
 //!   then `allow` admits up to `outage_allowance` × quota calls per instance, counted locally and
 //!   replayed exactly once when Redis is back (settlements carry a sequence number the script
 //!   checks), and `deny` answers 503. Over-admission is bounded by instances × allowance.
+//! - **Lost replies:** a settlement is re-sent with its number until confirmed (applied once).
+//!   A grant Redis applied but whose reply was lost is undone by the instance's next grant or
+//!   settlement: both carry the instance's own total of the calls its grants gave it, which Redis
+//!   compares with `G:<id>`, its total of what it granted (see [`RECONCILE_LUA`]); grants carry a
+//!   number and `Q:<id>` keeps a late one from being applied after a later script. So after a
+//!   graceful stop Redis holds exactly what was served, whatever replies were lost.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,10 +76,41 @@ impl Eq for RedisSettings {}
 /// How long a month's key outlives the month.
 const KEY_TTL_AFTER_MONTH_MS: i64 = 35 * 86_400_000;
 
+/// Shared by both scripts: the instance's own cumulative count of the calls its grants gave it
+/// (`received`, ARGV) is the authority on what it holds. `G:<id>` is the same count as Redis
+/// applied it; a grant Redis applied whose reply never reached the instance (Redis killed before
+/// answering, a timeout) makes `G:<id>` larger, and that difference is taken back out of
+/// `L:<id>` and `calls`. A missing `G:<id>` (no lease held, or reclaimed) starts from `received`.
+const RECONCILE_LUA: &str = r#"
+local function reconcile(key, inst, received)
+  local g = redis.call('HGET', key, 'G:' .. inst)
+  if g then
+    local lost = tonumber(g) - received
+    if lost > 0 then
+      local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
+      local fix = math.min(lost, l)
+      if fix > 0 then
+        redis.call('HINCRBY', key, 'L:' .. inst, -fix)
+        redis.call('HINCRBY', key, 'calls', -fix)
+      end
+    end
+  end
+  redis.call('HSET', key, 'G:' .. inst, received)
+end
+"#;
+
+/// ARGV: limit, want, instance, (unused), ttl, key expiry, received (see [`RECONCILE_LUA`]),
+/// grant number. Returns `{granted, calls}`; `{-1, 0}` for a stale grant.
 const LEASE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local limit, want, inst = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ttl, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6])
+local received, q = tonumber(ARGV[7]), tonumber(ARGV[8])
+-- grants are numbered per instance and key; one that arrives after a later script of its
+-- instance (it waited in a connection while the instance moved on) is not applied
+if q <= tonumber(redis.call('HGET', key, 'Q:' .. inst) or '0') then return {-1, 0} end
+redis.call('HSET', key, 'Q:' .. inst, q)
+reconcile(key, inst, received)
 -- lease expiry on Redis's clock, so instances with skewed clocks agree
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -85,7 +123,7 @@ for i = 1, #h, 2 do
     local other = string.sub(f, 3)
     local l = tonumber(redis.call('HGET', key, 'L:' .. other) or '0')
     if l > 0 then redis.call('HINCRBY', key, 'calls', -l) end
-    redis.call('HDEL', key, 'L:' .. other, f)
+    redis.call('HDEL', key, 'L:' .. other, 'G:' .. other, f)
   end
 end
 local taken = tonumber(redis.call('HGET', key, 'calls') or '0')
@@ -94,11 +132,16 @@ if remaining <= 0 then return {0, taken} end
 local grant = math.min(want, math.max(1, math.floor(remaining / 16)), remaining)
 redis.call('HINCRBY', key, 'calls', grant)
 redis.call('HINCRBY', key, 'L:' .. inst, grant)
+redis.call('HINCRBY', key, 'G:' .. inst, grant)
 redis.call('HSET', key, 'E:' .. inst, now + ttl)
 redis.call('PEXPIREAT', key, expire_at)
 return {grant, taken + grant}
 "#;
 
+/// ARGV: instance, sequence number, (unused), ttl, key expiry, lease used, lease returned,
+/// direct calls, bytes, calls limit, bytes limit, overage ('1'), received ('': not now, a grant
+/// is in flight) and the last grant number sent (see [`RECONCILE_LUA`]), final ('1': the
+/// instance stops). Returns `{calls, bytes, calls_overage, bytes_overage, leased}`.
 const SETTLE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local inst, seq = ARGV[1], tonumber(ARGV[2])
@@ -108,6 +151,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_used, lease_returned = tonumber(ARGV[6]), tonumber(ARGV[7])
 local direct, bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, blimit, overage = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12] == '1'
+if ARGV[13] ~= '' then
+  -- no grant of this instance is in flight: the ones numbered up to ARGV[14] were answered or
+  -- given up on, and none of them may be applied after this
+  local q = tonumber(ARGV[14])
+  if q > tonumber(redis.call('HGET', key, 'Q:' .. inst) or '0') then
+    redis.call('HSET', key, 'Q:' .. inst, q)
+  end
+  reconcile(key, inst, tonumber(ARGV[13]))
+end
 local applied = tonumber(redis.call('HGET', key, 'S:' .. inst) or '0')
 if seq > applied then
   local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
@@ -141,7 +193,9 @@ local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
 if l > 0 then
   redis.call('HSET', key, 'E:' .. inst, now + ttl)
 else
-  redis.call('HDEL', key, 'L:' .. inst, 'E:' .. inst)
+  -- nothing leased: the grant count starts again from the instance's at its next grant
+  redis.call('HDEL', key, 'L:' .. inst, 'E:' .. inst, 'G:' .. inst)
+  if ARGV[15] == '1' and ARGV[13] ~= '' then redis.call('HDEL', key, 'Q:' .. inst) end
 end
 redis.call('PEXPIREAT', key, expire_at)
 local v = redis.call('HMGET', key, 'calls', 'bytes', 'calls_overage', 'bytes_overage')
@@ -186,7 +240,16 @@ struct Cell {
     limit: AtomicU64,
     bytes_limit: AtomicU64,
     overage: AtomicBool,
-    /// One grant request at a time per cell.
+    /// Calls received in grant replies, since the cell was made (changed under `fetching`):
+    /// what Redis applied beyond it was lost on the way back (see [`RECONCILE_LUA`]).
+    received: AtomicU64,
+    /// Grants sent, since the cell was made (changed under `fetching`).
+    grants_sent: AtomicU64,
+    /// Grants up to this number are known to agree with Redis (answered, or reconciled by a
+    /// settlement); one beyond it may have left a lease in Redis that a settlement must undo.
+    reconciled: AtomicU64,
+    /// One grant request at a time per cell; a settlement that reconciles the grants holds it
+    /// too, so no grant is in flight while it runs.
     fetching: tokio::sync::Mutex<()>,
     inflight: Mutex<Option<Batch>>,
 }
@@ -318,8 +381,8 @@ impl RedisStore {
             instance,
             clock,
             cells: DashMap::default(),
-            lease: redis::Script::new(LEASE_SCRIPT),
-            settle: redis::Script::new(SETTLE_SCRIPT),
+            lease: redis::Script::new(&format!("{RECONCILE_LUA}{LEASE_SCRIPT}")),
+            settle: redis::Script::new(&format!("{RECONCILE_LUA}{SETTLE_SCRIPT}")),
             seq: AtomicU64::new(0),
             settling: tokio::sync::Mutex::new(()),
             down_until_ms: AtomicI64::new(0),
@@ -521,8 +584,10 @@ impl RedisStore {
         }
         let want = self.settings.lease_max.max(1);
         let started = Instant::now();
+        // numbered, and carrying what this instance received so far (both under `fetching`)
+        let number = cell.grants_sent.fetch_add(1, Ordering::AcqRel) + 1;
         let result = self
-            .script::<(u64, u64)>(
+            .script::<(i64, u64)>(
                 &self.lease,
                 Self::key(group, month),
                 vec![
@@ -532,6 +597,8 @@ impl RedisStore {
                     now.to_string(),
                     self.settings.lease_ttl.as_millis().to_string(),
                     Self::expire_at(month).to_string(),
+                    cell.received.load(Ordering::Acquire).to_string(),
+                    number.to_string(),
                 ],
             )
             .await;
@@ -539,8 +606,15 @@ impl RedisStore {
             .latency
             .observe(started.elapsed().as_secs_f64());
         match result {
+            Ok(Ok((grant, _))) if grant < 0 => {
+                // stale (cannot happen while `fetching` is held): nothing was granted
+                Take::Unavailable
+            }
             Ok(Ok((grant, taken))) => {
+                let grant = grant as u64;
                 self.mark_up();
+                cell.received.fetch_add(grant, Ordering::AcqRel);
+                cell.reconciled.fetch_max(number, Ordering::AcqRel);
                 cell.known[0].store(taken, Ordering::Release);
                 if grant == 0 {
                     cell.exhausted_at_ms.store(now, Ordering::Relaxed);
@@ -624,9 +698,25 @@ impl RedisStore {
                 cell.lease_returned.fetch_add(back, Ordering::AcqRel);
             }
             self.drop_stale_lease(&cell, now);
+            // the grants are reconciled while none is in flight: at a stop, after waiting for
+            // one; otherwise only if none is (the next settlement or grant does it)
+            let no_grant_in_flight = if release {
+                Some(cell.fetching.lock().await)
+            } else {
+                cell.fetching.try_lock().ok()
+            };
+            let reconcile = no_grant_in_flight.as_ref().map(|_| {
+                (
+                    cell.received.load(Ordering::Acquire),
+                    cell.grants_sent.load(Ordering::Acquire),
+                )
+            });
             // a re-sent batch may leave newer counts behind: at a stop, send until none is left
             for _ in 0..if release { 3 } else { 1 } {
-                match self.settle_cell(&group, month, &cell, now).await {
+                match self
+                    .settle_cell(&group, month, &cell, now, reconcile, release)
+                    .await
+                {
                     Ok(true) => settled += 1,
                     Ok(false) => break,
                     Err(()) => {
@@ -664,6 +754,7 @@ impl RedisStore {
                 || c.lease.load(Ordering::Relaxed) != 0
                 || c.lease_used.load(Ordering::Relaxed) != 0
                 || c.lease_returned.load(Ordering::Relaxed) != 0
+                || c.grants_sent.load(Ordering::Relaxed) > c.reconciled.load(Ordering::Relaxed)
         });
         // up again only on an answer: a settlement that went through, or a probe
         if settled > 0 || self.ping().await {
@@ -707,6 +798,7 @@ impl RedisStore {
                 && c.lease.load(Ordering::Acquire) == 0
                 && c.lease_used.load(Ordering::Acquire) == 0
                 && c.lease_returned.load(Ordering::Acquire) == 0
+                && c.grants_sent.load(Ordering::Acquire) <= c.reconciled.load(Ordering::Acquire)
         })
     }
 
@@ -729,12 +821,16 @@ impl RedisStore {
 
     /// `Ok(true)`: something was sent and confirmed; `Err`: Redis did not answer (the batch is
     /// kept and re-sent as is).
+    /// `reconcile`: the calls received in grants and the grants sent, when no grant is in
+    /// flight (the caller holds `fetching`); `last`: the instance stops.
     async fn settle_cell(
         &self,
         group: &str,
         month: Month,
         cell: &Cell,
         now: i64,
+        reconcile: Option<(u64, u64)>,
+        last: bool,
     ) -> Result<bool, ()> {
         let batch = {
             let Ok(mut inflight) = cell.inflight.lock() else {
@@ -751,11 +847,15 @@ impl RedisStore {
                         bytes: cell.bytes.swap(0, Ordering::AcqRel),
                     };
                     let holds_lease = cell.lease.load(Ordering::Acquire) > 0;
+                    // a grant whose answer was lost may have left a lease in Redis
+                    let unreconciled = reconcile
+                        .is_some_and(|(_, sent)| sent > cell.reconciled.load(Ordering::Acquire));
                     if b.lease_used == 0
                         && b.lease_returned == 0
                         && b.direct == 0
                         && b.bytes == 0
                         && !holds_lease
+                        && !unreconciled
                     {
                         return Ok(false);
                     }
@@ -791,6 +891,9 @@ impl RedisStore {
                         "0"
                     }
                     .to_string(),
+                    reconcile.map_or(String::new(), |(received, _)| received.to_string()),
+                    reconcile.map_or(String::new(), |(_, sent)| sent.to_string()),
+                    if last { "1" } else { "0" }.to_string(),
                 ],
             )
             .await;
@@ -810,6 +913,9 @@ impl RedisStore {
                 cell.known[2].store(calls_over, Ordering::Release);
                 cell.known[3].store(bytes_over, Ordering::Release);
                 cell.lease_confirmed_ms.store(now, Ordering::Relaxed);
+                if let Some((_, sent)) = reconcile {
+                    cell.reconciled.fetch_max(sent, Ordering::AcqRel);
+                }
                 let outage = cell.outage_admitted.swap(0, Ordering::AcqRel);
                 if outage > 0 {
                     self.metrics.replayed_calls.inc_by(outage);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
+use common::relay::Relay;
 use common::*;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -564,4 +565,306 @@ async fn a_finished_month_stays_readable_from_its_archive() {
         .await
         .unwrap();
     assert_eq!(expire_at, utc_ms(2027, 12, 1, 0, 0, 0, 0));
+}
+
+/// Every `L:` (a lease Redis thinks an instance holds) left in a usage hash.
+async fn lease_fields(redis: &RedisServer, key: &str) -> Vec<(String, String)> {
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    fields
+        .into_iter()
+        .filter(|(f, _)| f.starts_with("L:"))
+        .collect()
+}
+
+/// Makes Redis log every command it runs (its slow log, with a threshold of 0).
+async fn log_every_command(redis: &RedisServer) {
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
+/// The grant numbers (the lease script's last argument) Redis ran for `key`, from its log.
+async fn grants_run(redis: &RedisServer, key: &str) -> Vec<String> {
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let redis::Value::Array(fields) = e else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let args: Vec<String> = args.iter().map(text).collect();
+        // EVALSHA sha 1 key + the lease script's 8 arguments
+        if args.len() == 12 && args[0].eq_ignore_ascii_case("evalsha") && args[3] == key {
+            out.push(args[11].clone());
+        }
+    }
+    out
+}
+
+/// Sends `n` calls of `key` to `addr` one after another; each must be served.
+async fn serve_calls(addr: SocketAddr, key: &str, n: usize) {
+    let mut c = Client::connect(addr).await;
+    for i in 0..n {
+        let r = c.get(&target(), Some(key)).await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+    }
+}
+
+/// After a graceful stop, Redis holds for `key`'s group exactly what the backend served for it,
+/// and no lease.
+async fn assert_redis_holds_what_was_served(fleet: &Fleet, redis: &RedisServer, key: &str) {
+    let group = group_id(key);
+    let hash = format!("vivgate:usage:{{{group}}}:2026-11");
+    let served = fleet.h.backend.total_for(group);
+    assert_eq!(
+        redis.hget(&hash, "calls").await,
+        served,
+        "{key}: Redis holds exactly what the backend served"
+    );
+    assert_eq!(
+        lease_fields(redis, &hash).await,
+        vec![],
+        "{key}: no lease left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_reply_is_lost_leaves_no_phantom_calls() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let relay = Relay::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let mut fleet = Fleet::start_url(&relay.url(), 1, 1_000, "").await;
+    let addr = fleet.addrs[0];
+    // a first grant, for another group, loads the scripts into Redis
+    serve_calls(addr, "key-pro", 1).await;
+    // the next command on the tiny group's hash is its first grant: Redis applies it, and the
+    // connection drops before the reply reaches the instance
+    let key = fleet.key(Month::from_ym(2026, 11));
+    relay.lose_reply_to(key.as_bytes());
+    log_every_command(&redis).await;
+    serve_calls(addr, TINY, 1).await;
+    assert_eq!(relay.cut(), 1, "the grant's reply was lost");
+    assert_eq!(grants_run(&redis, &key).await, ["1"], "Redis ran grant 1");
+    // the instance reconnects and leases again
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    serve_calls(addr, TINY, 20).await;
+    fleet.stop(0).await;
+    assert_eq!(fleet.h.backend.total_for(group_id(TINY)), 21);
+    assert_redis_holds_what_was_served(&fleet, &redis, TINY).await;
+    assert_redis_holds_what_was_served(&fleet, &redis, "key-pro").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_applied_after_its_timeout_leaves_no_phantom_calls() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 1, 1_000, "").await;
+    let addr = fleet.addrs[0];
+    serve_calls(addr, "key-pro", 1).await;
+    // Redis holds every write for 400 ms: the grant times out at the instance (50 ms), which
+    // serves the call by its outage policy, and Redis applies the grant afterwards
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    log_every_command(&redis).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    serve_calls(addr, TINY, 1).await;
+    let key = fleet.key(Month::from_ym(2026, 11));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // the grant the instance gave up on ran once the pause ended
+    assert_eq!(grants_run(&redis, &key).await, ["1"], "Redis ran grant 1");
+    serve_calls(addr, TINY, 20).await;
+    fleet.stop(0).await;
+    assert_eq!(fleet.h.backend.total_for(group_id(TINY)), 21);
+    assert_redis_holds_what_was_served(&fleet, &redis, TINY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_whose_reply_is_lost_is_applied_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let relay = Relay::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let mut fleet = Fleet::start_url(&relay.url(), 1, 1_000, "").await;
+    let addr = fleet.addrs[0];
+    // a grant and a settlement for another group load both scripts into Redis
+    serve_calls(addr, "key-pro", 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    log_every_command(&redis).await;
+    // an overage group on a bandwidth route: counted locally, added at each settlement; the
+    // first settlement's reply is lost after Redis applied it
+    let group = group_id("key-tiny-overage");
+    let key = format!("vivgate:usage:{{{group}}}:2026-11");
+    relay.lose_reply_to(key.as_bytes());
+    let mut c = Client::connect(addr).await;
+    for _ in 0..10 {
+        let r = c.get("/cdn/f?size=300", Some("key-tiny-overage")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    wait_for("the settlement's reply to be lost", || async {
+        relay.cut() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for _ in 0..10 {
+        let r = c.get("/cdn/f?size=300", Some("key-tiny-overage")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    fleet.stop(0).await;
+    // the lost one was sent again, with its number, and applied once
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    for e in entries {
+        let redis::Value::Array(fields) = e else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let arg = |i: usize| match args.get(i) {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        if arg(3) == key && args.len() > 12 {
+            seqs.push(arg(5));
+        }
+    }
+    seqs.sort();
+    assert!(
+        seqs.windows(2).any(|w| w[0] == w[1]),
+        "a settlement was sent twice with one number: {seqs:?}"
+    );
+    assert_eq!(fleet.h.backend.total_for(group), 20);
+    assert_eq!(redis.hget(&key, "calls").await, 20, "calls applied once");
+    assert_eq!(redis.hget(&key, "bytes").await, 6_000, "bytes applied once");
+    assert_eq!(
+        redis.hget(&key, "bytes_overage").await,
+        4_500,
+        "past the tier's 1,500 bytes"
+    );
+}
+
+/// Three instances under a steady load of two groups (one with a large quota, one whose hard
+/// quota runs out during the run), Redis killed (SIGKILL) and restarted 20 times: after a
+/// graceful stop of every instance, Redis holds exactly what the backend served, per group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_twenty_times_under_load_ends_exact() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut fleet = Fleet::start(&redis, 3, 3_000, "store_timeout_ms = 2").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let addr = fleet.addrs[c % 3];
+        let key = if c % 2 == 0 { "key-pro" } else { TINY };
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let mut client = Client::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(r) = client
+                    .try_request(
+                        &format!(
+                            "GET {} HTTP/1.1\nHost: t\nAuthorization: Bearer {key}",
+                            target()
+                        ),
+                        b"",
+                    )
+                    .await
+                else {
+                    client = Client::connect(addr).await;
+                    continue;
+                };
+                assert!(
+                    matches!(r.status, 200 | 402 | 503),
+                    "{}: {}",
+                    r.status,
+                    r.text()
+                );
+                *statuses.entry(r.status).or_default() += 1;
+                if r.header("connection") == Some("close") {
+                    client = Client::connect(addr).await;
+                }
+                // a fixed offered load, well below what the instances can serve
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            statuses
+        }));
+    }
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.restart().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for c in clients {
+        for (s, n) in c.await.unwrap() {
+            *statuses.entry(s).or_default() += n;
+        }
+    }
+    eprintln!("answers: {statuses:?}");
+    for i in 0..3 {
+        fleet.stop(i).await;
+    }
+    for key in ["key-pro", TINY] {
+        let group = group_id(key);
+        let hash = format!("vivgate:usage:{{{group}}}:2026-11");
+        eprintln!(
+            "{key}: served {}, Redis calls {}, leases left {:?}",
+            fleet.h.backend.total_for(group),
+            redis.hget(&hash, "calls").await,
+            lease_fields(&redis, &hash).await
+        );
+    }
+    assert_redis_holds_what_was_served(&fleet, &redis, "key-pro").await;
+    assert_redis_holds_what_was_served(&fleet, &redis, TINY).await;
 }
