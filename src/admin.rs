@@ -15,6 +15,7 @@ use crate::config::Group;
 use crate::error::envelope;
 use crate::gateway::{Gateway, ReloadError};
 use crate::keys::hash_key;
+use crate::overrides::{ChangeError, Changed, OverrideChange};
 use crate::usage::UsageStore;
 
 pub struct AdminApp<S: UsageStore> {
@@ -44,6 +45,47 @@ fn ok(data: Value) -> Response<Vec<u8>> {
 
 fn fail(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     reply(status, envelope(message), "application/json")
+}
+
+/// The answer to an override change that is not in force; the cause goes to the log.
+fn change_failed(e: ChangeError) -> Response<Vec<u8>> {
+    match e {
+        ChangeError::NotSaved {
+            shared: true,
+            reason,
+        } => {
+            tracing::error!("admin: override change not saved in Redis: {reason}");
+            fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The change could not be saved in Redis",
+            )
+        }
+        ChangeError::NotSaved {
+            shared: false,
+            reason,
+        } => {
+            tracing::error!("admin: override change not saved: {reason}");
+            fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The change could not be saved",
+            )
+        }
+        ChangeError::Unknown { reason } => {
+            tracing::error!("admin: override change sent to Redis, no answer: {reason}");
+            fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis did not answer in time: the change may or may not have been saved; repeating it is harmless",
+            )
+        }
+    }
+}
+
+/// `data` with the fleet's overrides version after a change, when there is one.
+fn with_version(mut data: Value, changed: &Changed) -> Value {
+    if let (Some(v), Some(map)) = (changed.version, data.as_object_mut()) {
+        map.insert("version".into(), json!(v));
+    }
+    data
 }
 
 /// A 500 whose cause goes to the log, not to the caller.
@@ -213,7 +255,13 @@ impl<S: UsageStore> AdminApp<S> {
                     .iter()
                     .map(|(k, g)| json!({"key": k, "group": g}))
                     .collect();
-                ok(json!({"status": &o.status, "revoked_keys": revoked}))
+                let mut data = json!({"status": &o.status, "revoked_keys": revoked});
+                if let Some((version, from_copy)) = self.gw.store().overrides_state() {
+                    // the fleet's table (Redis), as this instance holds it
+                    data["version"] = json!(version);
+                    data["from_copy"] = json!(from_copy);
+                }
+                ok(data)
             }
             (Method::DELETE, p) if p.starts_with("/overrides/") => {
                 let raw = &p["/overrides/".len()..];
@@ -228,22 +276,16 @@ impl<S: UsageStore> AdminApp<S> {
                     Ok(h) => format!("key {}", crate::keys::fingerprint(&h)),
                     Err(_) => format!("group {id}"),
                 };
-                let removed = self.gw.change_overrides(|o| {
-                    o.status.remove(&id).is_some() || o.revoked.remove(&id).is_some()
-                });
-                match removed {
-                    Ok(true) => {
+                match self
+                    .gw
+                    .change_overrides(&OverrideChange::Remove(id.clone()))
+                {
+                    Ok(c) if c.found => {
                         tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, "override removed: {shown}");
-                        ok(json!({"removed": id}))
+                        ok(with_version(json!({"removed": id}), &c))
                     }
-                    Ok(false) => fail(StatusCode::NOT_FOUND, "No such override"),
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        fail(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "The change could not be saved",
-                        )
-                    }
+                    Ok(_) => fail(StatusCode::NOT_FOUND, "No such override"),
+                    Err(e) => change_failed(e),
                 }
             }
             (m, p) if p.starts_with("/groups/") => {
@@ -287,19 +329,6 @@ impl<S: UsageStore> AdminApp<S> {
         let Some(group) = snap.group(id) else {
             return fail(StatusCode::NOT_FOUND, "Unknown group");
         };
-        let saved = |r: Result<(), String>, what: String| match r {
-            Ok(()) => {
-                tracing::info!(target: "vivgate::audit", %caller, group = id, "{what}");
-                None
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                Some(fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "The change could not be saved",
-                ))
-            }
-        };
         match (method, what) {
             (Method::PUT, "status") => {
                 #[derive(serde::Deserialize)]
@@ -330,14 +359,17 @@ impl<S: UsageStore> AdminApp<S> {
                         }
                     };
                 }
-                let gid = id.to_string();
-                let r = self.gw.change_overrides(|o| {
-                    o.status.insert(gid, status);
-                });
-                if let Some(err) = saved(r, format!("PUT /groups/{id}/status: {status:?}")) {
-                    return err;
+                let change = OverrideChange::Status {
+                    group: id.to_string(),
+                    status,
+                };
+                match self.gw.change_overrides(&change) {
+                    Ok(c) => {
+                        tracing::info!(target: "vivgate::audit", %caller, group = id, "PUT /groups/{id}/status: {status:?}");
+                        ok(with_version(json!({"group": id, "status": status}), &c))
+                    }
+                    Err(e) => change_failed(e),
                 }
-                ok(json!({"group": id, "status": status}))
             }
             (Method::DELETE, k) if k.starts_with("keys/") => {
                 let raw = &k["keys/".len()..];
@@ -371,17 +403,17 @@ impl<S: UsageStore> AdminApp<S> {
                         }
                     };
                 }
-                let r = self.gw.change_overrides(|o| o.revoke(&hash, id));
-                if let Some(err) = saved(
-                    r,
-                    format!(
-                        "DELETE /groups/{id}/keys: key {} revoked",
-                        crate::keys::fingerprint(&hash)
-                    ),
-                ) {
-                    return err;
+                let change = OverrideChange::Revoke {
+                    key: crate::keys::format_key_hash(&hash),
+                    group: id.to_string(),
+                };
+                match self.gw.change_overrides(&change) {
+                    Ok(c) => {
+                        tracing::info!(target: "vivgate::audit", %caller, group = id, "DELETE /groups/{id}/keys: key {} revoked", crate::keys::fingerprint(&hash));
+                        ok(with_version(json!({"group": id, "revoked": text}), &c))
+                    }
+                    Err(e) => change_failed(e),
                 }
-                ok(json!({"group": id, "revoked": text}))
             }
             _ => fail(StatusCode::NOT_FOUND, "Not found"),
         }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, Snapshot};
 use crate::metrics::Metrics;
-use crate::overrides::Overrides;
+use crate::overrides::{ChangeError, Changed, OverrideChange, Overrides};
 use crate::usage::{MemoryStore, UsageStore};
 
 /// Why a reload was refused. The running snapshot stays in place.
@@ -51,8 +51,9 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     source: Option<PathBuf>,
     request_ids: RequestIds,
     metrics: Metrics,
-    /// Admin overrides (status, revoked keys), applied on top of the snapshot.
-    overrides: ArcSwap<Overrides>,
+    /// Admin overrides (status, revoked keys), applied on top of the snapshot. Shared with a
+    /// store that follows the fleet's overrides (Redis).
+    overrides: Arc<ArcSwap<Overrides>>,
     /// Serializes admin changes to the overrides (read, change, save, swap).
     overrides_lock: std::sync::Mutex<()>,
     /// Set when a stop or an upgrade begins: `/healthz` answers 503 from then on.
@@ -85,7 +86,7 @@ impl<S: UsageStore> Gateway<S> {
             source,
             request_ids: RequestIds::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            overrides: ArcSwap::from_pointee(Overrides::default()),
+            overrides: Arc::new(ArcSwap::from_pointee(Overrides::default())),
             metrics,
             overrides_lock: std::sync::Mutex::new(()),
             failed_auth: Default::default(),
@@ -115,26 +116,39 @@ impl<S: UsageStore> Gateway<S> {
         self.overrides.load()
     }
 
-    /// Loads the overrides kept in the store (at start). A store that cannot be read is an
+    /// Loads the overrides kept in the store (at start), and has a store that shares them with
+    /// the fleet follow the others' changes from then on. A store that cannot be read is an
     /// error: starting without them would un-revoke keys.
     pub fn load_overrides(&self) -> Result<(), String> {
         let o = self.store.load_overrides()?.indexed();
         self.overrides.store(Arc::new(o));
+        self.store.follow_overrides(self.overrides.clone());
         Ok(())
     }
 
-    /// Applies an admin change: saved to the store first, then in force for the next request.
-    pub fn change_overrides<R>(&self, f: impl FnOnce(&mut Overrides) -> R) -> Result<R, String> {
+    /// Applies an admin change: saved to the store first (for the fleet's store, Redis, applied
+    /// there), then in force for the next request. On an error nothing changed here.
+    pub fn change_overrides(&self, change: &OverrideChange) -> Result<Changed, ChangeError> {
+        if let Some(shared) = self.store.change_shared_overrides(change) {
+            return shared;
+        }
+        let not_saved = |reason: String| ChangeError::NotSaved {
+            shared: false,
+            reason,
+        };
         let _one_at_a_time = self
             .overrides_lock
             .lock()
-            .map_err(|_| "overrides lock poisoned")?;
+            .map_err(|_| not_saved("overrides lock poisoned".into()))?;
         let mut next = Overrides::clone(&self.overrides.load());
-        let r = f(&mut next);
+        let found = next.apply(change);
         let next = next.indexed();
-        self.store.save_overrides(&next)?;
+        self.store.save_overrides(&next).map_err(not_saved)?;
         self.overrides.store(Arc::new(next));
-        Ok(r)
+        Ok(Changed {
+            found,
+            version: None,
+        })
     }
 
     /// Marks the gateway as stopping (a load balancer should drain it).

@@ -44,6 +44,8 @@ use redis::aio::ConnectionManager;
 use crate::clock::{Clock, Month};
 use crate::usage::{GroupId, Take, Usage, UsageStore};
 
+pub mod overrides;
+
 /// What to do when Redis cannot answer within the store timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutagePolicy {
@@ -68,6 +70,9 @@ pub struct RedisSettings {
     pub lease_ttl: Duration,
     /// Months a finished month stays readable (from the archive once its key expired).
     pub retention_months: u32,
+    /// Where the last overrides read from Redis are kept (`state/overrides-snapshot.json`
+    /// beside the config).
+    pub overrides_copy: std::path::PathBuf,
 }
 
 // the allowance is checked to be within 0..=1 at load, never NaN
@@ -324,6 +329,8 @@ pub struct RedisStore {
     down_until_ms: AtomicI64,
     down_since: Mutex<Option<Instant>>,
     metrics: StoreMetrics,
+    /// The fleet's admin overrides (see [`overrides`]).
+    overrides: overrides::SharedOverrides,
     /// The store's own runtime, where the connection lives and settlements run (dropped in
     /// the background: the store may be dropped inside another runtime).
     rt: Option<tokio::runtime::Runtime>,
@@ -388,6 +395,7 @@ impl RedisStore {
             down_until_ms: AtomicI64::new(0),
             down_since: Mutex::new(None),
             metrics: StoreMetrics::new(),
+            overrides: overrides::SharedOverrides::new(),
             rt: Some(rt),
             handle,
             settings,
@@ -1060,6 +1068,9 @@ impl RedisStore {
 enum Conn {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+    /// One connection of its own (the overrides: an admin change on a connection of its own
+    /// knows that a refused connection applied nothing).
+    Plain(redis::aio::MultiplexedConnection),
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -1070,6 +1081,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -1082,6 +1094,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -1089,6 +1102,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
         }
     }
 }
@@ -1243,6 +1257,28 @@ impl UsageStore for SharedRedisStore {
         let _ = registry.register(Box::new(m.replayed_calls.clone()));
         let _ = registry.register(Box::new(m.outage_admitted.clone()));
         let _ = registry.register(Box::new(m.outage_bound.clone()));
+        let o = &self.0.overrides;
+        let _ = registry.register(Box::new(o.from_copy.clone()));
+        let _ = registry.register(Box::new(o.version_gauge.clone()));
+    }
+
+    fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {
+        self.0.load_overrides_blocking()
+    }
+
+    fn change_shared_overrides(
+        &self,
+        change: &crate::overrides::OverrideChange,
+    ) -> Option<Result<crate::overrides::Changed, crate::overrides::ChangeError>> {
+        Some(self.0.change_overrides_blocking(change))
+    }
+
+    fn follow_overrides(&self, table: Arc<arc_swap::ArcSwap<crate::overrides::Overrides>>) {
+        self.0.follow(table);
+    }
+
+    fn overrides_state(&self) -> Option<(u64, bool)> {
+        Some(self.0.overrides_state())
     }
 }
 

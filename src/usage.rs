@@ -102,6 +102,26 @@ pub trait UsageStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A store that keeps the overrides for the whole fleet (Redis) makes an admin change
+    /// itself: in the shared store first, then in the table given to `follow_overrides`.
+    /// `None`: the gateway keeps them, through `save_overrides`.
+    fn change_shared_overrides(
+        &self,
+        _change: &crate::overrides::OverrideChange,
+    ) -> Option<Result<crate::overrides::Changed, crate::overrides::ChangeError>> {
+        None
+    }
+
+    /// Keeps `table` up to date with the fleet's overrides (a store that shares them; started
+    /// once, after `load_overrides`).
+    fn follow_overrides(&self, _table: Arc<arc_swap::ArcSwap<crate::overrides::Overrides>>) {}
+
+    /// For a store that shares the overrides: the version in force, and whether it comes from
+    /// the disk copy because Redis could not be read.
+    fn overrides_state(&self) -> Option<(u64, bool)> {
+        None
+    }
+
     /// A zero-downtime upgrade begins: make everything durable and let a new process take the
     /// storage over. What this process counts afterwards (its in-flight requests) must reach
     /// the new one. A no-op for a store that is not durable.

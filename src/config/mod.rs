@@ -900,6 +900,11 @@ pub fn compile(
             lease_idle: Duration::from_millis(u.lease_idle_ms),
             lease_ttl: Duration::from_millis(u.lease_ttl_ms),
             retention_months: u.retention_months,
+            overrides_copy: cfg
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("state")
+                .join("overrides-snapshot.json"),
         })
     } else {
         None

@@ -1,0 +1,517 @@
+//! The admin overrides (status overrides, revoked keys) of the whole fleet, kept in the shared
+//! usage store's Redis when `[usage] store = "redis"`.
+//!
+//! Layout (every key carries the `{vivgate-overrides}` hash tag, so a Redis Cluster keeps them in
+//! one slot and a change is one script):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{vivgate-overrides}:status` | hash | group id → `active`, `frozen` or `deactivated` |
+//! | `{vivgate-overrides}:revoked` | hash | `sha256:<64 hex>` key hash → the group it belonged to |
+//! | `{vivgate-overrides}:version` | integer | incremented by every change |
+//!
+//! A change is one Lua script that changes a hash, increments `version` and publishes it on the
+//! channel `vivgate-overrides` (a change that changes nothing keeps the version). Every instance
+//! subscribes first, then compares `version` with the one it serves at once and every
+//! [`CHECK_EVERY`], so a lost announcement costs at most that long. The last table read is kept
+//! on disk ([`RedisSettings::overrides_copy`]); an instance that cannot read Redis serves with
+//! it, and one that has neither refuses to start.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::{cluster_nodes, Conn, RedisStore};
+use crate::config::GroupStatus;
+use crate::overrides::{ChangeError, Changed, OverrideChange, Overrides};
+
+pub const STATUS_KEY: &str = "{vivgate-overrides}:status";
+pub const REVOKED_KEY: &str = "{vivgate-overrides}:revoked";
+pub const VERSION_KEY: &str = "{vivgate-overrides}:version";
+pub const CHANNEL: &str = "vivgate-overrides";
+/// How often an instance compares the version in Redis with the one it serves.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The longest an admin change, or the read at start, waits for Redis.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a change that got no answer in time keeps its connection open for one.
+const LATE_ANSWER: Duration = Duration::from_secs(30);
+
+/// KEYS: status, revoked, version. Returns `{version, status pairs, revoked pairs}`.
+const READ_SCRIPT: &str = r#"
+return {tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('HGETALL', KEYS[1]),
+  redis.call('HGETALL', KEYS[2])}
+"#;
+
+/// KEYS: status, revoked, version. ARGV: `status` group status | `revoke` key group | `remove`
+/// id, then the channel. Setting what is already set changes nothing (so a repeated change is
+/// harmless). Returns `{version, changed, status pairs, revoked pairs}`.
+const CHANGE_SCRIPT: &str = r#"
+local op, a, b = ARGV[1], ARGV[2], ARGV[3]
+local changed = 0
+if op == 'status' then
+  if redis.call('HGET', KEYS[1], a) ~= b then
+    redis.call('HSET', KEYS[1], a, b)
+    changed = 1
+  end
+elseif op == 'revoke' then
+  if redis.call('HGET', KEYS[2], a) ~= b then
+    redis.call('HSET', KEYS[2], a, b)
+    changed = 1
+  end
+else
+  changed = redis.call('HDEL', KEYS[1], a) + redis.call('HDEL', KEYS[2], a)
+end
+local v = tonumber(redis.call('GET', KEYS[3]) or '0')
+if changed > 0 then
+  v = redis.call('INCR', KEYS[3])
+  redis.call('PUBLISH', ARGV[4], v)
+end
+return {v, changed, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"#;
+
+type Table = (u64, Vec<String>, Vec<String>);
+
+/// What the Redis store knows of the overrides.
+pub(super) struct SharedOverrides {
+    /// The gateway's table, once it follows (see [`RedisStore::follow`]).
+    table: OnceLock<Arc<ArcSwap<Overrides>>>,
+    /// The version in the table (and in the disk copy).
+    version: Mutex<u64>,
+    pub(super) from_copy: prometheus::IntGauge,
+    pub(super) version_gauge: prometheus::IntGauge,
+}
+
+impl SharedOverrides {
+    pub(super) fn new() -> Self {
+        SharedOverrides {
+            table: OnceLock::new(),
+            version: Mutex::new(0),
+            from_copy: prometheus::IntGauge::new(
+                "overrides_from_copy",
+                "1 while the admin overrides in force are the disk copy (Redis unreachable)",
+            )
+            .expect("metric"),
+            version_gauge: prometheus::IntGauge::new(
+                "overrides_version",
+                "Version of the fleet's admin overrides in force",
+            )
+            .expect("metric"),
+        }
+    }
+}
+
+/// The disk copy: the table and its version.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Copy {
+    version: u64,
+    #[serde(flatten)]
+    overrides: Overrides,
+}
+
+fn parse_status(s: &str) -> Option<GroupStatus> {
+    match s {
+        "active" => Some(GroupStatus::Active),
+        "frozen" => Some(GroupStatus::Frozen),
+        "deactivated" => Some(GroupStatus::Deactivated),
+        _ => None,
+    }
+}
+
+fn status_str(s: GroupStatus) -> &'static str {
+    match s {
+        GroupStatus::Active => "active",
+        GroupStatus::Frozen => "frozen",
+        GroupStatus::Deactivated => "deactivated",
+    }
+}
+
+/// The table as Redis holds it. An entry that is not valid (a tool wrote a status vivgate does
+/// not know, or a malformed key hash) is left out and logged: the valid ones stay in force.
+fn to_overrides(status: Vec<String>, revoked: Vec<String>) -> Overrides {
+    let mut o = Overrides::default();
+    for pair in status.chunks_exact(2) {
+        match parse_status(&pair[1]) {
+            Some(s) => {
+                o.status.insert(pair[0].clone(), s);
+            }
+            None => tracing::error!(
+                key = STATUS_KEY,
+                group = %pair[0],
+                "overrides: unknown status {:?} left out",
+                pair[1]
+            ),
+        }
+    }
+    for pair in revoked.chunks_exact(2) {
+        if crate::keys::parse_key_hash(&pair[0]).is_ok() {
+            o.revoked.insert(pair[0].clone(), pair[1].clone());
+        } else {
+            tracing::error!(
+                key = REVOKED_KEY,
+                "overrides: a field that is not a sha256:<hex> key hash left out"
+            );
+        }
+    }
+    o.indexed()
+}
+
+fn write_copy(path: &Path, version: u64, overrides: &Overrides) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let json = serde_json::to_vec_pretty(&Copy {
+        version,
+        overrides: overrides.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    // several instances may share the directory: a temp file of this process, renamed
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, json)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn read_copy(path: &Path) -> Result<(u64, Overrides), String> {
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let c: Copy = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    Ok((c.version, c.overrides.indexed()))
+}
+
+/// A Redis error after the command may have been sent: the outcome is unknown.
+fn outcome_unknown(e: &redis::RedisError) -> bool {
+    !(e.is_connection_refusal() || matches!(e.kind(), redis::ErrorKind::Server(_)))
+}
+
+impl RedisStore {
+    /// The fleet's overrides from Redis, or from the disk copy (said in the log and the metric
+    /// `vivgate_overrides_from_copy`) when Redis does not answer; neither is an error.
+    pub(super) fn load_overrides_blocking(self: &Arc<Self>) -> Result<Overrides, String> {
+        let read =
+            self.run(|s| Box::pin(async move { s.read_overrides_fresh(ADMIN_TIMEOUT).await }));
+        let path = &self.settings.overrides_copy;
+        let o = &self.overrides;
+        match read {
+            Some(Ok((version, table))) => {
+                if let Err(e) = write_copy(path, version, &table) {
+                    tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
+                }
+                *o.version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+                o.version_gauge.set(version as i64);
+                o.from_copy.set(0);
+                Ok(table)
+            }
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e,
+                    _ => "no answer in time".to_string(),
+                };
+                let (version, table) = read_copy(path).map_err(|e| {
+                    format!(
+                        "overrides: Redis {} could not be read ({why}) and there is no usable copy at {} ({e}); \
+                         refusing to start without the fleet's revocations",
+                        self.settings.url,
+                        path.display()
+                    )
+                })?;
+                tracing::warn!(
+                    copy = %path.display(),
+                    version,
+                    "overrides: Redis unreachable ({why}); serving the last copy"
+                );
+                *o.version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+                o.version_gauge.set(version as i64);
+                o.from_copy.set(1);
+                Ok(table)
+            }
+        }
+    }
+
+    /// A connection for the overrides: one of their own to a single Redis (so a refused
+    /// connection means nothing was sent, and their timeouts are not the request path's), or
+    /// the store's cluster connection.
+    async fn overrides_conn(&self, within: Duration) -> Result<Conn, String> {
+        if cluster_nodes(&self.settings.url).is_some() {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                if let Some(c) = self.conn.get() {
+                    return Ok(c.clone());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err("redis cluster not connected".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let client = redis::Client::open(self.settings.url.as_str()).map_err(|e| e.to_string())?;
+        // answers are awaited by the callers, each with its own bound
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(within))
+            .set_response_timeout(None);
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(within, connect).await {
+            Ok(Ok(c)) => Ok(Conn::Plain(c)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no connection in time".into()),
+        }
+    }
+
+    /// Reads the whole table on `conn` (EVAL with the script's text: nothing to load first).
+    async fn read_overrides(
+        &self,
+        conn: &mut Conn,
+        within: Duration,
+    ) -> Result<(u64, Overrides), String> {
+        let mut c = conn.clone();
+        // bounded inside the task, so a connection that hangs is let go with it
+        let task = self.handle.spawn(async move {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(READ_SCRIPT)
+                .arg(3)
+                .arg(STATUS_KEY)
+                .arg(REVOKED_KEY)
+                .arg(VERSION_KEY);
+            tokio::time::timeout(within, cmd.query_async::<Table>(&mut c)).await
+        });
+        let (version, status, revoked) = task
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok((version, to_overrides(status, revoked)))
+    }
+
+    async fn read_overrides_fresh(&self, within: Duration) -> Result<(u64, Overrides), String> {
+        let mut conn = self.overrides_conn(within).await?;
+        self.read_overrides(&mut conn, within).await
+    }
+
+    /// Puts a table read from Redis in force unless it is the version already served; keeps
+    /// the disk copy in step.
+    fn apply_overrides(&self, version: u64, table: Overrides) {
+        let o = &self.overrides;
+        let mut current = o.version.lock().unwrap_or_else(|p| p.into_inner());
+        let was_copy = o.from_copy.get() == 1;
+        o.from_copy.set(0);
+        if was_copy {
+            tracing::info!(version, "overrides: Redis answers again");
+        }
+        // nothing follows yet (the gateway has not loaded them): nothing to put in force
+        let Some(table_in_force) = o.table.get() else {
+            return;
+        };
+        if version == *current && !was_copy {
+            return;
+        }
+        if version < *current {
+            tracing::error!(
+                served = *current,
+                redis = version,
+                "overrides: the version in Redis went back (did Redis lose its data?); applying Redis's table"
+            );
+        }
+        table_in_force.store(Arc::new(table.clone()));
+        *current = version;
+        o.version_gauge.set(version as i64);
+        let path = &self.settings.overrides_copy;
+        if let Err(e) = write_copy(path, version, &table) {
+            tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
+        }
+    }
+
+    fn overrides_unreachable(&self, why: &str) {
+        if self.overrides.from_copy.get() == 0 {
+            self.overrides.from_copy.set(1);
+            tracing::warn!("overrides: Redis unreachable ({why}); serving the last table read");
+        }
+    }
+
+    /// Compares the version in Redis with the one served, and reads the table when they differ.
+    /// `conn` is kept between checks, and made again after an error.
+    async fn check_overrides(&self, conn: &mut Option<Conn>) -> Result<(), String> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.overrides_conn(CHECK_EVERY).await?),
+        };
+        match self.read_overrides(c, CHECK_EVERY).await {
+            Ok((version, table)) => {
+                self.apply_overrides(version, table);
+                Ok(())
+            }
+            Err(e) => {
+                *conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// An admin change: made in Redis first (one script), then in force here; other instances
+    /// apply it when it is announced, or at their next version check.
+    pub(super) fn change_overrides_blocking(
+        self: &Arc<Self>,
+        change: &OverrideChange,
+    ) -> Result<Changed, ChangeError> {
+        let args: [String; 3] = match change {
+            OverrideChange::Status { group, status } => {
+                ["status".into(), group.clone(), status_str(*status).into()]
+            }
+            OverrideChange::Revoke { key, group } => ["revoke".into(), key.clone(), group.clone()],
+            OverrideChange::Remove(id) => ["remove".into(), id.clone(), String::new()],
+        };
+        let not_saved = |reason: String| ChangeError::NotSaved {
+            shared: true,
+            reason,
+        };
+        let result = self.run(move |s| {
+            Box::pin(async move {
+                // a connection that cannot be made sent nothing
+                let mut conn = s.overrides_conn(ADMIN_TIMEOUT).await.map_err(Err)?;
+                // the change keeps its connection after the caller stopped waiting, so a slow
+                // Redis still applies it rather than dropping it with the connection
+                let task = s.handle.spawn(async move {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(CHANGE_SCRIPT)
+                        .arg(3)
+                        .arg(STATUS_KEY)
+                        .arg(REVOKED_KEY)
+                        .arg(VERSION_KEY);
+                    for a in args {
+                        cmd.arg(a);
+                    }
+                    cmd.arg(CHANNEL);
+                    let answer = cmd.query_async::<(u64, u64, Vec<String>, Vec<String>)>(&mut conn);
+                    match tokio::time::timeout(LATE_ANSWER, answer).await {
+                        Ok(r) => r,
+                        Err(_) => Err(redis::RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        ))),
+                    }
+                });
+                match tokio::time::timeout(ADMIN_TIMEOUT, task).await {
+                    Ok(Ok(Ok(r))) => Ok(r),
+                    Ok(Ok(Err(e))) if outcome_unknown(&e) => Err(Ok(e.to_string())),
+                    Ok(Ok(Err(e))) => Err(Err(e.to_string())),
+                    Ok(Err(e)) => Err(Err(e.to_string())),
+                    Err(_) => Err(Ok("no answer within 2 s".to_string())),
+                }
+            })
+        });
+        match result {
+            Some(Ok((version, changed, status, revoked))) => {
+                self.apply_overrides(version, to_overrides(status, revoked));
+                let found = changed > 0 || !matches!(change, OverrideChange::Remove(_));
+                Ok(Changed {
+                    found,
+                    version: Some(version),
+                })
+            }
+            // Err(Ok(_)): sent, no answer; Err(Err(_)): refused before anything was applied
+            Some(Err(Ok(reason))) => Err(ChangeError::Unknown { reason }),
+            Some(Err(Err(reason))) => Err(not_saved(reason)),
+            None => Err(ChangeError::Unknown {
+                reason: "no answer in time".into(),
+            }),
+        }
+    }
+
+    /// Follows the fleet's overrides into `table`: subscribes to [`CHANNEL`] first, then compares
+    /// versions at once and every [`CHECK_EVERY`], and reads the table at every announcement.
+    pub(super) fn follow(self: &Arc<Self>, table: Arc<ArcSwap<Overrides>>) {
+        if self.overrides.table.set(table).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        self.handle.spawn(follow_loop(weak));
+    }
+
+    /// The version served and whether it is the disk copy.
+    pub(super) fn overrides_state(&self) -> (u64, bool) {
+        (
+            *self
+                .overrides
+                .version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            self.overrides.from_copy.get() == 1,
+        )
+    }
+
+    /// A subscription to [`CHANNEL`]: on the Redis of the URL, or on a node of a cluster (a
+    /// message published on any node reaches the subscribers of every node).
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
+        let urls = match cluster_nodes(&self.settings.url) {
+            Some(nodes) => nodes,
+            None => vec![self.settings.url.clone()],
+        };
+        let mut last = String::from("no Redis to subscribe to");
+        for url in urls {
+            let client = match redis::Client::open(url.as_str()) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let attempt = async {
+                let mut p = client.get_async_pubsub().await?;
+                p.subscribe(CHANNEL).await?;
+                Ok::<_, redis::RedisError>(p)
+            };
+            match tokio::time::timeout(CHECK_EVERY, attempt).await {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer in time".into(),
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn next_message(stream: &mut redis::aio::PubSubStream) -> Option<redis::Msg> {
+    use futures_core::Stream;
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+async fn follow_loop(store: Weak<RedisStore>) {
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        // subscribed first: a change announced from here on is heard; the version check
+        // right after covers the ones made before
+        let mut stream = match s.subscribe().await {
+            Ok(p) => p.into_on_message(),
+            Err(e) => {
+                s.overrides_unreachable(&e);
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let mut conn = None;
+        if let Err(e) = s.check_overrides(&mut conn).await {
+            s.overrides_unreachable(&e);
+        }
+        drop(s);
+        let mut next_check = tokio::time::Instant::now() + CHECK_EVERY;
+        loop {
+            let heard = tokio::select! {
+                m = next_message(&mut stream) => match m {
+                    Some(_) => true,
+                    // the subscription ended (Redis restarted or went away): subscribe again
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next_check) => false,
+            };
+            let Some(s) = store.upgrade() else { return };
+            if !heard {
+                next_check = tokio::time::Instant::now() + CHECK_EVERY;
+            }
+            if let Err(e) = s.check_overrides(&mut conn).await {
+                s.overrides_unreachable(&e);
+            }
+        }
+    }
+}
