@@ -251,8 +251,10 @@ pub fn save_snapshot(path: &Path, tenants_toml: &str, version: u64) -> std::io::
 }
 
 /// Follows changes: reloads `reload` when a version is announced, and compares the version
-/// every [`RESYNC_EVERY`] (or at once after a reconnect) to repair a missed message. Runs on a
-/// thread of its own until the process exits.
+/// every [`RESYNC_EVERY`] to repair a missed message. After every (re)connection it subscribes
+/// first and compares the version right after, so a change made while it could not hear, or
+/// while it was subscribing, is applied at once. Runs on a thread of its own until the process
+/// exits.
 pub fn follow(
     url: String,
     alive: impl Fn() -> bool + Send + 'static,
@@ -265,10 +267,6 @@ pub fn follow(
             if !alive() {
                 return;
             }
-            let Ok(mut con) = connect(&url) else {
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            };
             let check = |con: &mut redis::Connection| -> redis::RedisResult<()> {
                 let v: Option<u64> = con.get(VERSION_KEY)?;
                 if v.is_some() && v != served_version() {
@@ -276,16 +274,22 @@ pub fn follow(
                 }
                 Ok(())
             };
-            // caught up first: changes made while this instance could not hear them
-            if check(&mut con).is_err() {
-                continue;
-            }
+            // subscribed first: from here on an announcement is heard ...
             let Ok(mut sub_con) = connect(&url) else {
+                std::thread::sleep(RECONNECT_PAUSE);
                 continue;
             };
             let _ = sub_con.set_read_timeout(Some(Duration::from_millis(500)));
             let mut pubsub = sub_con.as_pubsub();
             if pubsub.subscribe(CHANNEL).is_err() {
+                std::thread::sleep(RECONNECT_PAUSE);
+                continue;
+            }
+            // ... and what changed before is caught up now
+            let Ok(mut con) = connect(&url) else {
+                continue;
+            };
+            if check(&mut con).is_err() {
                 continue;
             }
             let mut last_check = Instant::now();
@@ -307,6 +311,9 @@ pub fn follow(
             }
         });
 }
+
+/// How long the follower waits before it tries Redis again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where a snapshot's tenants came from (for logs and metrics).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -301,3 +301,114 @@ async fn redis_down_at_start_serves_the_disk_copy_and_catches_up() {
     assert!(took < Duration::from_secs(4), "caught up in {took:?}");
     assert_eq!(second.gw.metrics().tenants_from_copy.get(), 0);
 }
+
+/// A tenants file of `n` groups (one key each, `key-<i>`) plus the harness groups.
+fn large_tenants(n: usize) -> String {
+    let mut out = tenants_toml();
+    for i in 0..n {
+        let hash =
+            vivgate::keys::format_key_hash(&vivgate::keys::hash_key(format!("key-{i}").as_bytes()));
+        out.push_str(&format!(
+            "[[groups]]\nid = \"g{i:06}\"\ntier = \"free\"\nstatus = \"active\"\nkeys = [\"{hash}\"]\n\n"
+        ));
+    }
+    out
+}
+
+/// A status change written straight into Redis as the README's layout says (one transaction
+/// with the version, then the announcement); returns the new version.
+async fn write_status(
+    con: &mut redis::aio::MultiplexedConnection,
+    group: &str,
+    status: &str,
+) -> u64 {
+    let (version,): (u64,) = redis::pipe()
+        .atomic()
+        .hset(
+            format!("{{vivgate-tenants}}:group:{group}"),
+            "status",
+            status,
+        )
+        .ignore()
+        .incr("{vivgate-tenants}:version", 1)
+        .query_async(con)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("vivgate-tenants")
+        .arg(version)
+        .query_async(con)
+        .await
+        .unwrap();
+    version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_pushed_right_after_redis_returns_reaches_every_instance_within_a_second() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    // 1,000 groups besides the harness's
+    let file = h.dir.path().join("large.toml");
+    std::fs::write(&file, large_tenants(1_000)).unwrap();
+    push(&config, &file);
+    let fleet = vec![instance(&config).await, instance(&config).await];
+    for i in &fleet {
+        assert_eq!(status_of(i.addr, "key-free").await, 200);
+    }
+    // a fixed request rate, well below saturation: 50 requests a second to each instance
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in &fleet {
+        let (addr, stop) = (i.addr, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/tenant/siteDetails?siteId={OID}");
+                assert_eq!(c.get(&path, Some("key-pro")).await.status, 200);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let mut took = Vec::new();
+    for round in 0..20 {
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.restart().await;
+        let c = redis::Client::open(redis.url()).unwrap();
+        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        // a first change as soon as Redis answers: each instance catches up with it (a reload
+        // of the whole table) when it reconnects; a second one follows at a time that moves
+        // through the reconnection from round to round (0 to 570 ms), so in some rounds it
+        // arrives while an instance is catching up
+        write_status(&mut con, "g000001", ["frozen", "active"][round % 2]).await;
+        tokio::time::sleep(Duration::from_millis(30 * round as u64)).await;
+        let (status, code) = [("frozen", 400), ("active", 200)][round % 2];
+        let second = write_status(&mut con, group_id("key-free"), status).await;
+        let pushed = Instant::now();
+        for i in &fleet {
+            while i.gw.tenants_version() < Some(second) {
+                assert!(
+                    pushed.elapsed() < Duration::from_secs(10),
+                    "round {round}: never applied"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        took.push(pushed.elapsed());
+        for i in &fleet {
+            assert_eq!(status_of(i.addr, "key-free").await, code, "round {round}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    println!("after each of 20 reconnects, the change reached both instances in {took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(1)),
+        "every time within 1 s: {took:?}"
+    );
+}
