@@ -92,7 +92,8 @@ impl<S: UsageStore> Front<S> {
         let limits = self.gw.snapshot().limits;
         let Some(_open) = self.gw.open_connection(limits.max_connections) else {
             if self.listener.tls.is_none() && !self.listener.proxy_protocol {
-                self.refuse(stream, GatewayError::TooManyConnections).await;
+                self.refuse(stream, GatewayError::TooManyConnections, &[])
+                    .await;
             }
             return;
         };
@@ -173,7 +174,7 @@ impl<S: UsageStore> Front<S> {
                 Ok(()) => {}
                 Err(NoHead::Closed) => return,
                 Err(NoHead::Refuse(e)) => {
-                    self.refuse(stream, e).await;
+                    self.refuse(stream, e, &buf).await;
                     return;
                 }
             }
@@ -196,8 +197,9 @@ impl<S: UsageStore> Front<S> {
     }
 
     /// Writes the envelope for `e` with `Connection: close`, then lingers briefly so the client
-    /// reads it before the socket closes.
-    async fn refuse(&self, mut stream: Stream, e: GatewayError) {
+    /// reads it before the socket closes. `head` is what arrived of the request head: with
+    /// `[cors]`, an allowed `Origin` line in it gets the CORS headers, as every other envelope.
+    async fn refuse(&self, mut stream: Stream, e: GatewayError, head: &[u8]) {
         let metrics = self.gw.metrics();
         let status =
             http::StatusCode::from_u16(e.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
@@ -226,6 +228,16 @@ impl<S: UsageStore> Front<S> {
             GatewayError::TooManyConnections => out.extend_from_slice(b"retry-after: 1\r\n"),
             _ => {}
         }
+        if let Some(cors) = &self.gw.snapshot().cors {
+            out.extend_from_slice(b"vary: Origin\r\n");
+            if let Some(origin) = origin_line(head).filter(|o| cors.origins.contains(*o)) {
+                let _ = write!(
+                    out,
+                    "access-control-allow-origin: {origin}\r\naccess-control-expose-headers: {}\r\n",
+                    crate::config::CORS_EXPOSE_HEADERS
+                );
+            }
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
         let written = tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -249,6 +261,36 @@ impl<S: UsageStore> Front<S> {
         })
         .await;
     }
+}
+
+/// The value of the one complete `Origin` line among the header lines that arrived (the head
+/// may be cut short: a line counts once its CRLF is in); `None` without one, with two, or when
+/// it is not plain text.
+fn origin_line(head: &[u8]) -> Option<&str> {
+    // what follows the last LF is not a whole line yet
+    let whole = &head[..head.iter().rposition(|b| *b == b'\n')?];
+    let mut found = None;
+    // the request line first, then header lines up to the blank line
+    for line in whole.split(|b| *b == b'\n').skip(1) {
+        // a bare LF: the head is broken from here on
+        let Some(line) = line.strip_suffix(b"\r") else {
+            break;
+        };
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if line[..colon].eq_ignore_ascii_case(b"origin") {
+            if found.is_some() {
+                return None;
+            }
+            let value = std::str::from_utf8(&line[colon + 1..]).ok()?;
+            found = Some(value.trim_matches([' ', '\t']));
+        }
+    }
+    found
 }
 
 /// Reads one request head into `buf`. The first request of a connection must arrive whole
@@ -569,5 +611,42 @@ impl<S: UsageStore> ServerApp for Front<S> {
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_line;
+
+    #[test]
+    fn the_origin_line_is_read_from_whole_lines_only() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\nX: y\r\n\r\n";
+        assert_eq!(origin_line(head), Some("https://app.example"));
+        // a cut head: the line counts once its line end arrived
+        assert_eq!(
+            origin_line(b"GET / HTTP/1.1\r\norigin:  https://a.example \r\nX-Lon"),
+            Some("https://a.example")
+        );
+        assert_eq!(
+            origin_line(b"GET / HTTP/1.1\r\nOrigin: https://a.exa"),
+            None
+        );
+        // two of them, or none
+        assert_eq!(
+            origin_line(b"GET / HTTP/1.1\r\nOrigin: https://a\r\nOrigin: https://b\r\n\r\n"),
+            None
+        );
+        assert_eq!(origin_line(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        // the request line is not a header, and the body is not read
+        assert_eq!(
+            origin_line(b"GET /origin: HTTP/1.1\r\n\r\nOrigin: x\r\n"),
+            None
+        );
+        assert_eq!(origin_line(b""), None);
+        // a malformed head: the whole lines before the break count
+        assert_eq!(
+            origin_line(b"GET / HTTP/1.1\r\nOrigin: https://a\r\nX: a\nOrigin: https://b\r\n"),
+            Some("https://a")
+        );
     }
 }

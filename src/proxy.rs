@@ -69,6 +69,8 @@ pub struct Ctx {
     canonical_path: Option<String>,
     /// The request's `Origin`, when `[cors]` allows it: every answer carries the CORS headers.
     cors_origin: Option<HeaderValue>,
+    /// `[cors]` is configured: every answer carries `Vary: Origin`, whatever the origin.
+    cors_vary: bool,
     /// For the access log: when the request began, the upstream server and its answer time.
     started: Instant,
     upstream_addr: Option<std::net::SocketAddr>,
@@ -99,6 +101,7 @@ impl Default for Ctx {
             upstream_started: None,
             canonical_path: None,
             cors_origin: None,
+            cors_vary: false,
             started: Instant::now(),
             upstream_addr: None,
             upstream_ms: None,
@@ -217,6 +220,7 @@ impl<S: UsageStore> VivGate<S> {
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        self.add_cors_headers(&mut resp, ctx)?;
         drain_for_keepalive(session, self.gw.snapshot().limits.max_drain_body).await;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head).await?;
@@ -360,20 +364,28 @@ impl<S: UsageStore> VivGate<S> {
         Some((policy, HeaderValue::try_from(state).ok()?))
     }
 
-    /// Notes an allowed `Origin`; for a preflight (`OPTIONS` with `Origin` and
-    /// `Access-Control-Request-Method`, on a well-formed path) says whether it is allowed.
-    fn cors(
+    /// Notes that answers vary by `Origin`, and an allowed `Origin` (one header, listed).
+    fn note_origin(&self, session: &Session, ctx: &mut Ctx, cors: &crate::config::Cors) {
+        ctx.cors_vary = true;
+        let mut origins = session.req_header().headers.get_all(header::ORIGIN).iter();
+        if let (Some(origin), None) = (origins.next(), origins.next()) {
+            if origin.to_str().is_ok_and(|o| cors.origins.contains(o)) {
+                ctx.cors_origin = Some(origin.clone());
+            }
+        }
+    }
+
+    /// For a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, on a
+    /// well-formed path) says whether it is allowed; `None` for any other request.
+    fn preflight(
         &self,
         session: &Session,
-        ctx: &mut Ctx,
+        ctx: &Ctx,
         cors: &crate::config::Cors,
     ) -> Option<Result<(), GatewayError>> {
         let req = session.req_header();
-        let origin = req.headers.get(header::ORIGIN)?;
-        let allowed = origin.to_str().is_ok_and(|o| cors.origins.contains(o));
-        if allowed {
-            ctx.cors_origin = Some(origin.clone());
-        }
+        req.headers.get(header::ORIGIN)?;
+        let allowed = ctx.cors_origin.is_some();
         if req.method != http::Method::OPTIONS || canonical_path(req.uri.path()).is_err() {
             return None;
         }
@@ -427,17 +439,20 @@ impl<S: UsageStore> VivGate<S> {
         session.write_response_header(Box::new(resp), true).await
     }
 
-    /// The CORS headers of an answer to an allowed origin.
+    /// With `[cors]`, `Vary: Origin` on every answer (a shared cache must not give one origin's
+    /// answer to another), and the CORS headers on an answer to an allowed origin.
     fn add_cors_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+        if ctx.cors_vary {
+            resp.append_header(header::VARY, "Origin")?;
+        }
         let Some(origin) = &ctx.cors_origin else {
             return Ok(());
         };
         resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
         resp.insert_header(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id, ratelimit, ratelimit-policy, retry-after"),
+            HeaderValue::from_static(crate::config::CORS_EXPOSE_HEADERS),
         )?;
-        resp.append_header(header::VARY, "Origin")?;
         Ok(())
     }
 
@@ -708,6 +723,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             _ => self.gw.next_request_id(),
         };
         let snap = self.gw.snapshot();
+        if let Some(cors) = &snap.cors {
+            self.note_origin(session, ctx, cors);
+        }
         if session.is_http2() {
             // a stream whose client stops taking data (no WINDOW_UPDATE) must not hold its
             // upstream connection forever; the front sets this for HTTP/1
@@ -721,7 +739,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             }
         }
         if let Some(cors) = &snap.cors {
-            if let Some(preflight) = self.cors(session, ctx, cors) {
+            if let Some(preflight) = self.preflight(session, ctx, cors) {
                 match preflight {
                     Ok(()) => self.preflight_ok(session, ctx, cors).await?,
                     Err(e) => {

@@ -275,6 +275,9 @@ fn compile_limits(cfg: &Path, l: &file::LimitsSection) -> Result<Limits, ConfigE
     })
 }
 
+/// The headers a browser script may read on an answer to an allowed origin.
+pub const CORS_EXPOSE_HEADERS: &str = "x-request-id, ratelimit, ratelimit-policy, retry-after";
+
 /// `[cors]`, checked, with the answer headers ready.
 #[derive(Debug)]
 pub struct Cors {
@@ -290,8 +293,10 @@ pub struct Cors {
 fn compile_cors(cfg: &Path, c: &file::CorsSection) -> Result<Cors, ConfigError> {
     let mut origins = HashSet::new();
     for (i, o) in c.allowed_origins.iter().enumerate() {
+        // no pattern: `*` anywhere would be a literal that no browser sends
         let ok = (o.starts_with("https://") || o.starts_with("http://"))
             && !o.ends_with('/')
+            && !o.contains('*')
             && o.bytes().all(|b| b.is_ascii_graphic())
             && o.split("://")
                 .nth(1)
@@ -300,7 +305,7 @@ fn compile_cors(cfg: &Path, c: &file::CorsSection) -> Result<Cors, ConfigError> 
             return Err(err(
                 cfg,
                 format!("cors.allowed_origins[{i}]"),
-                format!("{o:?}: an origin is scheme://host[:port], exactly as browsers send it"),
+                format!("{o:?}: an origin is scheme://host[:port], exactly as browsers send it (no wildcards)"),
             ));
         }
         origins.insert(o.clone());
