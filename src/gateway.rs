@@ -316,6 +316,13 @@ impl<S: UsageStore> Gateway<S> {
             return Err(ReloadError::NeedsRestart("limits.h2_*"));
         }
         let report = ReloadReport::between(&old, &new);
+        let mut new = new;
+        // the same servers keep their health (a server that is down stays skipped)
+        for up in &mut new.upstreams {
+            if let Some(o) = old.upstreams.iter().find(|o| o.name == up.name) {
+                up.health.adopt(&o.health);
+            }
+        }
         drop(old);
         self.note_tenants_source(&new);
         let replaced = self.snapshot.swap(Arc::new(new));

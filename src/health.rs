@@ -1,14 +1,20 @@
-//! Passive health: a server whose connections keep failing is skipped without waiting for the
-//! next active check. After `threshold` consecutive connect failures it is marked down; it comes
-//! back after the next successful active health check, or, when the upstream has no active
-//! checks, once `down_for` has passed: then one request tries it (the others keep skipping it)
-//! and a connection that succeeds brings it back.
+//! Server health: passive and active. After `threshold` consecutive connect failures a server
+//! is marked down and skipped without waiting for the next active check; it comes back after
+//! the next successful active health check, or, when the upstream has no active checks, once
+//! `down_for` has passed: then one request tries it (the others keep skipping it) and a
+//! connection that succeeds brings it back. A server whose active check fails is skipped until
+//! one passes.
+//!
+//! The state of each server lives apart from the snapshot, and a reload hands it to the new
+//! snapshot's server with the same identity (upstream name, address, TLS and SNI): a server
+//! that was down stays down across a reload; a changed or new one starts up.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub struct PassiveHealth {
+pub struct ServerHealth {
     /// 0: passive health is off.
     threshold: u32,
     /// `None`: only an active check brings a server back.
@@ -16,11 +22,27 @@ pub struct PassiveHealth {
     servers: Vec<Server>,
 }
 
+/// What makes a server the same server across a reload (the upstream's name is matched by the
+/// caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    pub addr: SocketAddr,
+    /// The name sent as SNI and verified; `None`: plain TCP.
+    pub tls_name: Option<String>,
+}
+
 struct Server {
-    addr: SocketAddr,
+    id: ServerId,
+    state: Arc<ServerState>,
+}
+
+#[derive(Default)]
+struct ServerState {
     failures: AtomicU32,
     /// When the server was marked down ([`now_ms`]); 0: up.
     down_since: AtomicU64,
+    /// Its last active health check failed.
+    check_failed: AtomicBool,
 }
 
 /// Milliseconds on a monotonic clock (from the first call), never 0: a step of the wall clock
@@ -31,24 +53,48 @@ fn now_ms() -> u64 {
     (start.elapsed().as_millis() as u64).saturating_add(1)
 }
 
-impl PassiveHealth {
-    pub fn new(addrs: &[SocketAddr], threshold: u32, down_for: Option<Duration>) -> Self {
-        PassiveHealth {
+impl ServerHealth {
+    pub fn new(servers: Vec<ServerId>, threshold: u32, down_for: Option<Duration>) -> Self {
+        ServerHealth {
             threshold,
             down_for,
-            servers: addrs
-                .iter()
-                .map(|&addr| Server {
-                    addr,
-                    failures: AtomicU32::new(0),
-                    down_since: AtomicU64::new(0),
+            servers: servers
+                .into_iter()
+                .map(|id| Server {
+                    id,
+                    state: Arc::default(),
                 })
                 .collect(),
         }
     }
 
-    fn server(&self, addr: &SocketAddr) -> Option<&Server> {
-        self.servers.iter().find(|s| s.addr == *addr)
+    /// Plain-TCP servers at `addrs` (tests).
+    pub fn plain(addrs: &[SocketAddr], threshold: u32, down_for: Option<Duration>) -> Self {
+        let ids = addrs
+            .iter()
+            .map(|&addr| ServerId {
+                addr,
+                tls_name: None,
+            })
+            .collect();
+        Self::new(ids, threshold, down_for)
+    }
+
+    /// Takes over the state of `old`'s servers that are the same servers (a reload of the same
+    /// upstream): they stay down, or keep counting failures, where they were.
+    pub fn adopt(&mut self, old: &ServerHealth) {
+        for s in &mut self.servers {
+            if let Some(o) = old.servers.iter().find(|o| o.id == s.id) {
+                s.state = o.state.clone();
+            }
+        }
+    }
+
+    fn server(&self, addr: &SocketAddr) -> Option<&ServerState> {
+        self.servers
+            .iter()
+            .find(|s| s.id.addr == *addr)
+            .map(|s| &*s.state)
     }
 
     /// With active checks off, how long a server marked down is skipped.
@@ -56,11 +102,15 @@ impl PassiveHealth {
         self.down_for
     }
 
-    /// Is `addr` marked down (and not yet due for another try)?
+    /// Is `addr` marked down (and not yet due for another try), or did its last active check
+    /// fail?
     pub fn is_down(&self, addr: &SocketAddr) -> bool {
         let Some(s) = self.server(addr) else {
             return false;
         };
+        if s.check_failed.load(Relaxed) {
+            return true;
+        }
         let since = s.down_since.load(Relaxed);
         if since == 0 {
             return false;
@@ -109,13 +159,19 @@ impl PassiveHealth {
         }
     }
 
-    /// An active health check found `addr` healthy: it is up again.
-    pub fn checked_ok(&self, addr: &SocketAddr) -> bool {
+    /// An active health check of `addr` passed (`ok`) or failed. True when a pass brings back
+    /// a server that was down.
+    pub fn checked(&self, addr: &SocketAddr, ok: bool) -> bool {
         let Some(s) = self.server(addr) else {
             return false;
         };
+        if !ok {
+            s.check_failed.store(true, Relaxed);
+            return false;
+        }
         s.failures.store(0, Relaxed);
-        s.down_since.swap(0, Relaxed) != 0
+        let was_failing = s.check_failed.swap(false, Relaxed);
+        (s.down_since.swap(0, Relaxed) != 0) | was_failing
     }
 }
 
@@ -126,7 +182,7 @@ mod tests {
     #[test]
     fn down_after_consecutive_failures_and_back_after_a_check_or_a_pause() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let h = PassiveHealth::new(&[a], 3, None);
+        let h = ServerHealth::plain(&[a], 3, None);
         assert!(!h.failed(&a));
         assert!(!h.failed(&a));
         h.connected(&a);
@@ -136,10 +192,15 @@ mod tests {
         assert!(h.failed(&a), "the third consecutive failure marks it down");
         assert!(h.is_down(&a));
         assert!(!h.failed(&a), "already down");
-        assert!(h.checked_ok(&a));
+        assert!(h.checked(&a, true));
+        assert!(!h.is_down(&a));
+        // a failed active check keeps it out until one passes
+        h.checked(&a, false);
+        assert!(h.is_down(&a));
+        assert!(h.checked(&a, true));
         assert!(!h.is_down(&a));
 
-        let timed = PassiveHealth::new(&[a], 1, Some(Duration::from_millis(30)));
+        let timed = ServerHealth::plain(&[a], 1, Some(Duration::from_millis(30)));
         assert!(timed.failed(&a));
         assert!(timed.is_down(&a));
         std::thread::sleep(Duration::from_millis(40));
@@ -155,7 +216,31 @@ mod tests {
             "a connection brings it back"
         );
 
-        let off = PassiveHealth::new(&[a], 0, None);
+        let off = ServerHealth::plain(&[a], 0, None);
         assert!(!off.failed(&a) && !off.is_down(&a));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_the_same_servers_only() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let id = |addr, tls_name: Option<&str>| ServerId {
+            addr,
+            tls_name: tls_name.map(str::to_string),
+        };
+        let old = ServerHealth::new(vec![id(a, None), id(b, Some("api"))], 1, None);
+        assert!(old.failed(&a));
+        assert!(old.failed(&b));
+        old.checked(&b, false);
+        // a stays the same; b now has another SNI: a changed server starts up
+        let mut new = ServerHealth::new(vec![id(a, None), id(b, Some("api2"))], 1, None);
+        new.adopt(&old);
+        assert!(new.is_down(&a), "the same server stays down");
+        assert!(!new.is_down(&b), "a changed server starts up");
+        // the state is shared with the old snapshot's requests still in flight
+        assert!(old.checked(&a, true));
+        assert!(!new.is_down(&a));
     }
 }

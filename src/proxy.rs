@@ -782,14 +782,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx.connected = false;
         ctx.upstream_started = Some(std::time::Instant::now());
         let up = &snap.upstreams[route.upstream];
-        let passive = &up.passive;
+        let health = &up.health;
         let Some(backend) = up.lb.select_with(b"", 256, |b, healthy| {
-            healthy && b.addr.as_inet().is_none_or(|a| !passive.is_down(a))
+            healthy && b.addr.as_inet().is_none_or(|a| !health.is_down(a))
         }) else {
-            let wait = up
-                .health_interval
-                .or(passive.down_for())
-                .unwrap_or_default();
+            let wait = up.health_interval.or(health.down_for()).unwrap_or_default();
             ctx.all_down = Some(wait.as_secs().max(1));
             return Error::e_explain(ErrorType::ConnectNoRoute, "every server is down");
         };
@@ -828,7 +825,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             (Some(snap), Some(route)) => {
                 let up = &snap.upstreams[route.upstream];
                 if let Some(addr) = &ctx.upstream_addr {
-                    if up.passive.failed(addr) {
+                    if up.health.failed(addr) {
                         tracing::warn!(upstream = %up.name, server = %addr, "server marked down after consecutive connect failures");
                         self.gw.metrics().servers_marked_down.inc();
                     }
@@ -858,7 +855,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     ) -> Result<()> {
         ctx.connected = true;
         if let (Some(snap), Some(route), Some(addr)) = (&ctx.snap, &ctx.route, &ctx.upstream_addr) {
-            snap.upstreams[route.upstream].passive.connected(addr);
+            snap.upstreams[route.upstream].health.connected(addr);
         }
         Ok(())
     }

@@ -129,7 +129,7 @@ pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: Shu
             up.lb.backends().run_health_check(true).await;
             for b in up.lb.backends().get_backend().iter() {
                 if let Some(addr) = b.addr.as_inet() {
-                    if up.lb.backends().ready(b) && up.passive.checked_ok(addr) {
+                    if up.health.checked(addr, up.lb.backends().ready(b)) {
                         tracing::info!(upstream = %up.name, server = %addr, "server back up after a successful health check");
                     }
                 }

@@ -412,3 +412,58 @@ async fn a_change_pushed_right_after_redis_returns_reaches_every_instance_within
         "every time within 1 s: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_marked_down_stays_down_across_a_tenants_change() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // upstream `pair`: a port that refuses connections, and a live backend
+    let (live, live_addr, _s) = extra_backend().await;
+    let down = dead_addr().await;
+    let h = Harness::start_with(move |c| {
+        c + &format!(
+            "\n[upstreams.pair]\nservers = [\"{down}\", \"{live_addr}\"]\nconnect_timeout_ms = 300\n\
+             health_check_interval_ms = 0\npassive_failures = 2\npassive_down_ms = 60000\n\n\
+             [[routes]]\nprefix = \"/pair/\"\nmethods = [\"GET\"]\nupstream = \"pair\"\n"
+        )
+    })
+    .await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    push(&config, &h.dir.path().join("tenants.toml"));
+    let i = instance(&config).await;
+    let mut c = Client::connect(i.addr).await;
+    for _ in 0..6 {
+        assert_eq!(c.get("/pair/x", Some("key-pro")).await.status, 200);
+    }
+    // the refusing port now accepts and counts: a connection attempt would be seen
+    let l = TcpListener::bind(down).await.unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    // a tenants change pushed through Redis reloads the instance
+    let before = i.gw.tenants_version();
+    let r = redis::Client::open(redis.url()).unwrap();
+    let mut con = r.get_multiplexed_async_connection().await.unwrap();
+    let version = write_status(&mut con, group_id("key-tiny"), "frozen").await;
+    assert!(Some(version) > before);
+    wait_for("the tenants change", || async {
+        i.gw.tenants_version() == Some(version)
+    })
+    .await;
+    let served = live.received().len();
+    for _ in 0..6 {
+        assert_eq!(c.get("/pair/x", Some("key-pro")).await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the server marked down was not tried"
+    );
+    assert_eq!(live.received().len(), served + 6);
+}

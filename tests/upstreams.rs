@@ -112,14 +112,14 @@ async fn health_checks_take_a_dead_server_out_and_all_dead_is_503() {
 }
 
 /// Runs `f` on the passive health of upstream `pair`.
-fn pair_health<R>(h: &Harness, f: impl FnOnce(&vivgate::health::PassiveHealth) -> R) -> R {
+fn pair_health<R>(h: &Harness, f: impl FnOnce(&vivgate::health::ServerHealth) -> R) -> R {
     let snap = h.gw.snapshot();
     f(&snap
         .upstreams
         .iter()
         .find(|u| u.name == "pair")
         .unwrap()
-        .passive)
+        .health)
 }
 
 fn is_down(h: &Harness, addr: &std::net::SocketAddr) -> bool {
@@ -247,4 +247,75 @@ async fn https_upstreams_verify_the_server_certificate() {
         3,
         "failed handshakes are not charged"
     );
+}
+
+/// A port that first refuses connections and later, when told, accepts them and counts them
+/// (each is closed at once): a connection attempt to it can be seen.
+struct Watched {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watched {
+    async fn refusing() -> Watched {
+        Watched {
+            addr: dead_addr().await,
+            accepted: Default::default(),
+        }
+    }
+
+    /// From now on the port accepts and counts.
+    async fn listen(&self) {
+        let l = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let n = self.accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_marked_down_stays_down_across_a_reload() {
+    let (live, a, _s) = extra_backend().await;
+    let down = Watched::refusing().await;
+    let h = Harness::start_with(with_pair_and(
+        [down.addr, a],
+        0,
+        "passive_failures = 2\npassive_down_ms = 60000",
+    ))
+    .await;
+    for _ in 0..6 {
+        assert_eq!(h.get(P, Some("key-pro")).await.status, 200);
+    }
+    assert!(is_down(&h, &down.addr));
+    // from here on a connection attempt to it would be seen
+    down.listen().await;
+    // a reload that changes something else (a tier is added)
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
+    h.write_config(&format!(
+        "{config}\n[tiers.extra]\napi_calls = 10\ncdn_bytes = 10\n"
+    ));
+    h.gw.reload().unwrap();
+    assert!(is_down(&h, &down.addr), "still down after the reload");
+    let before = live.received().len();
+    for _ in 0..6 {
+        assert_eq!(h.get(P, Some("key-pro")).await.status, 200);
+    }
+    assert_eq!(down.accepted(), 0, "the server marked down was not tried");
+    assert_eq!(live.received().len(), before + 6);
+
+    // a server whose address changed is another server: it starts up
+    let (_live2, b, _s2) = extra_backend().await;
+    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml")).unwrap();
+    h.write_config(&config.replace(&a.to_string(), &b.to_string()));
+    h.gw.reload().unwrap();
+    assert!(!is_down(&h, &b), "a new server starts up");
+    assert!(is_down(&h, &down.addr), "the same dead one stays down");
 }

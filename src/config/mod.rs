@@ -443,7 +443,7 @@ pub struct Upstream {
     pub health_interval: Option<Duration>,
     /// `Some`: the servers are reached over TLS.
     pub tls: Option<UpstreamTls>,
-    pub passive: crate::health::PassiveHealth,
+    pub health: crate::health::ServerHealth,
 }
 
 /// `upstreams.<name>.tls`: how the servers' certificates are verified.
@@ -1121,8 +1121,14 @@ pub fn compile(
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             write_timeout: Duration::from_millis(u.write_timeout_ms),
-            passive: crate::health::PassiveHealth::new(
-                &addrs,
+            health: crate::health::ServerHealth::new(
+                addrs
+                    .iter()
+                    .map(|&addr| crate::health::ServerId {
+                        addr,
+                        tls_name: tls.as_ref().and_then(|t| t.name(&addr)).map(str::to_string),
+                    })
+                    .collect(),
                 u.passive_failures,
                 health_interval
                     .is_none()
