@@ -24,13 +24,17 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use vivgate_parse::head::{HeadError, HeadScanner};
+use vivgate_parse::chunked::ChunkedCheck;
+use vivgate_parse::head::{HeadError, HeadInfo, HeadScanner};
 
 use crate::config::Limits;
 use crate::error::{envelope, GatewayError};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::usage::UsageStore;
+
+mod chunked;
+use chunked::ChunkGuard;
 
 /// First read buffer; grows up to the head limit (plus what one read brings past it).
 const INITIAL_BUF: usize = 4096;
@@ -40,6 +44,8 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// How long writing a refusal may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The methods the gateway takes at all (`OPTIONS *`, and the `Allow` of a `CONNECT` refusal).
+const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The application of one listener: the PROXY header and the TLS handshake if the listener has
 /// them, then HTTP/2 (pingora's, by ALPN or h2c prior knowledge) or HTTP/1 with vivgate's checks
@@ -170,12 +176,40 @@ impl<S: UsageStore> Front<S> {
         loop {
             let mut buf = BytesMut::with_capacity(INITIAL_BUF);
             let first = (served == 0).then_some(first_by);
-            match read_head(&mut stream, &mut buf, &limits, first, &mut stop).await {
-                Ok(()) => {}
+            let head = match read_head(&mut stream, &mut buf, &limits, first, &mut stop).await {
+                Ok(head) => head,
                 Err(NoHead::Closed) => return,
                 Err(NoHead::Refuse(e)) => {
                     self.refuse(stream, e, &buf).await;
                     return;
+                }
+            };
+            if head.server_options {
+                // `OPTIONS *`: about the server, not a resource; no key, nothing forwarded
+                let again = head.keep_alive
+                    && !head.chunked
+                    && head.content_length.unwrap_or(0) == 0
+                    && buf.len() == head.len;
+                if !self.server_options(&mut stream, again).await || !again {
+                    return;
+                }
+                served += 1;
+                continue;
+            }
+            // a chunked body is checked strictly as it arrives: what came with the head now,
+            // the rest through the guard, before pingora's parser sees it
+            let mut guarded = false;
+            if head.chunked {
+                let mut check = ChunkedCheck::new();
+                if let Err(e) = check.feed(&buf[head.len..]) {
+                    tracing::debug!(reason = e.0, "chunked request body refused");
+                    self.refuse(stream, GatewayError::Malformed(e.0), &buf)
+                        .await;
+                    return;
+                }
+                if !check.is_done() {
+                    stream = Box::new(ChunkGuard::new(stream, check));
+                    guarded = true;
                 }
             }
             served += 1;
@@ -193,7 +227,35 @@ impl<S: UsageStore> Front<S> {
             // pingora's pipelining is off, so a reused stream carries no bytes of the next
             // request (with overread bytes pingora closes instead): the next head starts here
             stream = reused.consume().0;
+            if guarded {
+                let Some(inner) = ChunkGuard::unwrap(stream) else {
+                    return;
+                };
+                stream = inner;
+            }
         }
+    }
+
+    /// Answers `OPTIONS *` (RFC 9110 §9.3.7) with 204 and the methods the gateway takes: a
+    /// fixed list, not the routes', so nothing about them can be probed. `keep`: the
+    /// connection stays open for another request. False when the answer could not be written.
+    async fn server_options(&self, stream: &mut Stream, keep: bool) -> bool {
+        let metrics = self.gw.metrics();
+        metrics.requests.with_label_values(&["none", "204"]).inc();
+        let id = self.gw.next_request_id();
+        let mut out = Vec::with_capacity(160);
+        let _ = write!(
+            out,
+            "HTTP/1.1 204 No Content\r\nallow: {ALLOW_ALL}\r\nx-request-id: {}\r\n{}\r\n",
+            id.to_str().unwrap_or(""),
+            if keep { "" } else { "connection: close\r\n" },
+        );
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        })
+        .await;
+        matches!(written, Ok(Ok(())))
     }
 
     /// Writes the envelope for `e` with `Connection: close`, then lingers briefly so the client
@@ -223,7 +285,7 @@ impl<S: UsageStore> Front<S> {
         );
         match e {
             GatewayError::ConnectNotAllowed => {
-                out.extend_from_slice(b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
+                let _ = write!(out, "allow: {ALLOW_ALL}\r\n");
             }
             GatewayError::TooManyConnections => out.extend_from_slice(b"retry-after: 1\r\n"),
             _ => {}
@@ -303,9 +365,10 @@ async fn read_head(
     limits: &Limits,
     first: Option<Instant>,
     shutdown: &mut ShutdownWatch,
-) -> Result<(), NoHead> {
+) -> Result<HeadInfo, NoHead> {
     let mut scanner = HeadScanner::new();
     let mut deadline = first;
+    let mut request_line = false;
     loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(INITIAL_BUF);
@@ -329,8 +392,12 @@ async fn read_head(
             Ok(Err(_)) | Ok(Ok(0)) => return Err(NoHead::Closed),
             Ok(Ok(_)) => {}
         }
+        if !request_line {
+            // HTTP/1.2 and up are served as HTTP/1.1
+            request_line = vivgate_parse::head::normalize_minor_version(buf);
+        }
         match scanner.scan(buf, limits.head) {
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(e) => return Err(NoHead::Refuse(refusal(e))),
         }

@@ -580,6 +580,11 @@ fn check_h2_head(req: &RequestHeader, limits: &crate::config::Limits) -> Result<
     for h in req.headers.get_all(header::HOST) {
         check_host(h.as_bytes()).map_err(crate::front::refusal)?;
     }
+    // forwarded to HTTP/1 backends, where `Transfer_Encoding` may read as Transfer-Encoding
+    for n in req.headers.keys() {
+        vivgate_parse::head::check_field_name(n.as_str().as_bytes())
+            .map_err(crate::front::refusal)?;
+    }
     // the request line and the blank line of an HTTP/1 head, roughly; browsers send each cookie
     // as a field of its own over HTTP/2, which is one `Cookie` line over HTTP/1
     let mut bytes = req.method.as_str().len() + target.len() + 16;
@@ -625,10 +630,14 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// `Expect: 100-continue`, on HTTP/1.1 or HTTP/2: an HTTP/1.0 client gets no 1xx (RFC 9110
+/// §10.1.1: the expectation is ignored).
 fn expects_continue(req: &RequestHeader) -> bool {
-    req.headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    req.version != http::Version::HTTP_10
+        && req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Sends `100 Continue`. pingora would mark the connection to close because the body is not

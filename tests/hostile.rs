@@ -179,7 +179,14 @@ async fn smuggling_vectors_are_refused_and_the_connection_closes() {
         ("GET /status/200 HTTP/1.1\r\nHost: key@evil.example\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "invalid Host"),
         ("GET /status/200 HTTP/1.1\r\nHost: evil.example/x\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "invalid Host"),
         ("GET /status/200 HTTP/1.1 extra\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
-        ("GET /status/200 HTTP/1.2\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
+        ("GET /status/200 HTTP/2.0\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
+        (format!("{post}Content-Length: 005\r\n\r\nhello"), "Content-Length with a leading zero"),
+        (format!("{post}Content-Length: 0200\r\n\r\n"), "Content-Length with a leading zero"),
+        (format!("{post}Transfer_Encoding: chunked\r\n\r\n0\r\n\r\n"), "a header name with _ that reads as a framing header"),
+        (format!("{post}Content_Length: 99\r\n\r\n"), "a header name with _ that reads as a framing header"),
+        (format!("{post}Content-Length: 5\r\nContent_Length: 99\r\n\r\nhello"), "a header name with _ that reads as a framing header"),
+        ("GET /status/200 HTTP/1.1\r\nHost:\r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "empty Host"),
+        ("GET /status/200 HTTP/1.1\r\nHost: \r\nAuthorization: Bearer key-pro\r\n\r\n".to_string(), "empty Host"),
         ("G\x00T /status/200 HTTP/1.1\r\nHost: a\r\n\r\n".to_string(), "malformed request head"),
     ];
     for (head, needle) in &vectors {
@@ -678,48 +685,210 @@ async fn burst_limit_per_group_is_429_and_not_charged() {
     }
 }
 
+/// Malformed chunk-size lines, each with the envelope's reason: RFC 9112 §7.1 strictly.
+const BAD_CHUNKS: &[(&[u8], &str)] = &[
+    // what outside testing found accepted: a bare `;`, an invalid extension token, a control
+    // character, trailing whitespace, a bare LF inside an extension
+    (
+        b"5;\r\nhello\r\n0\r\n\r\n",
+        "chunk extension without a name",
+    ),
+    (
+        b"5;bad[=x\r\nhello\r\n0\r\n\r\n",
+        "invalid chunk extension name",
+    ),
+    (
+        b"5;\0ext\r\nhello\r\n0\r\n\r\n",
+        "chunk extension without a name",
+    ),
+    (
+        b"5 \r\nhello\r\n0\r\n\r\n",
+        "whitespace after the chunk size",
+    ),
+    (b"5;\nhello\r\n0\r\n\r\n", "chunk extension without a name"),
+    // and the classics
+    (b"zz\r\nhello\r\n0\r\n\r\n", "chunk size is not hex digits"),
+    (b"5\r\nhelloXX0\r\n\r\n", "chunk data longer than its size"),
+    (b"-5\r\nhello\r\n0\r\n\r\n", "chunk size is not hex digits"),
+    (b"0x5\r\nhello\r\n0\r\n\r\n", "chunk size is not hex digits"),
+    (b"fffffffffffffffffff\r\nx\r\n", "chunk size too large"),
+    (
+        b"5 ;ext=\"\r\n\"\r\nhello\r\n0\r\n\r\n",
+        "invalid quoted chunk extension value",
+    ),
+    (b"5\nhello\r\n0\r\n\r\n", "chunk size is not hex digits"),
+    (b"5\r\nhello\n0\r\n\r\n", "chunk data longer than its size"),
+    (b"0\r\nX: a\nY: b\r\n\r\n", "invalid trailer line"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_chunked_bodies_get_an_envelope_or_a_close() {
+async fn malformed_chunked_bodies_read_with_the_head_get_a_400_and_nothing_is_forwarded() {
     let h = Harness::start().await;
-    let bodies: [&[u8]; 5] = [
-        b"zz\r\nhello\r\n0\r\n\r\n",              // not a hex size
-        b"5\r\nhelloXX0\r\n\r\n",                 // no CRLF after the data
-        b"-5\r\nhello\r\n0\r\n\r\n",              // a negative size
-        b"fffffffffffffffffff\r\nx\r\n",          // a size that overflows
-        b"5 ;ext=\"\r\n\"\r\nhello\r\n0\r\n\r\n", // a quoted CRLF in an extension
-    ];
-    for (path, json) in [("/status/200", false), ("/tenant/collectionObjects", true)] {
-        for body in bodies {
+    for path in ["/status/200", "/tenant/collectionObjects"] {
+        for (body, why) in BAD_CHUNKS {
             let mut req = format!(
                 "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             .into_bytes();
             req.extend_from_slice(body);
             let (mut c, resp) = raw(&h, &req).await;
-            match resp {
-                // an answer is the envelope (a backend that got the head may answer on its own)
-                Some(r) if r.status == 400 => assert_envelope(&r, 400, ""),
-                Some(r) => assert!(
-                    !json && r.status == 200,
-                    "{path} {:?}: {}",
-                    String::from_utf8_lossy(body),
-                    r.status
-                ),
-                None => {}
-            }
-            assert!(
-                c.is_closed().await,
-                "{path} {:?}: the connection closes",
-                String::from_utf8_lossy(body)
-            );
+            let what = format!("{path} {:?}", String::from_utf8_lossy(body));
+            let r = resp.unwrap_or_else(|| panic!("{what}: closed unanswered"));
+            assert_envelope(&r, 400, why);
+            assert_eq!(r.header("connection"), Some("close"), "{what}");
+            assert!(c.is_closed().await, "{what}: the connection closes");
         }
     }
-    // the JSON route buffers the body: nothing malformed reached the backend
-    assert!(h
-        .backend
-        .received()
-        .iter()
-        .all(|r| r.uri != "/tenant/collectionObjects"));
+    assert_eq!(h.backend.total(), 0, "nothing reached the backend");
+    assert_eq!(h.usage("key-pro").calls, 0);
+    // a well-framed body with extensions and a trailer goes through
+    let body = b"5;name=value;q=\"a b\"\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n";
+    let mut req = b"POST /status/200 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(body);
+    let (_c, resp) = raw(&h, &req).await;
+    assert_eq!(resp.unwrap().status, 200);
+    assert_eq!(h.backend.received()[0].body, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_line_arriving_later_closes_and_nothing_from_it_on_is_forwarded() {
+    let h = Harness::start().await;
+    let smuggled = format!(
+        "GET /tenant/collectionObjects?collectionId={OID} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-free\r\n\r\n"
+    );
+    for (bad, why) in BAD_CHUNKS.iter().take(5) {
+        for path in ["/status/200", "/tenant/collectionObjects"] {
+            let before = h.backend.total();
+            let mut c = h.client().await;
+            c.send_raw(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{{\"a\":1\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            // the tail arrives a little later, in reads of its own: the bad line, what a
+            // lenient parser would take as the rest of the body, and a second request
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut tail = bad.to_vec();
+            tail.extend_from_slice(smuggled.as_bytes());
+            let _ = c.try_send(&tail).await;
+            let what = format!("{path} {:?} ({why})", String::from_utf8_lossy(bad));
+            match c.try_read_response().await {
+                None => {}
+                // the buffered JSON route reads the body before anything is forwarded
+                Some(r) => assert_envelope(&r, 400, ""),
+            }
+            assert!(c.is_closed().await, "{what}: the connection closes");
+            // the streamed route forwarded the head and the first chunk; nothing after it
+            for r in h.backend.received().iter().skip(before as usize) {
+                assert_eq!(r.uri, "/status/200", "{what}");
+                assert_eq!(
+                    r.body, b"{\"a\":1",
+                    "{what}: only the chunk before the bad line"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        h.backend.total_for(group_id("key-free")),
+        0,
+        "the second request was never forwarded"
+    );
+    assert_eq!(h.usage("key-free").calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_gets_no_100_continue() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    c.send_raw(b"POST /status/200 HTTP/1.0\r\nAuthorization: Bearer key-pro\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    // an HTTP/1.1 client would get `100 Continue` now; this one waits for nothing, then sends
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_raw(b"hello").await;
+    let r = c.read_response().await;
+    assert_eq!(r.status, 200, "the first answer is the final one");
+    assert_eq!(h.backend.received()[0].body, b"hello");
+    // HTTP/1.1 still gets it
+    let mut c = h.client().await;
+    c.send_raw(b"POST /status/200 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let r = c.read_response().await;
+    assert_eq!(r.status, 100);
+    c.send_raw(b"hello").await;
+    assert_eq!(c.read_response().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_asterisk_is_the_servers_own_204() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    for _ in 0..2 {
+        c.send_raw(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        let r = c.read_response().await;
+        assert_eq!(r.status, 204, "{}", r.text());
+        assert!(r.body.is_empty());
+        assert_eq!(
+            r.header("allow"),
+            Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+        );
+        assert!(r.header("x-request-id").is_some());
+        assert_eq!(r.header("connection"), None, "the connection stays open");
+    }
+    // the same connection goes on
+    let r = c
+        .get(
+            &format!("/tenant/siteDetails?siteId={OID}"),
+            Some("key-pro"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // HTTP/1.0, or a body: answered, then closed
+    let (mut c, r) = raw(&h, b"OPTIONS * HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.unwrap().header("connection"), Some("close"));
+    assert!(c.is_closed().await);
+    let (mut c, r) = raw(
+        &h,
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(r.unwrap().status, 204);
+    assert!(c.is_closed().await);
+    // `*` for anything but OPTIONS is still refused
+    let (_, r) = raw(&h, b"GET * HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_envelope(&r.unwrap(), 400, "path starting with /");
+    assert_eq!(h.backend.total(), 1, "only the GET was forwarded");
+    assert_eq!(h.usage("key-pro").calls, 1, "OPTIONS * is not metered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_2_is_served_as_http_1_1() {
+    let h = Harness::start().await;
+    let (_c, r) = raw(
+        &h,
+        format!("GET /tenant/siteDetails?siteId={OID} HTTP/1.2\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r = r.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.backend.total(), 1);
+    // a leading empty line and HTTP/1.9
+    let (_c, r) = raw(
+        &h,
+        format!("\r\nGET /tenant/siteDetails?siteId={OID} HTTP/1.9\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.unwrap().status, 200);
+    // a request line split across reads
+    let mut c = h.client().await;
+    c.send_raw(format!("GET /tenant/siteDetails?siteId={OID} HTTP/1.").as_bytes())
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send_raw(b"3\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n")
+        .await;
+    assert_eq!(c.read_response().await.status, 200);
+    assert_eq!(h.backend.total(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,6 +1017,22 @@ async fn over_http2_the_same_payloads_get_the_same_answers() {
             panic!("{headers:?}: no answer");
         };
         assert_envelope(&r, 401, "");
+    }
+    // header names that read as framing headers to an HTTP/1 backend that maps `_` to `-`
+    for (name, value) in [
+        ("transfer_encoding", &b"chunked"[..]),
+        ("content_length", b"99"),
+    ] {
+        let headers = [("authorization", &auth[..]), (name, value)];
+        let H2Outcome::Answered(r) = h2_send(&send, "GET", "/status/200", &headers, b"").await
+        else {
+            panic!("{name}: no answer");
+        };
+        assert_envelope(
+            &r,
+            400,
+            "a header name with _ that reads as a framing header",
+        );
     }
     assert_eq!(h.backend.total(), 0, "nothing refused reached the backend");
 

@@ -2,10 +2,12 @@
 //! limit, strictly CRLF-delimited, and with one unambiguous framing.
 //!
 //! Refused as malformed (400): a bare LF or a lone CR, an obsolete line fold, a request line
-//! httparse rejects, a target that is not origin form (absolute form, `*`), Content-Length and
-//! Transfer-Encoding together, more than one Content-Length or Transfer-Encoding, a
-//! Content-Length that is not plain digits, a Transfer-Encoding other than `chunked`, a
-//! Transfer-Encoding on HTTP/1.0, and an HTTP/1.1 request without exactly one Host. Refused as
+//! httparse rejects, a target that is not origin form (absolute form, `*` but for `OPTIONS *`),
+//! Content-Length and Transfer-Encoding together, more than one Content-Length or
+//! Transfer-Encoding, a Content-Length that is not plain digits or has a leading zero, a
+//! Transfer-Encoding other than `chunked`, a Transfer-Encoding on HTTP/1.0, a header name that
+//! reads as a framing header once `_` is read as `-`, an empty Host, and an HTTP/1.1 request
+//! without exactly one Host. Refused as
 //! too large (431): more than `max_bytes` bytes up to and including the blank line, or more
 //! than `max_headers` header lines. `CONNECT` is refused (405): the gateway tunnels nothing.
 
@@ -69,6 +71,10 @@ pub struct HeadInfo {
     pub len: usize,
     pub content_length: Option<u64>,
     pub chunked: bool,
+    /// `OPTIONS * HTTP/1.x`: a question about the server, answered by the gateway itself.
+    pub server_options: bool,
+    /// HTTP/1.1 without `Connection: close` (the connection may serve another request).
+    pub keep_alive: bool,
 }
 
 /// Incremental scan of a head arriving in pieces: each call looks only at bytes it has not seen,
@@ -195,6 +201,9 @@ fn authority_byte(b: u8) -> bool {
 /// A `Host` (or HTTP/2 `:authority`): an authority without userinfo (pingora would answer
 /// `user@host` with its own 400) and without path characters.
 pub fn check_host(value: &[u8]) -> Result<(), HeadError> {
+    if value.is_empty() {
+        return Err(HeadError::Malformed("empty Host"));
+    }
     if value.iter().all(|&b| authority_byte(b)) {
         Ok(())
     } else {
@@ -218,11 +227,15 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
     if method == "CONNECT" {
         return Err(HeadError::Connect);
     }
-    check_target(target)?;
+    let server_options = method == "OPTIONS" && target == "*";
+    if !server_options {
+        check_target(target)?;
+    }
     let http11 = req.version == Some(1);
     let (mut cl, mut te, mut hosts) = (None, None, 0);
     let mut cl_seen = 0;
     let mut te_seen = 0;
+    let mut close = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             cl_seen += 1;
@@ -233,6 +246,13 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
             check_host(h.value)?;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if h.name.as_bytes().contains(&b'_') {
+            check_field_name(h.name.as_bytes())?;
         }
     }
     if cl_seen > 1 {
@@ -249,6 +269,10 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
     let content_length = match cl {
         None => None,
         Some(v) if !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit) => {
+            // a leading zero reads as octal to some servers: `0` alone is the only one
+            if v.len() > 1 && v[0] == b'0' {
+                return Err(HeadError::Framing("Content-Length with a leading zero"));
+            }
             Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
         }
         Some(_) => return Err(HeadError::Framing("invalid Content-Length")),
@@ -271,7 +295,67 @@ fn check_complete(buf: &[u8], len: usize, max_headers: usize) -> Result<HeadInfo
         len,
         content_length,
         chunked,
+        server_options,
+        keep_alive: http11 && !close,
     })
+}
+
+/// A field name that reads as `Content-Length`, `Transfer-Encoding`, `Host` or `Connection` to a
+/// server that takes `_` for `-` (`Transfer_Encoding`): refused, since the backend would see a
+/// second framing the gateway did not check.
+pub fn check_field_name(name: &[u8]) -> Result<(), HeadError> {
+    if !name.contains(&b'_') {
+        return Ok(());
+    }
+    for framing in [
+        &b"content-length"[..],
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+    ] {
+        if name.len() == framing.len()
+            && name.iter().zip(framing).all(|(a, b)| {
+                (if *a == b'_' {
+                    b'-'
+                } else {
+                    a.to_ascii_lowercase()
+                }) == *b
+            })
+        {
+            return Err(HeadError::Framing(
+                "a header name with _ that reads as a framing header",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `HTTP/1.x` with `x` above 1 is served as HTTP/1.1 (RFC 9112 §2.3: a higher minor version is
+/// compatible): once the request line has arrived whole in `buf`, its version is rewritten in
+/// place so the parsers that accept only 1.0 and 1.1 take it. Returns whether the request line
+/// has arrived (no need to look again).
+pub fn normalize_minor_version(buf: &mut [u8]) -> bool {
+    // empty lines before the request line are skipped (RFC 9112 §2.2), as the scanner does
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let Some(lf) = memchr::memchr(b'\n', &buf[start..]).map(|i| start + i) else {
+        return false;
+    };
+    // the line without its CR (a bare LF is the scanner's to refuse)
+    let end = if lf > start && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    if end - start >= 9
+        && &buf[end - 9..end - 1] == b" HTTP/1."
+        && (b'2'..=b'9').contains(&buf[end - 1])
+    {
+        buf[end - 1] = b'1';
+    }
+    true
 }
 
 #[cfg(test)]
@@ -329,7 +413,15 @@ mod tests {
             ("GET /x HTTP/1.1\r\nHost: user@evil\r\n\r\n", Malformed("invalid Host")),
             ("GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n", Malformed("invalid Host")),
             ("GET http://evil/x HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
-            ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
+            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", NotOriginForm),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 005\r\n\r\n", Framing("Content-Length with a leading zero")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0200\r\n\r\n", Framing("Content-Length with a leading zero")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n", Framing("Content-Length with a leading zero")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n", Framing("a header name with _ that reads as a framing header")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\nContent_Length: 99\r\n\r\n", Framing("a header name with _ that reads as a framing header")),
+            ("POST /x HTTP/1.1\r\nHost: a\r\ncontent_LENGTH: 99\r\n\r\n", Framing("a header name with _ that reads as a framing header")),
+            ("GET /x HTTP/1.1\r\nHost:\r\n\r\n", Malformed("empty Host")),
+            ("GET /x HTTP/1.1\r\nHost:   \r\n\r\n", Malformed("empty Host")),
             ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", Connect),
             ("GET /x HTTP/2.0\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
             ("GET  /x HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("malformed request head")),
@@ -337,6 +429,48 @@ mod tests {
         ] {
             assert_eq!(err(raw), e, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn what_is_accepted_besides() {
+        assert_eq!(
+            ok("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").content_length,
+            Some(0)
+        );
+        ok("GET /x HTTP/1.1\r\nHost: a\r\nX_Custom_Name: y\r\nContent_Type: z\r\n\r\n");
+        let o = ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(o.server_options && o.keep_alive);
+        assert!(!ok("OPTIONS /x HTTP/1.1\r\nHost: a\r\n\r\n").server_options);
+        assert!(
+            !ok("GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive
+        );
+        assert!(!ok("GET /x HTTP/1.0\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn a_higher_minor_version_is_read_as_http_1_1() {
+        let mut raw = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec();
+        assert!(normalize_minor_version(&mut raw));
+        assert_eq!(raw, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut raw = b"\r\nGET / HTTP/1.9\r\n".to_vec();
+        assert!(normalize_minor_version(&mut raw));
+        assert_eq!(raw, b"\r\nGET / HTTP/1.1\r\n");
+        for same in [
+            &b"GET / HTTP/1.0\r\n"[..],
+            b"GET / HTTP/2.0\r\n",
+            b"GET / HTTP/1.12\r\n",
+            b"GET /HTTP/1.5\r\n",
+        ] {
+            let mut raw = same.to_vec();
+            assert!(normalize_minor_version(&mut raw));
+            assert_eq!(raw, same);
+        }
+        let mut partial = b"GET / HTTP/1.2".to_vec();
+        assert!(
+            !normalize_minor_version(&mut partial),
+            "not a whole line yet"
+        );
+        assert_eq!(partial, b"GET / HTTP/1.2");
     }
 
     #[test]

@@ -105,3 +105,47 @@ pub fn head(data: &[u8]) {
         assert_eq!(result, whole, "cut at {cut}");
     }
 }
+
+/// The chunked check gives the same answer whole and in pieces (three cuts, and byte by byte
+/// for short input), and what it accepts as a whole body ends with CRLF.
+pub fn chunked(data: &[u8]) {
+    use crate::chunked::ChunkedCheck;
+    let mut whole = ChunkedCheck::new();
+    let expected = whole.feed(data);
+    if let Ok(n) = expected {
+        assert!(n <= data.len());
+        if whole.is_done() {
+            assert!(data[..n].ends_with(b"\r\n"));
+            assert_eq!(ChunkedCheck::check(&data[..n]), Ok(()));
+        } else {
+            assert_eq!(n, data.len(), "only a finished body stops early");
+        }
+    }
+    let pieces = |cuts: &[usize]| {
+        let mut c = ChunkedCheck::new();
+        let mut at = 0;
+        let mut total = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&data.len())) {
+            if cut < at || cut > data.len() {
+                continue;
+            }
+            match c.feed(&data[at..cut]) {
+                Ok(n) => total += n,
+                Err(e) => return (Err(e), c.is_done()),
+            }
+            at = cut;
+        }
+        (Ok(total), c.is_done())
+    };
+    for cuts in [
+        vec![1],
+        vec![data.len() / 2],
+        vec![data.len() / 3, 2 * data.len() / 3],
+    ] {
+        assert_eq!(pieces(&cuts), (expected, whole.is_done()), "cuts {cuts:?}");
+    }
+    if data.len() <= 256 {
+        let every: Vec<usize> = (1..data.len()).collect();
+        assert_eq!(pieces(&every), (expected, whole.is_done()), "byte by byte");
+    }
+}

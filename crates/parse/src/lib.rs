@@ -1,9 +1,10 @@
 //! The parsers that see hostile input first, kept free of the proxy so they can be fuzzed on
-//! their own (`fuzz/`): the HTTP/1 request head and its framing ([`head`]), the request path
-//! ([`path`]), the query string ([`query`]), the `Authorization` header ([`auth`]) and JSON
-//! bodies ([`json`]).
+//! their own (`fuzz/`): the HTTP/1 request head and its framing ([`head`]), a chunked body's
+//! framing ([`chunked`]), the request path ([`path`]), the query string ([`query`]), the
+//! `Authorization` header ([`auth`]) and JSON bodies ([`json`]).
 
 pub mod auth;
+pub mod chunked;
 pub mod head;
 pub mod invariants;
 pub mod json;

@@ -42,3 +42,8 @@ fn json_seeds() {
 fn head_seeds() {
     replay("head", vivgate_parse::invariants::head);
 }
+
+#[test]
+fn chunked_seeds() {
+    replay("chunked", vivgate_parse::invariants::chunked);
+}
