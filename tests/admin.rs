@@ -227,7 +227,7 @@ async fn post_reload_applies_or_says_why_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_answers_503_on_healthz_as_soon_as_a_stop_begins() {
     let h = Harness::start().await;
-    let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
+    let (port, admin_port) = (free_port().await, free_port().await);
     let config = h.binary_config(
         "admin.toml",
         port,
@@ -371,7 +371,7 @@ async fn status_overrides_and_revocations_win_over_the_tenants_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_survive_a_restart_with_the_embedded_store() {
     let h = Harness::start().await;
-    let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
+    let (port, admin_port) = (free_port().await, free_port().await);
     let config = h.binary_config(
         "admin.toml",
         port,

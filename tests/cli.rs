@@ -118,7 +118,7 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
     // The backend and the config come from the in-process harness; the gateway under test is the
     // real binary, on a port picked by binding port 0 (then freed for the binary to take).
     let h = Harness::start().await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let config = h.binary_config("vivgate.toml", port, "grace_period_seconds = 1", "");
     let mut child = spawn_binary(&config, &[], &[], port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -166,7 +166,7 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_its_keys_and_prints_curl_commands() {
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let child = vivgate()
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::piped())
@@ -238,7 +238,7 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
 async fn months_are_utc_whatever_the_host_time_zone() {
     let h = Harness::start().await;
     for tz in ["XYZ-14", "ABC+12", "UTC0"] {
-        let port = dead_addr().await.port();
+        let port = free_port().await;
         let config = h.binary_config(
             &format!("tz-{port}.toml"),
             port,

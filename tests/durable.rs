@@ -49,7 +49,7 @@ async fn used_after_one_more(addr: SocketAddr, key: &str, limit: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_everything_and_a_restart_keeps_refusing_a_used_quota() {
     let h = Harness::start().await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // a flush interval far longer than the test: only the final flush on stop can save the counts
     let usage = "store = \"embedded\"\npath = \"state/usage.redb\"\nflush_interval_ms = 60000";
@@ -91,7 +91,7 @@ async fn sigterm_flushes_everything_and_a_restart_keeps_refusing_a_used_quota() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_at_most_the_last_flush_interval() {
     let h = Harness::start_with(|c| c.replace("api_calls = 5", "api_calls = 100000")).await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let interval = Duration::from_millis(200);
     let usage = "store = \"embedded\"\nflush_interval_ms = 200";
@@ -128,7 +128,7 @@ async fn kill_9_loses_at_most_the_last_flush_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_store_is_a_startup_error() {
     let h = Harness::start().await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let config = h.binary_config(
         "corrupt.toml",
         port,
@@ -155,7 +155,7 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let h = Harness::start_with(|c| c.replace("api_calls = 5", "api_calls = 1000000")).await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let usage = "store = \"embedded\"\nflush_interval_ms = 200";
     let old = start(&h, port, usage).await;

@@ -420,7 +420,8 @@ async fn a_server_marked_down_stays_down_across_a_tenants_change() {
     };
     // upstream `pair`: a port that refuses connections, and a live backend
     let (live, live_addr, _s) = extra_backend().await;
-    let down = dead_addr().await;
+    let reserved = Reserved::new();
+    let down = reserved.addr;
     let h = Harness::start_with(move |c| {
         c + &format!(
             "\n[upstreams.pair]\nservers = [\"{down}\", \"{live_addr}\"]\nconnect_timeout_ms = 300\n\
@@ -437,7 +438,7 @@ async fn a_server_marked_down_stays_down_across_a_tenants_change() {
         assert_eq!(c.get("/pair/x", Some("key-pro")).await.status, 200);
     }
     // the refusing port now accepts and counts: a connection attempt would be seen
-    let l = TcpListener::bind(down).await.unwrap();
+    let l = TcpListener::bind(reserved.release()).await.unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let n = accepted.clone();
     tokio::spawn(async move {

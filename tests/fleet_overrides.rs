@@ -22,7 +22,7 @@ struct Instance {
 
 impl Instance {
     async fn start(h: &Harness, redis: &RedisServer, name: &str) -> Instance {
-        let (port, admin_port) = (dead_addr().await.port(), dead_addr().await.port());
+        let (port, admin_port) = (free_port().await, free_port().await);
         let config = h.binary_config(
             name,
             port,

@@ -16,8 +16,8 @@ const SECRET_VALUE: &str = "qUeRyVaLuE9876543210";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_query_value_reaches_the_log() {
     let h = Harness::start().await;
-    let port = dead_addr().await.port();
-    let tls_port = dead_addr().await.port();
+    let port = free_port().await;
+    let tls_port = free_port().await;
     let ca = common::tls::TestCa::default();
     let (cert, key) = ca.write(h.dir.path(), "localhost", &["localhost"]);
     let config = h.binary_config(

@@ -332,7 +332,7 @@ async fn the_binary_settles_and_returns_its_leases_on_sigterm() {
         return;
     };
     let h = Harness::start().await;
-    let port = dead_addr().await.port();
+    let port = free_port().await;
     let config = h.binary_config(
         "redis.toml",
         port,

@@ -173,7 +173,8 @@ async fn passive_health_marks_a_failing_server_down_and_all_down_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_marked_down_comes_back_after_a_successful_active_check() {
     let (live, a, _s) = extra_backend().await;
-    let revived = dead_addr().await;
+    let reserved = Reserved::new();
+    let revived = reserved.addr;
     let h = Harness::start_with(with_pair_and([revived, a], 300, "passive_failures = 1")).await;
     // the active check takes the dead server out at once; passive health marks it down too,
     // as a connect failure between two checks would
@@ -186,7 +187,9 @@ async fn a_server_marked_down_comes_back_after_a_successful_active_check() {
 
     // the server comes up; the next active check brings it back into the rotation
     let backend = vivgate::backend::Backend::new();
-    let l = tokio::net::TcpListener::bind(revived).await.unwrap();
+    let l = tokio::net::TcpListener::bind(reserved.release())
+        .await
+        .unwrap();
     let (_stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(vivgate::server::serve(
         l,
@@ -253,20 +256,24 @@ async fn https_upstreams_verify_the_server_certificate() {
 /// (each is closed at once): a connection attempt to it can be seen.
 struct Watched {
     addr: std::net::SocketAddr,
+    reserved: std::sync::Mutex<Option<Reserved>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Watched {
     async fn refusing() -> Watched {
+        let r = Reserved::new();
         Watched {
-            addr: dead_addr().await,
+            addr: r.addr,
+            reserved: std::sync::Mutex::new(Some(r)),
             accepted: Default::default(),
         }
     }
 
     /// From now on the port accepts and counts.
     async fn listen(&self) {
-        let l = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let r = self.reserved.lock().unwrap().take().unwrap();
+        let l = tokio::net::TcpListener::bind(r.release()).await.unwrap();
         let n = self.accepted.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {

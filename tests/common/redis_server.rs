@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::{dead_addr, wait_for};
+use super::{free_port, wait_for};
 
 pub struct RedisServer {
     pub child: Child,
@@ -27,7 +27,7 @@ impl RedisServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = dead_addr().await.port();
+        let port = free_port().await;
         let child = Self::spawn(dir.path(), port);
         let s = RedisServer { child, port, dir };
         s.wait_ready().await;
