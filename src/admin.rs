@@ -276,10 +276,7 @@ impl<S: UsageStore> AdminApp<S> {
                     Ok(h) => format!("key {}", crate::keys::fingerprint(&h)),
                     Err(_) => format!("group {id}"),
                 };
-                match self
-                    .gw
-                    .change_overrides(&OverrideChange::Remove(id.clone()))
-                {
+                match self.change_overrides(&OverrideChange::Remove(id.clone())) {
                     Ok(c) if c.found => {
                         tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, "override removed: {shown}");
                         ok(with_version(json!({"removed": id}), &c))
@@ -300,6 +297,12 @@ impl<S: UsageStore> AdminApp<S> {
 }
 
 impl<S: UsageStore> AdminApp<S> {
+    /// An override change; it may wait for Redis (a few seconds at most), so this worker
+    /// thread is marked as blocking meanwhile.
+    fn change_overrides(&self, change: &OverrideChange) -> Result<Changed, ChangeError> {
+        tokio::task::block_in_place(|| self.gw.change_overrides(change))
+    }
+
     /// A change written to the fleet's tenants in Redis is applied here at once (the others
     /// apply it when Redis announces it).
     fn apply_fleet_change(&self) {
@@ -363,7 +366,7 @@ impl<S: UsageStore> AdminApp<S> {
                     group: id.to_string(),
                     status,
                 };
-                match self.gw.change_overrides(&change) {
+                match self.change_overrides(&change) {
                     Ok(c) => {
                         tracing::info!(target: "vivgate::audit", %caller, group = id, "PUT /groups/{id}/status: {status:?}");
                         ok(with_version(json!({"group": id, "status": status}), &c))
@@ -407,7 +410,7 @@ impl<S: UsageStore> AdminApp<S> {
                     key: crate::keys::format_key_hash(&hash),
                     group: id.to_string(),
                 };
-                match self.gw.change_overrides(&change) {
+                match self.change_overrides(&change) {
                     Ok(c) => {
                         tracing::info!(target: "vivgate::audit", %caller, group = id, "DELETE /groups/{id}/keys: key {} revoked", crate::keys::fingerprint(&hash));
                         ok(with_version(json!({"group": id, "revoked": text}), &c))

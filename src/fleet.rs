@@ -287,9 +287,11 @@ pub fn follow(
             }
             // ... and what changed before is caught up now
             let Ok(mut con) = connect(&url) else {
+                std::thread::sleep(RECONNECT_PAUSE);
                 continue;
             };
             if check(&mut con).is_err() {
+                std::thread::sleep(RECONNECT_PAUSE);
                 continue;
             }
             let mut last_check = Instant::now();

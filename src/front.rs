@@ -186,14 +186,17 @@ impl<S: UsageStore> Front<S> {
             };
             if head.server_options {
                 // `OPTIONS *`: about the server, not a resource; no key, nothing forwarded
+                served += 1;
                 let again = head.keep_alive
                     && !head.chunked
                     && head.content_length.unwrap_or(0) == 0
-                    && buf.len() == head.len;
+                    && buf.len() == head.len
+                    && limits
+                        .max_requests_per_connection
+                        .is_none_or(|max| served < max);
                 if !self.server_options(&mut stream, again).await || !again {
                     return;
                 }
-                served += 1;
                 continue;
             }
             // a chunked body is checked strictly as it arrives: what came with the head now,

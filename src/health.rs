@@ -108,7 +108,9 @@ impl ServerHealth {
         let Some(s) = self.server(addr) else {
             return false;
         };
-        if s.check_failed.load(Relaxed) {
+        // (an active check's verdict counts only while the upstream has active checks: a reload
+        // that turns them off must not keep a server out for good)
+        if self.down_for.is_none() && s.check_failed.load(Relaxed) {
             return true;
         }
         let since = s.down_since.load(Relaxed);
@@ -150,6 +152,9 @@ impl ServerHealth {
     /// on trial is up again.
     pub fn connected(&self, addr: &SocketAddr) {
         if let Some(s) = self.server(addr) {
+            if s.check_failed.load(Relaxed) {
+                s.check_failed.store(false, Relaxed);
+            }
             if s.failures.load(Relaxed) != 0 {
                 s.failures.store(0, Relaxed);
             }
@@ -242,5 +247,12 @@ mod tests {
         // the state is shared with the old snapshot's requests still in flight
         assert!(old.checked(&a, true));
         assert!(!new.is_down(&a));
+        // a failed active check, then a reload that turns active checks off: it does not keep
+        // the server out
+        old.checked(&a, false);
+        let mut passive_only =
+            ServerHealth::new(vec![id(a, None)], 1, Some(Duration::from_millis(100)));
+        passive_only.adopt(&old);
+        assert!(!passive_only.is_down(&a));
     }
 }

@@ -145,8 +145,8 @@ return {grant, taken + grant}
 
 /// ARGV: instance, sequence number, (unused), ttl, key expiry, lease used, lease returned,
 /// direct calls, bytes, calls limit, bytes limit, overage ('1'), received ('': not now, a grant
-/// is in flight) and the last grant number sent (see [`RECONCILE_LUA`]), final ('1': the
-/// instance stops). Returns `{calls, bytes, calls_overage, bytes_overage, leased}`.
+/// is in flight) and the last grant number sent (see [`RECONCILE_LUA`]). Returns `{calls, bytes,
+/// calls_overage, bytes_overage, leased}`.
 const SETTLE_SCRIPT: &str = r#"
 local key = KEYS[1]
 local inst, seq = ARGV[1], tonumber(ARGV[2])
@@ -157,13 +157,15 @@ local lease_used, lease_returned = tonumber(ARGV[6]), tonumber(ARGV[7])
 local direct, bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, blimit, overage = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12] == '1'
 if ARGV[13] ~= '' then
-  -- no grant of this instance is in flight: the ones numbered up to ARGV[14] were answered or
-  -- given up on, and none of them may be applied after this
+  -- no grant of this instance was in flight when this was sent: the ones numbered up to
+  -- ARGV[14] were answered or given up on, and none of them may be applied after this. A
+  -- settlement that arrives after a later grant (it waited in a connection) knows too little
+  -- to correct anything
   local q = tonumber(ARGV[14])
-  if q > tonumber(redis.call('HGET', key, 'Q:' .. inst) or '0') then
+  if q >= tonumber(redis.call('HGET', key, 'Q:' .. inst) or '0') then
     redis.call('HSET', key, 'Q:' .. inst, q)
+    reconcile(key, inst, tonumber(ARGV[13]))
   end
-  reconcile(key, inst, tonumber(ARGV[13]))
 end
 local applied = tonumber(redis.call('HGET', key, 'S:' .. inst) or '0')
 if seq > applied then
@@ -198,9 +200,9 @@ local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
 if l > 0 then
   redis.call('HSET', key, 'E:' .. inst, now + ttl)
 else
-  -- nothing leased: the grant count starts again from the instance's at its next grant
+  -- nothing leased: the grant count starts again from the instance's at its next grant (the
+  -- fence `Q:` stays, even after the last settlement, so a late grant is never applied)
   redis.call('HDEL', key, 'L:' .. inst, 'E:' .. inst, 'G:' .. inst)
-  if ARGV[15] == '1' and ARGV[13] ~= '' then redis.call('HDEL', key, 'Q:' .. inst) end
 end
 redis.call('PEXPIREAT', key, expire_at)
 local v = redis.call('HMGET', key, 'calls', 'bytes', 'calls_overage', 'bytes_overage')
@@ -701,18 +703,19 @@ impl RedisStore {
             .collect();
         let mut settled = 0;
         for ((group, month), cell) in cells {
-            if release || now - cell.last_use_ms.load(Ordering::Relaxed) > idle_ms {
-                let back = cell.lease.swap(0, Ordering::AcqRel);
-                cell.lease_returned.fetch_add(back, Ordering::AcqRel);
-            }
-            self.drop_stale_lease(&cell, now);
             // the grants are reconciled while none is in flight: at a stop, after waiting for
-            // one; otherwise only if none is (the next settlement or grant does it)
+            // one (so what it brings is returned below); otherwise only if none is (the next
+            // settlement or grant does it)
             let no_grant_in_flight = if release {
                 Some(cell.fetching.lock().await)
             } else {
                 cell.fetching.try_lock().ok()
             };
+            if release || now - cell.last_use_ms.load(Ordering::Relaxed) > idle_ms {
+                let back = cell.lease.swap(0, Ordering::AcqRel);
+                cell.lease_returned.fetch_add(back, Ordering::AcqRel);
+            }
+            self.drop_stale_lease(&cell, now);
             let reconcile = no_grant_in_flight.as_ref().map(|_| {
                 (
                     cell.received.load(Ordering::Acquire),
@@ -721,10 +724,7 @@ impl RedisStore {
             });
             // a re-sent batch may leave newer counts behind: at a stop, send until none is left
             for _ in 0..if release { 3 } else { 1 } {
-                match self
-                    .settle_cell(&group, month, &cell, now, reconcile, release)
-                    .await
-                {
+                match self.settle_cell(&group, month, &cell, now, reconcile).await {
                     Ok(true) => settled += 1,
                     Ok(false) => break,
                     Err(()) => {
@@ -783,7 +783,7 @@ impl RedisStore {
             return Err(());
         };
         let script = script.clone();
-        let task = self.handle.spawn(async move {
+        let mut task = self.handle.spawn(async move {
             let mut inv = script.prepare_invoke();
             inv.key(key);
             for a in args {
@@ -791,9 +791,15 @@ impl RedisStore {
             }
             inv.invoke_async::<T>(&mut conn).await
         });
-        match tokio::time::timeout(self.settings.timeout, task).await {
+        match tokio::time::timeout(self.settings.timeout, &mut task).await {
             Ok(Ok(r)) => Ok(r),
-            _ => Err(()),
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                // given up on: no second attempt (a script load and re-send after NOSCRIPT)
+                // goes out later
+                task.abort();
+                Err(())
+            }
         }
     }
 
@@ -830,7 +836,7 @@ impl RedisStore {
     /// `Ok(true)`: something was sent and confirmed; `Err`: Redis did not answer (the batch is
     /// kept and re-sent as is).
     /// `reconcile`: the calls received in grants and the grants sent, when no grant is in
-    /// flight (the caller holds `fetching`); `last`: the instance stops.
+    /// flight (the caller holds `fetching`).
     async fn settle_cell(
         &self,
         group: &str,
@@ -838,7 +844,6 @@ impl RedisStore {
         cell: &Cell,
         now: i64,
         reconcile: Option<(u64, u64)>,
-        last: bool,
     ) -> Result<bool, ()> {
         let batch = {
             let Ok(mut inflight) = cell.inflight.lock() else {
@@ -901,7 +906,6 @@ impl RedisStore {
                     .to_string(),
                     reconcile.map_or(String::new(), |(received, _)| received.to_string()),
                     reconcile.map_or(String::new(), |(_, sent)| sent.to_string()),
-                    if last { "1" } else { "0" }.to_string(),
                 ],
             )
             .await;
@@ -1260,6 +1264,7 @@ impl UsageStore for SharedRedisStore {
         let o = &self.0.overrides;
         let _ = registry.register(Box::new(o.from_copy.clone()));
         let _ = registry.register(Box::new(o.version_gauge.clone()));
+        let _ = registry.register(Box::new(o.restored.clone()));
     }
 
     fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {

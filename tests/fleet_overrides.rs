@@ -359,3 +359,88 @@ async fn a_change_without_an_answer_says_so_and_repeating_it_is_harmless() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gets_the_fleets_overrides_back() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let mut a = Instance::start(&h, &redis, "a.toml").await;
+    let mut b = Instance::start(&h, &redis, "b.toml").await;
+    let revoke = format!(
+        "/groups/{}/keys/{}",
+        group_id("key-pro"),
+        key_hash("key-pro")
+    );
+    assert_eq!(a.admin("DELETE", &revoke, "").await.status, 200);
+    let freeze = format!("/groups/{}/status", group_id("key-free"));
+    let r = b.admin("PUT", &freeze, r#"{"status": "frozen"}"#).await;
+    assert_eq!(r.json()["data"]["version"], 2);
+    for i in [&a, &b] {
+        until(i, "key-pro", 401).await;
+        until(i, "key-free", 400).await;
+    }
+    // Redis restarts without its data (no persistence, a FLUSHALL, a failover to a replica
+    // that lags): the instances keep what they enforce and put it back
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg("{vivgate-overrides}:version")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if v == Some(2) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not restored: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("restored in {:?}", start.elapsed());
+    let revoked: Option<String> = redis::cmd("HGET")
+        .arg("{vivgate-overrides}:revoked")
+        .arg(key_hash("key-pro"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(revoked.as_deref(), Some(group_id("key-pro")));
+    for i in [&a, &b] {
+        assert_refused(i, "key-pro", 401, "Invalid or revoked API key").await;
+        assert_refused(i, "key-free", 400, "frozen").await;
+    }
+    let restored = a.metric("vivgate_overrides_restored_total").await.unwrap()
+        + b.metric("vivgate_overrides_restored_total").await.unwrap();
+    assert!(restored >= 1, "{restored}");
+
+    // lost again, and a change arrives before any instance noticed: the table is put back
+    // first, then changed
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let r = a
+        .admin(
+            "DELETE",
+            &format!("/overrides/{}", group_id("key-free")),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["version"], 3);
+    for i in [&a, &b] {
+        until(i, "key-free", 200).await;
+        assert_refused(i, "key-pro", 401, "Invalid or revoked API key").await;
+    }
+    // and a restart of both reads the same from Redis
+    a.restart().await;
+    b.restart().await;
+    for i in [&a, &b] {
+        assert_refused(i, "key-pro", 401, "Invalid or revoked API key").await;
+        assert_eq!(i.call("key-free").await.status, 200);
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -860,6 +860,14 @@ async fn options_asterisk_is_the_servers_own_204() {
     assert_envelope(&r.unwrap(), 400, "path starting with /");
     assert_eq!(h.backend.total(), 1, "only the GET was forwarded");
     assert_eq!(h.usage("key-pro").calls, 1, "OPTIONS * is not metered");
+    // it counts against the requests a connection may make
+    let h = Harness::start_with(|c| c + "\n[limits]\nmax_requests_per_connection = 2\n").await;
+    let mut c = h.client().await;
+    c.send_raw(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(c.read_response().await.header("connection"), None);
+    c.send_raw(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(c.read_response().await.header("connection"), Some("close"));
+    assert!(c.is_closed().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

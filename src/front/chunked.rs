@@ -31,13 +31,12 @@ impl ChunkGuard {
         }
     }
 
-    /// The connection without the guard, once pingora gives it back.
+    /// The connection without the guard, once pingora gives it back; `None` (close it) unless
+    /// the body ended where the strict check says it ends, so the two parsers never disagree
+    /// about where the next request starts.
     pub(super) fn unwrap(stream: Stream) -> Option<Stream> {
-        stream
-            .into_any()
-            .downcast::<ChunkGuard>()
-            .ok()
-            .map(|g| g.inner)
+        let guard = stream.into_any().downcast::<ChunkGuard>().ok()?;
+        (guard.check.is_done() && !guard.broken).then_some(guard.inner)
     }
 }
 

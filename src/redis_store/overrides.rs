@@ -19,6 +19,7 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -46,9 +47,12 @@ return {tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('HGETALL', KEYS[
 "#;
 
 /// KEYS: status, revoked, version. ARGV: `status` group status | `revoke` key group | `remove`
-/// id, then the channel. Setting what is already set changes nothing (so a repeated change is
-/// harmless). Returns `{version, changed, status pairs, revoked pairs}`.
+/// id, then the channel, then the version the instance serves. Setting what is already set
+/// changes nothing (so a repeated change is harmless). Returns `{version, changed, status pairs,
+/// revoked pairs}`, or `{-1}` without changing anything when Redis holds an older version than
+/// the instance (it lost its data: the instance puts its table back first).
 const CHANGE_SCRIPT: &str = r#"
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[5]) then return {-1, 0, {}, {}} end
 local op, a, b = ARGV[1], ARGV[2], ARGV[3]
 local changed = 0
 if op == 'status' then
@@ -72,6 +76,28 @@ end
 return {v, changed, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 "#;
 
+/// KEYS: status, revoked, version. ARGV: version, channel, the number of status pairs, then the
+/// status pairs and the revoked pairs. Puts a whole table back when Redis holds an older version
+/// than `version` (or none: Redis lost its data, or failed over to a replica that lags) and
+/// announces it; does nothing otherwise. Returns 1 when it restored.
+const RESTORE_SCRIPT: &str = r#"
+local v = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= v then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i + 1 <= #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('SET', KEYS[3], v)
+redis.call('PUBLISH', ARGV[2], v)
+return 1
+"#;
+
 type Table = (u64, Vec<String>, Vec<String>);
 
 /// What the Redis store knows of the overrides.
@@ -80,8 +106,11 @@ pub(super) struct SharedOverrides {
     table: OnceLock<Arc<ArcSwap<Overrides>>>,
     /// The version in the table (and in the disk copy).
     version: Mutex<u64>,
+    /// The table in force could not be confirmed with Redis (the metric `from_copy` says so).
+    unconfirmed: AtomicBool,
     pub(super) from_copy: prometheus::IntGauge,
     pub(super) version_gauge: prometheus::IntGauge,
+    pub(super) restored: prometheus::IntCounter,
 }
 
 impl SharedOverrides {
@@ -89,6 +118,7 @@ impl SharedOverrides {
         SharedOverrides {
             table: OnceLock::new(),
             version: Mutex::new(0),
+            unconfirmed: AtomicBool::new(false),
             from_copy: prometheus::IntGauge::new(
                 "overrides_from_copy",
                 "1 while the admin overrides in force are the disk copy (Redis unreachable)",
@@ -97,6 +127,11 @@ impl SharedOverrides {
             version_gauge: prometheus::IntGauge::new(
                 "overrides_version",
                 "Version of the fleet's admin overrides in force",
+            )
+            .expect("metric"),
+            restored: prometheus::IntCounter::new(
+                "overrides_restored_total",
+                "Times this instance put its overrides back into a Redis that held an older version",
             )
             .expect("metric"),
         }
@@ -158,7 +193,12 @@ fn to_overrides(status: Vec<String>, revoked: Vec<String>) -> Overrides {
     o.indexed()
 }
 
+/// Keeps `overrides` as the disk copy, unless the copy there is as new (instances may share the
+/// directory, and writes may finish out of order).
 fn write_copy(path: &Path, version: u64, overrides: &Overrides) -> std::io::Result<()> {
+    if read_copy(path).is_ok_and(|(on_disk, _)| on_disk >= version) {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
@@ -169,8 +209,11 @@ fn write_copy(path: &Path, version: u64, overrides: &Overrides) -> std::io::Resu
         overrides: overrides.clone(),
     })
     .map_err(std::io::Error::other)?;
-    // several instances may share the directory: a temp file of this process, renamed
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    // several instances may share the directory, and one may write twice at once: a temp file
+    // of this write, renamed
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
     std::fs::write(&tmp, json)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(tmp, path)
@@ -189,28 +232,36 @@ fn outcome_unknown(e: &redis::RedisError) -> bool {
 
 impl RedisStore {
     /// The fleet's overrides from Redis, or from the disk copy (said in the log and the metric
-    /// `vivgate_overrides_from_copy`) when Redis does not answer; neither is an error.
+    /// `vivgate_overrides_from_copy`) when Redis does not answer; neither is an error. A copy
+    /// newer than what Redis holds (Redis lost its data) is put back into Redis.
     pub(super) fn load_overrides_blocking(self: &Arc<Self>) -> Result<Overrides, String> {
         let read =
             self.run(|s| Box::pin(async move { s.read_overrides_fresh(ADMIN_TIMEOUT).await }));
         let path = &self.settings.overrides_copy;
+        let copy = read_copy(path);
         let o = &self.overrides;
-        match read {
-            Some(Ok((version, table))) => {
-                if let Err(e) = write_copy(path, version, &table) {
-                    tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
+        let (version, table, from_copy) = match read {
+            Some(Ok((version, table))) => match copy {
+                Ok((newer, kept)) if newer > version => {
+                    tracing::error!(
+                        redis = version,
+                        copy = newer,
+                        "overrides: Redis holds an older version than the copy (did Redis lose its data?); putting the copy back"
+                    );
+                    let restore = kept.clone();
+                    let _ = self.run(move |s| {
+                        Box::pin(async move { s.restore_overrides(newer, &restore).await })
+                    });
+                    (newer, kept, false)
                 }
-                *o.version.lock().unwrap_or_else(|p| p.into_inner()) = version;
-                o.version_gauge.set(version as i64);
-                o.from_copy.set(0);
-                Ok(table)
-            }
+                _ => (version, table, false),
+            },
             failed => {
                 let why = match failed {
                     Some(Err(e)) => e,
                     _ => "no answer in time".to_string(),
                 };
-                let (version, table) = read_copy(path).map_err(|e| {
+                let (version, table) = copy.map_err(|e| {
                     format!(
                         "overrides: Redis {} could not be read ({why}) and there is no usable copy at {} ({e}); \
                          refusing to start without the fleet's revocations",
@@ -223,12 +274,50 @@ impl RedisStore {
                     version,
                     "overrides: Redis unreachable ({why}); serving the last copy"
                 );
-                *o.version.lock().unwrap_or_else(|p| p.into_inner()) = version;
-                o.version_gauge.set(version as i64);
-                o.from_copy.set(1);
-                Ok(table)
+                (version, table, true)
             }
+        };
+        if let Err(e) = write_copy(path, version, &table) {
+            tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
         }
+        *o.version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        o.version_gauge.set(version as i64);
+        o.from_copy.set(i64::from(from_copy));
+        o.unconfirmed.store(from_copy, Ordering::Release);
+        Ok(table)
+    }
+
+    /// Puts `table` at `version` back into Redis if Redis holds an older version (see
+    /// [`RESTORE_SCRIPT`]).
+    async fn restore_overrides(&self, version: u64, table: &Overrides) -> Result<bool, String> {
+        let mut conn = self.overrides_conn(CHECK_EVERY).await?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RESTORE_SCRIPT)
+            .arg(3)
+            .arg(STATUS_KEY)
+            .arg(REVOKED_KEY)
+            .arg(VERSION_KEY)
+            .arg(version)
+            .arg(CHANNEL)
+            .arg(table.status.len());
+        for (group, status) in &table.status {
+            cmd.arg(group).arg(status_str(*status));
+        }
+        for (key, group) in &table.revoked {
+            cmd.arg(key).arg(group);
+        }
+        let task = self.handle.spawn(async move {
+            tokio::time::timeout(CHECK_EVERY, cmd.query_async::<u64>(&mut conn)).await
+        });
+        let restored = task
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        if restored == 1 {
+            self.overrides.restored.inc();
+        }
+        Ok(restored == 1)
     }
 
     /// A connection for the overrides: one of their own to a single Redis (so a refused
@@ -290,63 +379,103 @@ impl RedisStore {
         self.read_overrides(&mut conn, within).await
     }
 
-    /// Puts a table read from Redis in force unless it is the version already served; keeps
-    /// the disk copy in step.
+    /// Puts a table read from Redis in force if it is newer than the one served (replies may
+    /// arrive out of order: an older one is never applied); keeps the disk copy in step.
     fn apply_overrides(&self, version: u64, table: Overrides) {
         let o = &self.overrides;
-        let mut current = o.version.lock().unwrap_or_else(|p| p.into_inner());
-        let was_copy = o.from_copy.get() == 1;
-        o.from_copy.set(0);
-        if was_copy {
-            tracing::info!(version, "overrides: Redis answers again");
-        }
+        self.redis_answers(version);
         // nothing follows yet (the gateway has not loaded them): nothing to put in force
         let Some(table_in_force) = o.table.get() else {
             return;
         };
-        if version == *current && !was_copy {
+        let mut current = o.version.lock().unwrap_or_else(|p| p.into_inner());
+        if version <= *current {
             return;
-        }
-        if version < *current {
-            tracing::error!(
-                served = *current,
-                redis = version,
-                "overrides: the version in Redis went back (did Redis lose its data?); applying Redis's table"
-            );
         }
         table_in_force.store(Arc::new(table.clone()));
         *current = version;
         o.version_gauge.set(version as i64);
-        let path = &self.settings.overrides_copy;
-        if let Err(e) = write_copy(path, version, &table) {
-            tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
+        drop(current);
+        // written off the store's thread: a slow disk must not hold up leases and settlements
+        let path = self.settings.overrides_copy.clone();
+        self.handle.spawn_blocking(move || {
+            if let Err(e) = write_copy(&path, version, &table) {
+                tracing::warn!(path = %path.display(), "cannot keep the overrides copy: {e}");
+            }
+        });
+    }
+
+    /// Redis answered: the overrides in force are confirmed again.
+    fn redis_answers(&self, version: u64) {
+        if self.overrides.unconfirmed.swap(false, Ordering::AcqRel) {
+            self.overrides.from_copy.set(0);
+            tracing::info!(version, "overrides: Redis answers again");
         }
     }
 
     fn overrides_unreachable(&self, why: &str) {
-        if self.overrides.from_copy.get() == 0 {
+        if !self.overrides.unconfirmed.swap(true, Ordering::AcqRel) {
             self.overrides.from_copy.set(1);
             tracing::warn!("overrides: Redis unreachable ({why}); serving the last table read");
         }
     }
 
-    /// Compares the version in Redis with the one served, and reads the table when they differ.
-    /// `conn` is kept between checks, and made again after an error.
+    /// Compares the version in Redis with the one served: a newer one is read and put in
+    /// force; an older one (Redis lost its data or failed over to a replica that lags) gets
+    /// the table this instance serves put back, so a revocation is never lost that way. `conn`
+    /// is kept between checks, and made again after an error.
     async fn check_overrides(&self, conn: &mut Option<Conn>) -> Result<(), String> {
         let c = match conn {
             Some(c) => c,
             None => conn.insert(self.overrides_conn(CHECK_EVERY).await?),
         };
-        match self.read_overrides(c, CHECK_EVERY).await {
-            Ok((version, table)) => {
+        let checked = async {
+            let mut c2 = c.clone();
+            let version = self
+                .handle
+                .spawn(async move {
+                    let mut get = redis::cmd("GET");
+                    get.arg(VERSION_KEY);
+                    tokio::time::timeout(CHECK_EVERY, get.query_async::<Option<u64>>(&mut c2)).await
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|_| "no answer in time".to_string())?
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            let current = *self
+                .overrides
+                .version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if version > current {
+                let (version, table) = self.read_overrides(c, CHECK_EVERY).await?;
                 self.apply_overrides(version, table);
-                Ok(())
+            } else if version < current {
+                let table = self
+                    .overrides
+                    .table
+                    .get()
+                    .map(|t| Overrides::clone(&t.load()))
+                    .unwrap_or_default();
+                if self.restore_overrides(current, &table).await? {
+                    tracing::error!(
+                        redis = version,
+                        restored = current,
+                        "overrides: Redis held an older version (did Redis lose its data?); put this instance's table back"
+                    );
+                }
+                self.redis_answers(current);
+            } else {
+                self.redis_answers(version);
             }
-            Err(e) => {
-                *conn = None;
-                Err(e)
-            }
+            Ok::<(), String>(())
+        };
+        let result = checked.await;
+        if result.is_err() {
+            *conn = None;
         }
+        result
     }
 
     /// An admin change: made in Redis first (one script), then in force here; other instances
@@ -368,40 +497,33 @@ impl RedisStore {
         };
         let result = self.run(move |s| {
             Box::pin(async move {
-                // a connection that cannot be made sent nothing
-                let mut conn = s.overrides_conn(ADMIN_TIMEOUT).await.map_err(Err)?;
-                // the change keeps its connection after the caller stopped waiting, so a slow
-                // Redis still applies it rather than dropping it with the connection
-                let task = s.handle.spawn(async move {
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(CHANGE_SCRIPT)
-                        .arg(3)
-                        .arg(STATUS_KEY)
-                        .arg(REVOKED_KEY)
-                        .arg(VERSION_KEY);
-                    for a in args {
-                        cmd.arg(a);
+                for _ in 0..2 {
+                    let served = *s
+                        .overrides
+                        .version
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let r = s.send_change(&args, served).await?;
+                    if r.0 >= 0 {
+                        return Ok(r);
                     }
-                    cmd.arg(CHANNEL);
-                    let answer = cmd.query_async::<(u64, u64, Vec<String>, Vec<String>)>(&mut conn);
-                    match tokio::time::timeout(LATE_ANSWER, answer).await {
-                        Ok(r) => r,
-                        Err(_) => Err(redis::RedisError::from(std::io::Error::from(
-                            std::io::ErrorKind::TimedOut,
-                        ))),
-                    }
-                });
-                match tokio::time::timeout(ADMIN_TIMEOUT, task).await {
-                    Ok(Ok(Ok(r))) => Ok(r),
-                    Ok(Ok(Err(e))) if outcome_unknown(&e) => Err(Ok(e.to_string())),
-                    Ok(Ok(Err(e))) => Err(Err(e.to_string())),
-                    Ok(Err(e)) => Err(Err(e.to_string())),
-                    Err(_) => Err(Ok("no answer within 2 s".to_string())),
+                    // Redis lost what this instance serves: put it back, then change
+                    let table = s
+                        .overrides
+                        .table
+                        .get()
+                        .map(|t| Overrides::clone(&t.load()))
+                        .unwrap_or_default();
+                    s.restore_overrides(served, &table).await.map_err(Err)?;
                 }
+                Err(Err(
+                    "Redis keeps an older version of the overrides".to_string()
+                ))
             })
         });
         match result {
             Some(Ok((version, changed, status, revoked))) => {
+                let version = version as u64;
                 self.apply_overrides(version, to_overrides(status, revoked));
                 let found = changed > 0 || !matches!(change, OverrideChange::Remove(_));
                 Ok(Changed {
@@ -415,6 +537,45 @@ impl RedisStore {
             None => Err(ChangeError::Unknown {
                 reason: "no answer in time".into(),
             }),
+        }
+    }
+
+    /// Sends one change (see [`CHANGE_SCRIPT`]). `Err(Ok(_))`: sent, no answer (the outcome is
+    /// unknown); `Err(Err(_))`: refused before anything was applied.
+    async fn send_change(
+        &self,
+        args: &[String; 3],
+        served: u64,
+    ) -> Result<(i64, u64, Vec<String>, Vec<String>), Result<String, String>> {
+        // a connection that cannot be made sent nothing
+        let mut conn = self.overrides_conn(ADMIN_TIMEOUT).await.map_err(Err)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CHANGE_SCRIPT)
+            .arg(3)
+            .arg(STATUS_KEY)
+            .arg(REVOKED_KEY)
+            .arg(VERSION_KEY);
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.arg(CHANNEL).arg(served);
+        // the change keeps its connection after the caller stopped waiting, so a slow Redis
+        // still applies it rather than dropping it with the connection
+        let task = self.handle.spawn(async move {
+            let answer = cmd.query_async::<(i64, u64, Vec<String>, Vec<String>)>(&mut conn);
+            match tokio::time::timeout(LATE_ANSWER, answer).await {
+                Ok(r) => r,
+                Err(_) => Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                ))),
+            }
+        });
+        match tokio::time::timeout(ADMIN_TIMEOUT, task).await {
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(e))) if outcome_unknown(&e) => Err(Ok(e.to_string())),
+            Ok(Ok(Err(e))) => Err(Err(e.to_string())),
+            Ok(Err(e)) => Err(Err(e.to_string())),
+            Err(_) => Err(Ok("no answer within 2 s".to_string())),
         }
     }
 
