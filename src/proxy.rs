@@ -1,7 +1,6 @@
 //! The only file that knows pingora's phases. `VivGate` runs the checks of [`crate::pipeline`]
 //! in `request_filter`, answers failures with the envelope, and forwards the rest.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +12,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::clock::{format_utc, Month};
-use crate::config::{Group, Route, Snapshot};
+use crate::clock::Month;
+use crate::config::{Group, Snapshot};
 use crate::error::{envelope, GatewayError};
 use crate::gateway::Gateway;
-use crate::pipeline;
-use crate::usage::{Meter, Take, UsageStore};
-use vivgate_parse::path::canonical_path;
+use crate::pipeline::{self, Outcome, Request, Transport};
+use crate::usage::UsageStore;
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -37,26 +35,13 @@ impl<S: UsageStore> VivGate<S> {
     }
 }
 
-/// What the head checks decided for a request that passed them.
-enum Checked {
-    Forward,
-    OwnUsage(Group),
-}
-
 /// Per-request state.
 pub struct Ctx {
     request_id: HeaderValue,
+    /// The snapshot a forwarded request was checked against.
     snap: Option<Arc<Snapshot>>,
-    group: Option<Group>,
-    route: Option<Arc<Route>>,
-    /// When the quota check ran (or, for a rejection before it, when the route matched).
-    now_ms: i64,
-    month: Option<Month>,
-    take: Option<Take>,
-    /// Bandwidth used at the quota check.
-    bytes_used: Option<u64>,
-    /// The meter whose quota refused the request.
-    quota_refused: Option<Meter>,
+    /// What the checks learned: identity, route, quota taken, CORS.
+    p: pipeline::State,
     /// Connect attempts that failed and were retried on another server.
     connect_retries: u8,
     connected: bool,
@@ -65,12 +50,6 @@ pub struct Ctx {
     rejected: Option<&'static str>,
     /// When an upstream server was chosen (the latency histogram's start).
     upstream_started: Option<std::time::Instant>,
-    /// The canonical path, when the request spelled it otherwise: what the backend receives.
-    canonical_path: Option<String>,
-    /// The request's `Origin`, when `[cors]` allows it: every answer carries the CORS headers.
-    cors_origin: Option<HeaderValue>,
-    /// `[cors]` is configured: every answer carries `Vary: Origin`, whatever the origin.
-    cors_vary: bool,
     /// For the access log: when the request began, the upstream server and its answer time.
     started: Instant,
     upstream_addr: Option<std::net::SocketAddr>,
@@ -87,21 +66,12 @@ impl Default for Ctx {
         Ctx {
             request_id: HeaderValue::from_static(""),
             snap: None,
-            group: None,
-            route: None,
-            now_ms: 0,
-            month: None,
-            take: None,
-            bytes_used: None,
-            quota_refused: None,
+            p: pipeline::State::default(),
             connect_retries: 0,
             connected: false,
             upstream_responded: false,
             rejected: None,
             upstream_started: None,
-            canonical_path: None,
-            cors_origin: None,
-            cors_vary: false,
             started: Instant::now(),
             upstream_addr: None,
             upstream_ms: None,
@@ -112,85 +82,6 @@ impl Default for Ctx {
 }
 
 impl<S: UsageStore> VivGate<S> {
-    /// The contract's order of checks. Returns the first failure; on success the request is
-    /// counted against its quota and ready to forward.
-    async fn check_request(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        snap: Arc<Snapshot>,
-    ) -> Result<Checked, GatewayError> {
-        let req = session.req_header();
-        // step 0: what was parsed is what was sent (pingora escapes or drops some bytes in the
-        // URI it parses, and forwards the raw target) ...
-        if req.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(req.raw_path()) {
-            return Err(GatewayError::Malformed("the request target is ambiguous"));
-        }
-        // ... and one canonical path, or nothing
-        let path =
-            canonical_path(req.uri.path()).map_err(|e| GatewayError::Malformed(e.as_str()))?;
-        let client = client_ip(session, &snap.trusted_proxies);
-        ctx.client_ip = client;
-        let failed_auth = snap.limits.failed_auth.zip(client);
-        if let Some((_, ip)) = failed_auth {
-            if let Some(left) = self.gw.failed_auth().blocked_now(ip) {
-                return Err(GatewayError::AuthBlocked(left.as_secs().max(1)));
-            }
-        }
-        let overrides = self.gw.overrides();
-        let checked = pipeline::check_head(
-            &snap,
-            &overrides,
-            &req.headers,
-            &req.method,
-            &path,
-            req.uri.query(),
-        );
-        if let (Err(r), Some((limit, ip))) = (&checked, failed_auth) {
-            if r.error.status() == 401 && self.gw.failed_auth().record(ip, Instant::now(), limit) {
-                tracing::info!(target: "vivgate::audit", client = %ip, "client blocked after failed authentications");
-            }
-        }
-        if let Cow::Owned(p) = path {
-            ctx.canonical_path = Some(p);
-        }
-        let (group, route, refused) = match checked {
-            Ok(pipeline::Admitted::Forward { group, route }) => (group, route.clone(), None),
-            Ok(pipeline::Admitted::OwnUsage { group }) => {
-                return Ok(Checked::OwnUsage(group.clone()));
-            }
-            Err(pipeline::Refused {
-                error,
-                matched: Some((g, r)),
-            }) => (g, r.clone(), Some(error)),
-            Err(pipeline::Refused {
-                error,
-                matched: None,
-            }) => return Err(error),
-        };
-        ctx.group = Some(group.clone());
-        ctx.route = Some(route.clone());
-        ctx.now_ms = self.gw.clock().now_ms();
-        ctx.month = Some(Month::containing(ctx.now_ms));
-        if let Some(error) = refused {
-            return Err(error);
-        }
-        ctx.snap = Some(snap.clone());
-        if route.json_body {
-            self.read_json_body(session, &snap).await?;
-            // a body may take a while: the quota check is the request's moment
-            ctx.now_ms = self.gw.clock().now_ms();
-            ctx.month = Some(Month::containing(ctx.now_ms));
-        }
-        if let Some(n) = group.tier.burst_per_second {
-            if !self.gw.burst().admit(&group.id, n) {
-                return Err(GatewayError::BurstLimited(n));
-            }
-        }
-        self.take_quota(ctx).await?;
-        Ok(Checked::Forward)
-    }
-
     /// `GET /v1/usage`: the group's usage and limits this month, in the success envelope.
     async fn own_usage(&self, session: &mut Session, ctx: &Ctx, group: &Group) -> Result<()> {
         let now = self.gw.clock().now_ms();
@@ -204,7 +95,7 @@ impl<S: UsageStore> VivGate<S> {
                 "status": self.gw.overrides().status_of(group),
                 "overage_billing": group.overage_billing,
                 "month": month.to_string(),
-                "resets_at": reset_at(month),
+                "resets_at": pipeline::quota::reset_at(month),
                 "calls": u.calls,
                 "calls_limit": group.tier.api_calls,
                 "calls_overage": u.calls_overage,
@@ -232,187 +123,6 @@ impl<S: UsageStore> VivGate<S> {
         Ok(())
     }
 
-    /// Reads the whole body (bounded by `limits.max_json_body`) with pingora's retry buffer on,
-    /// so pingora re-sends exactly these bytes upstream, and validates it as JSON.
-    async fn read_json_body(
-        &self,
-        session: &mut Session,
-        snap: &Snapshot,
-    ) -> Result<(), GatewayError> {
-        let max = snap.limits.max_json_body;
-        if content_length(session.req_header()).is_some_and(|n| n > max) {
-            return Err(GatewayError::BodyTooLarge);
-        }
-        if expects_continue(session.req_header()) && !session.is_body_done() {
-            send_continue(session)
-                .await
-                .map_err(|_| GatewayError::BadRequest)?;
-        }
-        session.enable_retry_buffering();
-        let mut body = Vec::new();
-        // HTTP/1 reads carry the session's read timeout; pingora's HTTP/2 reads have none
-        let pause = snap.limits.body_idle_timeout;
-        loop {
-            let read = match tokio::time::timeout(pause, session.read_request_body()).await {
-                Ok(read) => read,
-                Err(_) => Err(Error::new(ErrorType::ReadTimedout)),
-            };
-            match read {
-                Ok(Some(chunk)) => {
-                    if (body.len() + chunk.len()) as u64 > max {
-                        return Err(GatewayError::BodyTooLarge);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                    session.set_keepalive(None);
-                    return Err(GatewayError::BodyTimeout);
-                }
-                Err(_) => {
-                    // a body whose framing broke leaves the connection unreadable
-                    session.set_keepalive(None);
-                    return Err(GatewayError::BadRequest);
-                }
-            }
-        }
-        pipeline::json_body(&body, snap.limits.max_json_depth)
-    }
-
-    /// Step 7: the monthly quota of each meter of the route, for `ctx.month` (the month when the
-    /// route matched, or when a JSON body finished arriving: the quota check's moment, one clock
-    /// read). Bandwidth is checked before calls so a bandwidth refusal does not spend a call.
-    async fn take_quota(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
-        let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
-            return Err(GatewayError::Internal);
-        };
-        let store = self.gw.store();
-        let tier = &group.tier;
-        if route.meters.bytes {
-            let used = store.bytes_used(&group.id, month);
-            ctx.bytes_used = Some(used);
-            if used >= tier.cdn_bytes && !group.overage_billing {
-                ctx.quota_refused = Some(Meter::Bytes);
-                return Err(GatewayError::QuotaExceeded(Meter::Bytes, reset_at(month)));
-            }
-        }
-        if route.meters.calls {
-            match store
-                .take_call(
-                    &group.id,
-                    month,
-                    tier.api_calls,
-                    group.overage_billing,
-                    &tier.name,
-                )
-                .await
-            {
-                Take::Refused => {
-                    ctx.quota_refused = Some(Meter::Calls);
-                    return Err(GatewayError::QuotaExceeded(Meter::Calls, reset_at(month)));
-                }
-                Take::Unavailable => return Err(GatewayError::UsageUnavailable),
-                t => ctx.take = Some(t),
-            }
-        }
-        Ok(())
-    }
-
-    /// `RateLimit-Policy` and `RateLimit` for the route's meters, or `None` when the request
-    /// was not authenticated to a routed path. `served` is the response body size, if known.
-    fn rate_limit_headers(
-        &self,
-        ctx: &Ctx,
-        served: Option<u64>,
-    ) -> Option<(HeaderValue, HeaderValue)> {
-        let (group, route, month) = (ctx.group.as_ref()?, ctx.route.as_ref()?, ctx.month?);
-        let tier = &group.tier;
-        let policy = tier.policy(route.meters)?.clone();
-        let t = month.seconds_until_end(ctx.now_ms);
-        let mut state = String::with_capacity(96);
-        let mut num = itoa::Buffer::new();
-        let mut push = |name: &str, r: u64| {
-            if !state.is_empty() {
-                state.push_str(", ");
-            }
-            state.push_str(name);
-            state.push_str(";r=");
-            state.push_str(num.format(r));
-            state.push_str(";t=");
-            state.push_str(num.format(t));
-        };
-        if route.meters.calls {
-            let r = match ctx.take {
-                Some(Take::Admitted { remaining, .. }) => remaining,
-                _ if ctx.quota_refused == Some(Meter::Calls) => 0,
-                _ => {
-                    let used = self.gw.store().usage(&group.id, month).calls;
-                    tier.api_calls.saturating_sub(used)
-                }
-            };
-            push("\"monthly-calls\"", r);
-        }
-        if route.meters.bytes {
-            let used = ctx
-                .bytes_used
-                .unwrap_or_else(|| self.gw.store().bytes_used(&group.id, month));
-            let r = tier
-                .cdn_bytes
-                .saturating_sub(used.saturating_add(served.unwrap_or(0)));
-            push("\"monthly-bytes\"", r);
-        }
-        Some((policy, HeaderValue::try_from(state).ok()?))
-    }
-
-    /// Notes that answers vary by `Origin`, and an allowed `Origin` (one header, listed).
-    fn note_origin(&self, session: &Session, ctx: &mut Ctx, cors: &crate::config::Cors) {
-        ctx.cors_vary = true;
-        let mut origins = session.req_header().headers.get_all(header::ORIGIN).iter();
-        if let (Some(origin), None) = (origins.next(), origins.next()) {
-            if origin.to_str().is_ok_and(|o| cors.origins.contains(o)) {
-                ctx.cors_origin = Some(origin.clone());
-            }
-        }
-    }
-
-    /// For a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, on a
-    /// well-formed path) says whether it is allowed; `None` for any other request.
-    fn preflight(
-        &self,
-        session: &Session,
-        ctx: &Ctx,
-        cors: &crate::config::Cors,
-    ) -> Option<Result<(), GatewayError>> {
-        let req = session.req_header();
-        req.headers.get(header::ORIGIN)?;
-        let allowed = ctx.cors_origin.is_some();
-        if req.method != http::Method::OPTIONS || canonical_path(req.uri.path()).is_err() {
-            return None;
-        }
-        let asked = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
-        let method_ok = cors
-            .methods
-            .iter()
-            .any(|m| m.as_str().as_bytes() == asked.as_bytes());
-        let headers_ok = req
-            .headers
-            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
-            .iter()
-            .all(|v| {
-                v.to_str().is_ok_and(|list| {
-                    list.split(',')
-                        .map(|h| h.trim().to_ascii_lowercase())
-                        .filter(|h| !h.is_empty())
-                        .all(|h| cors.headers.contains(&h))
-                })
-            });
-        Some(if allowed && method_ok && headers_ok {
-            Ok(())
-        } else {
-            Err(GatewayError::CorsRefused)
-        })
-    }
-
     /// An allowed preflight: 204 with the CORS headers, no key needed, nothing metered.
     async fn preflight_ok(
         &self,
@@ -421,7 +131,7 @@ impl<S: UsageStore> VivGate<S> {
         cors: &crate::config::Cors,
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(204, Some(8))?;
-        if let Some(origin) = &ctx.cors_origin {
+        if let Some(origin) = &ctx.p.cors_origin {
             resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
         }
         resp.insert_header(
@@ -442,10 +152,10 @@ impl<S: UsageStore> VivGate<S> {
     /// With `[cors]`, `Vary: Origin` on every answer (a shared cache must not give one origin's
     /// answer to another), and the CORS headers on an answer to an allowed origin.
     fn add_cors_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-        if ctx.cors_vary {
+        if ctx.p.cors_vary {
             resp.append_header(header::VARY, "Origin")?;
         }
-        let Some(origin) = &ctx.cors_origin else {
+        let Some(origin) = &ctx.p.cors_origin else {
             return Ok(());
         };
         resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
@@ -487,8 +197,8 @@ impl<S: UsageStore> VivGate<S> {
                 resp.insert_header(header::ALLOW, allow.as_str())?;
             }
             GatewayError::QuotaExceeded(..) => {
-                let month = ctx.month.unwrap_or(Month::containing(ctx.now_ms));
-                resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.now_ms))?;
+                let month = ctx.p.month.unwrap_or(Month::containing(ctx.p.now_ms));
+                resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.p.now_ms))?;
             }
             GatewayError::AuthBlocked(secs) | GatewayError::UpstreamsDown(secs) => {
                 resp.insert_header(header::RETRY_AFTER, *secs)?
@@ -498,7 +208,9 @@ impl<S: UsageStore> VivGate<S> {
             }
             _ => {}
         }
-        if let Some((policy, state)) = self.rate_limit_headers(ctx, None) {
+        if let Some((policy, state)) =
+            pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, None)
+        {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
         }
@@ -507,36 +219,69 @@ impl<S: UsageStore> VivGate<S> {
     }
 }
 
-/// The client's address. Behind a trusted proxy (`server.trusted_proxies`) it is the rightmost
-/// `X-Forwarded-For` hop that is not itself trusted (every header line, right to left); a
-/// malformed hop ends the walk there. Otherwise, and without the header, the peer address.
-fn client_ip(session: &Session, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
-    let peer = session.client_addr()?.as_inet()?.ip();
-    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
-        return Some(peer);
+/// A pingora session as the pipeline's [`Transport`]: its parsed head, and its body read with
+/// pingora's retry buffer on, so pingora re-sends exactly the bytes that were checked.
+struct Downstream<'s> {
+    session: &'s mut Session,
+    client: Option<std::net::IpAddr>,
+}
+
+impl Transport for Downstream<'_> {
+    fn request(&self) -> Request<'_> {
+        let req = self.session.req_header();
+        Request {
+            method: &req.method,
+            target: req.raw_path(),
+            parsed_target: Some(
+                req.uri
+                    .path_and_query()
+                    .map_or(&b""[..], |p| p.as_str().as_bytes()),
+            ),
+            headers: &req.headers,
+            authority: req.uri.authority().map(|a| a.as_str()),
+            http2: self.session.is_http2(),
+            client: self.client,
+        }
     }
-    let values: Vec<&http::HeaderValue> = session
-        .req_header()
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .collect();
-    let mut client = peer;
-    for v in values.iter().rev() {
-        let Ok(list) = v.to_str() else {
-            return Some(client);
-        };
-        for hop in list.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
-                return Some(client);
+
+    async fn read_body(&mut self, max: u64, pause: Duration) -> Result<Vec<u8>, GatewayError> {
+        let session = &mut *self.session;
+        if content_length(session.req_header()).is_some_and(|n| n > max) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+        if expects_continue(session.req_header()) && !session.is_body_done() {
+            send_continue(session)
+                .await
+                .map_err(|_| GatewayError::BadRequest)?;
+        }
+        session.enable_retry_buffering();
+        let mut body = Vec::new();
+        // HTTP/1 reads carry the session's read timeout; pingora's HTTP/2 reads have none
+        loop {
+            let read = match tokio::time::timeout(pause, session.read_request_body()).await {
+                Ok(read) => read,
+                Err(_) => Err(Error::new(ErrorType::ReadTimedout)),
             };
-            client = ip;
-            if !trusted.iter().any(|n| n.contains(&ip)) {
-                return Some(ip);
+            match read {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Err(GatewayError::BodyTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    session.set_keepalive(None);
+                    return Err(GatewayError::BodyTimeout);
+                }
+                Err(_) => {
+                    // a body whose framing broke leaves the connection unreadable
+                    session.set_keepalive(None);
+                    return Err(GatewayError::BadRequest);
+                }
             }
         }
     }
-    Some(client)
 }
 
 /// What the client is told when proxying fails: a server that could not be reached is a 502,
@@ -563,49 +308,6 @@ fn classify(etype: &ErrorType, esource: &ErrorSource) -> Option<GatewayError> {
     }
 }
 
-/// The front's HTTP/1 head rules that apply to an HTTP/2 request (its framing is the h2
-/// crate's): no CONNECT, an origin-form `:path` of allowed bytes, a valid authority and `Host`,
-/// and the head limits (header lines and bytes: 431).
-fn check_h2_head(req: &RequestHeader, limits: &crate::config::Limits) -> Result<(), GatewayError> {
-    use vivgate_parse::head::{check_host, check_target};
-    if req.method == http::Method::CONNECT {
-        return Err(GatewayError::ConnectNotAllowed);
-    }
-    let target = std::str::from_utf8(req.raw_path())
-        .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))?;
-    check_target(target).map_err(crate::front::refusal)?;
-    if let Some(a) = req.uri.authority() {
-        check_host(a.as_str().as_bytes()).map_err(crate::front::refusal)?;
-    }
-    for h in req.headers.get_all(header::HOST) {
-        check_host(h.as_bytes()).map_err(crate::front::refusal)?;
-    }
-    // forwarded to HTTP/1 backends, where `Transfer_Encoding` may read as Transfer-Encoding
-    for n in req.headers.keys() {
-        vivgate_parse::head::check_field_name(n.as_str().as_bytes())
-            .map_err(crate::front::refusal)?;
-    }
-    // the request line and the blank line of an HTTP/1 head, roughly; browsers send each cookie
-    // as a field of its own over HTTP/2, which is one `Cookie` line over HTTP/1
-    let mut bytes = req.method.as_str().len() + target.len() + 16;
-    let mut lines = 0;
-    let mut cookie_seen = false;
-    for (n, v) in req.headers.iter() {
-        if n == header::COOKIE {
-            bytes += v.len() + if cookie_seen { 2 } else { 10 };
-            lines += usize::from(!cookie_seen);
-            cookie_seen = true;
-        } else {
-            bytes += n.as_str().len() + v.len() + 4;
-            lines += 1;
-        }
-    }
-    if lines > limits.head.max_headers || bytes > limits.head.max_bytes {
-        return Err(GatewayError::HeadTooLarge);
-    }
-    Ok(())
-}
-
 /// The `Cookie` fields of `headers` as one value, `"; "` between them.
 fn join_cookies(headers: &http::HeaderMap) -> HeaderValue {
     let mut out = Vec::new();
@@ -617,10 +319,6 @@ fn join_cookies(headers: &http::HeaderMap) -> HeaderValue {
     }
     // joined valid values with "; " are a valid value
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn reset_at(month: Month) -> String {
-    format_utc(month.next().start_ms())
 }
 
 fn content_length(req: &RequestHeader) -> Option<u64> {
@@ -725,50 +423,48 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         Ctx::default()
     }
 
-    /// Runs every check; a failure is answered here with the envelope and never forwarded.
+    /// Runs the contract's checks ([`pipeline::run`]); a failure is answered here with the
+    /// envelope and never forwarded.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
             Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.gw.next_request_id(),
         };
         let snap = self.gw.snapshot();
-        if let Some(cors) = &snap.cors {
-            self.note_origin(session, ctx, cors);
-        }
         if session.is_http2() {
             // a stream whose client stops taking data (no WINDOW_UPDATE) must not hold its
             // upstream connection forever; the front sets this for HTTP/1
             session.set_write_timeout(Some(snap.limits.client_write_timeout));
-            // HTTP/2 has no head scan in the front: its method, `:path`, authority and header
-            // list get the same rules here, before anything else (CORS preflights included)
-            if let Err(e) = check_h2_head(session.req_header(), &snap.limits) {
-                ctx.rejected = Some(e.reason());
-                self.reject(session, ctx, &e).await?;
-                return Ok(true);
-            }
         }
-        if let Some(cors) = &snap.cors {
-            if let Some(preflight) = self.preflight(session, ctx, cors) {
-                match preflight {
-                    Ok(()) => self.preflight_ok(session, ctx, cors).await?,
-                    Err(e) => {
-                        ctx.rejected = Some(e.reason());
-                        self.reject(session, ctx, &e).await?;
-                    }
-                }
-                return Ok(true);
-            }
-        }
-        match self.check_request(session, ctx, snap).await {
-            Ok(Checked::OwnUsage(group)) => {
-                self.own_usage(session, ctx, &group).await?;
-                Ok(true)
-            }
-            Ok(Checked::Forward) => {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip =
+            pipeline::head::client_ip(peer, &session.req_header().headers, &snap.trusted_proxies);
+        let mut downstream = Downstream {
+            session,
+            client: ctx.client_ip,
+        };
+        let outcome = pipeline::run(&self.gw, &snap, &mut downstream, &mut ctx.p).await;
+        match outcome {
+            Ok(Outcome::Forward) => {
+                ctx.snap = Some(snap);
                 if expects_continue(session.req_header()) && !session.is_body_done() {
                     send_continue(session).await?;
                 }
                 Ok(false)
+            }
+            Ok(Outcome::Preflight) => {
+                let cors = snap.cors.as_ref().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "a preflight without [cors]")
+                })?;
+                self.preflight_ok(session, ctx, cors).await?;
+                Ok(true)
+            }
+            Ok(Outcome::OwnUsage(group)) => {
+                self.own_usage(session, ctx, &group).await?;
+                Ok(true)
             }
             Err(e) => {
                 ctx.rejected = Some(e.reason());
@@ -784,7 +480,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(snap), Some(route)) = (&ctx.snap, &ctx.route) else {
+        let (Some(snap), Some(route)) = (&ctx.snap, &ctx.p.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
         // each attempt starts unconnected: what is charged depends on the last one
@@ -830,7 +526,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx: &mut Ctx,
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        let servers = match (&ctx.snap, &ctx.route) {
+        let servers = match (&ctx.snap, &ctx.p.route) {
             (Some(snap), Some(route)) => {
                 let up = &snap.upstreams[route.upstream];
                 if let Some(addr) = &ctx.upstream_addr {
@@ -863,7 +559,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.connected = true;
-        if let (Some(snap), Some(route), Some(addr)) = (&ctx.snap, &ctx.route, &ctx.upstream_addr) {
+        if let (Some(snap), Some(route), Some(addr)) = (&ctx.snap, &ctx.p.route, &ctx.upstream_addr)
+        {
             snap.upstreams[route.upstream].health.connected(addr);
         }
         Ok(())
@@ -878,7 +575,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.canonical_path {
+        if let Some(path) = &ctx.p.canonical_path {
             // the backend receives exactly the path that was checked and routed
             let uri = match req.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -908,7 +605,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 req.remove_header(&n);
             }
         }
-        if let Some(g) = &ctx.group {
+        if let Some(g) = &ctx.p.group {
             // group ids are checked at load to be [A-Za-z0-9._-], always a valid header value
             req.insert_header("x-vivreal-group-id", &*g.id)?;
             req.insert_header("x-vivreal-tier", g.tier.header.clone())?;
@@ -958,7 +655,9 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        if let Some((policy, state)) = self.rate_limit_headers(ctx, served) {
+        if let Some((policy, state)) =
+            pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, served)
+        {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
         }
@@ -983,7 +682,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         session.set_keepalive(None);
         // a request whose backend was never reached is not charged
         if !ctx.connected {
-            if let (Some(take), Some(group), Some(month)) = (ctx.take.take(), &ctx.group, ctx.month)
+            if let (Some(take), Some(group), Some(month)) =
+                (ctx.p.take.take(), &ctx.p.group, ctx.p.month)
             {
                 self.gw.store().refund_call(&group.id, month, take);
             }
@@ -1016,7 +716,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
         let status = session
             .response_written()
             .map_or(http::StatusCode::OK, |r| r.status);
-        match &ctx.route {
+        match &ctx.p.route {
             Some(r) if status == http::StatusCode::OK => r
                 .ok_requests
                 .get_or_init(|| metrics.requests.with_label_values(&[&r.name, "200"]))
@@ -1045,11 +745,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                         .map(|a| a.ip())
                 }),
                 method: req.method.as_str(),
-                path: ctx.canonical_path.as_deref().unwrap_or(req.uri.path()),
+                path: ctx.p.canonical_path.as_deref().unwrap_or(req.uri.path()),
                 query: req.uri.query(),
-                route: ctx.route.as_ref().map(|r| &*r.name),
-                group: ctx.group.as_ref().map(|g| &*g.id),
-                tier: ctx.group.as_ref().map(|g| &*g.tier.name),
+                route: ctx.p.route.as_ref().map(|r| &*r.name),
+                group: ctx.p.group.as_ref().map(|g| &*g.id),
+                tier: ctx.p.group.as_ref().map(|g| &*g.tier.name),
                 status: session.response_written().map_or(0, |r| r.status.as_u16()),
                 reason: ctx.rejected,
                 upstream: ctx.upstream_addr,
@@ -1059,7 +759,8 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 bytes_out: down.body_bytes_sent(),
             });
         }
-        let (Some(group), Some(route), Some(month)) = (&ctx.group, &ctx.route, ctx.month) else {
+        let (Some(group), Some(route), Some(month)) = (&ctx.p.group, &ctx.p.route, ctx.p.month)
+        else {
             return;
         };
         let store = self.gw.store();

@@ -1,0 +1,102 @@
+//! Step 7: the group's monthly quota of each meter of the route, for the month of the quota
+//! check (`State::month`). Bandwidth is checked before calls so a bandwidth refusal does not
+//! spend a call: bytes used ≥ the tier's limit is a 402 (one response may overshoot), and a call
+//! is taken from the quota (402 when it is used up, 503 when a shared store cannot answer and
+//! its outage policy refuses). Groups with overage billing are never refused.
+//!
+//! Also the `RateLimit-Policy` / `RateLimit` headers every answer to an authenticated, routed
+//! request carries.
+
+use http::header::HeaderValue;
+
+use super::State;
+use crate::clock::{format_utc, Month};
+use crate::error::GatewayError;
+use crate::usage::{Meter, Take, UsageStore};
+
+/// Step 7: bandwidth, then a call; what was taken goes to `st.take`.
+pub async fn take<S: UsageStore>(store: &S, st: &mut State) -> Result<(), GatewayError> {
+    let (Some(group), Some(route), Some(month)) = (&st.group, &st.route, st.month) else {
+        return Err(GatewayError::Internal);
+    };
+    let tier = &group.tier;
+    if route.meters.bytes {
+        let used = store.bytes_used(&group.id, month);
+        st.bytes_used = Some(used);
+        if used >= tier.cdn_bytes && !group.overage_billing {
+            st.quota_refused = Some(Meter::Bytes);
+            return Err(GatewayError::QuotaExceeded(Meter::Bytes, reset_at(month)));
+        }
+    }
+    if route.meters.calls {
+        match store
+            .take_call(
+                &group.id,
+                month,
+                tier.api_calls,
+                group.overage_billing,
+                &tier.name,
+            )
+            .await
+        {
+            Take::Refused => {
+                st.quota_refused = Some(Meter::Calls);
+                return Err(GatewayError::QuotaExceeded(Meter::Calls, reset_at(month)));
+            }
+            Take::Unavailable => return Err(GatewayError::UsageUnavailable),
+            t => st.take = Some(t),
+        }
+    }
+    Ok(())
+}
+
+/// `RateLimit-Policy` and `RateLimit` for the route's meters, or `None` when the request was
+/// not authenticated to a routed path. `served` is the response body size, if known.
+pub fn rate_limit_headers<S: UsageStore>(
+    store: &S,
+    st: &State,
+    served: Option<u64>,
+) -> Option<(HeaderValue, HeaderValue)> {
+    let (group, route, month) = (st.group.as_ref()?, st.route.as_ref()?, st.month?);
+    let tier = &group.tier;
+    let policy = tier.policy(route.meters)?.clone();
+    let t = month.seconds_until_end(st.now_ms);
+    let mut state = String::with_capacity(96);
+    let mut num = itoa::Buffer::new();
+    let mut push = |name: &str, r: u64| {
+        if !state.is_empty() {
+            state.push_str(", ");
+        }
+        state.push_str(name);
+        state.push_str(";r=");
+        state.push_str(num.format(r));
+        state.push_str(";t=");
+        state.push_str(num.format(t));
+    };
+    if route.meters.calls {
+        let r = match st.take {
+            Some(Take::Admitted { remaining, .. }) => remaining,
+            _ if st.quota_refused == Some(Meter::Calls) => 0,
+            _ => {
+                let used = store.usage(&group.id, month).calls;
+                tier.api_calls.saturating_sub(used)
+            }
+        };
+        push("\"monthly-calls\"", r);
+    }
+    if route.meters.bytes {
+        let used = st
+            .bytes_used
+            .unwrap_or_else(|| store.bytes_used(&group.id, month));
+        let r = tier
+            .cdn_bytes
+            .saturating_sub(used.saturating_add(served.unwrap_or(0)));
+        push("\"monthly-bytes\"", r);
+    }
+    Some((policy, HeaderValue::try_from(state).ok()?))
+}
+
+/// When `month`'s quota resets: `2026-12-01T00:00:00Z`.
+pub fn reset_at(month: Month) -> String {
+    format_utc(month.next().start_ms())
+}
