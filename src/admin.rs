@@ -5,17 +5,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
 use crate::clock::Month;
 use crate::config::Group;
-use crate::error::envelope;
+use crate::error::GatewayError;
 use crate::gateway::{Gateway, ReloadError};
 use crate::keys::hash_key;
 use crate::overrides::{ChangeError, Changed, OverrideChange};
+use crate::respond::Reply;
 use crate::usage::UsageStore;
 
 pub struct AdminApp<S: UsageStore> {
@@ -28,54 +30,23 @@ impl<S: UsageStore> AdminApp<S> {
     }
 }
 
-fn reply(status: StatusCode, body: Vec<u8>, content_type: &str) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .unwrap_or_default()
+/// What an admin handler answers: one of the gateway's replies, or a refusal in the envelope.
+type Answer = Result<Reply, GatewayError>;
+
+fn ok(data: Value) -> Answer {
+    Ok(Reply::success(&data))
 }
 
-fn ok(data: Value) -> Response<Vec<u8>> {
-    let body = json!({"success": true, "data": data, "error": null}).to_string();
-    reply(StatusCode::OK, body.into_bytes(), "application/json")
-}
-
-fn fail(status: StatusCode, message: &str) -> Response<Vec<u8>> {
-    reply(status, envelope(message), "application/json")
-}
-
-/// The answer to an override change that is not in force; the cause goes to the log.
-fn change_failed(e: ChangeError) -> Response<Vec<u8>> {
+/// The refusal for an override change that is not in force; the cause goes to the log.
+fn change_failed(e: ChangeError) -> GatewayError {
     match e {
-        ChangeError::NotSaved {
-            shared: true,
-            reason,
-        } => {
-            tracing::error!("admin: override change not saved in Redis: {reason}");
-            fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The change could not be saved in Redis",
-            )
-        }
-        ChangeError::NotSaved {
-            shared: false,
-            reason,
-        } => {
+        ChangeError::NotSaved { shared, reason } => {
             tracing::error!("admin: override change not saved: {reason}");
-            fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The change could not be saved",
-            )
+            GatewayError::ChangeNotSaved { shared }
         }
         ChangeError::Unknown { reason } => {
             tracing::error!("admin: override change sent to Redis, no answer: {reason}");
-            fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Redis did not answer in time: the change may or may not have been saved; repeating it is harmless",
-            )
+            GatewayError::ChangeOutcomeUnknown
         }
     }
 }
@@ -89,9 +60,15 @@ fn with_version(mut data: Value, changed: &Changed) -> Value {
 }
 
 /// A 500 whose cause goes to the log, not to the caller.
-fn internal(cause: &str) -> Response<Vec<u8>> {
+fn internal(cause: &str) -> GatewayError {
     tracing::error!("admin: {cause}");
-    fail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+    GatewayError::Internal
+}
+
+/// A fleet tenants change Redis did not take; the cause goes to the log.
+fn fleet_not_saved(cause: &str) -> GatewayError {
+    tracing::error!("{cause}");
+    GatewayError::ChangeNotSaved { shared: true }
 }
 
 /// `YYYY-MM`
@@ -140,7 +117,7 @@ impl<S: UsageStore> AdminApp<S> {
             && hash_key(v[7..].trim_ascii()) == token
     }
 
-    async fn route(&self, session: &mut ServerSession, body: &[u8]) -> Response<Vec<u8>> {
+    async fn route(&self, session: &mut ServerSession, body: &[u8]) -> Answer {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let query = req.uri.query().unwrap_or("").to_string();
@@ -150,25 +127,26 @@ impl<S: UsageStore> AdminApp<S> {
             .unwrap_or_default();
         if path == "/healthz" {
             return if self.gw.is_stopping() {
-                fail(StatusCode::SERVICE_UNAVAILABLE, "Stopping")
+                Err(GatewayError::Stopping)
             } else {
                 ok(json!({"status": "serving"}))
             };
         }
         if !self.authorized(session) {
-            return fail(StatusCode::UNAUTHORIZED, "Missing or invalid admin token");
+            return Err(GatewayError::AdminUnauthorized);
         }
         let now = Month::containing(self.gw.clock().now_ms());
         match (method, path.as_str()) {
             (Method::GET, "/usage") => {
-                let month =
-                    match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "month") {
-                        None => now,
-                        Some((_, v)) => match parse_month(&v) {
-                            Some(m) => m,
-                            None => return fail(StatusCode::BAD_REQUEST, "month must be YYYY-MM"),
-                        },
-                    };
+                let month = match form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "month")
+                {
+                    None => now,
+                    Some((_, v)) => match parse_month(&v) {
+                        Some(m) => m,
+                        None => return Err(GatewayError::Invalid("month must be YYYY-MM".into())),
+                    },
+                };
                 let snap = self.gw.snapshot();
                 let groups: Result<Vec<Value>, String> = tokio::task::block_in_place(|| {
                     snap.groups
@@ -178,7 +156,7 @@ impl<S: UsageStore> AdminApp<S> {
                 });
                 match groups {
                     Ok(groups) => ok(json!({"month": month.to_string(), "groups": groups})),
-                    Err(e) => internal(&e),
+                    Err(e) => Err(internal(&e)),
                 }
             }
             (Method::GET, p) if p.starts_with("/usage/") => {
@@ -186,9 +164,9 @@ impl<S: UsageStore> AdminApp<S> {
                 match snap.group(&p["/usage/".len()..]) {
                     Some(g) => match self.group_usage(g, now) {
                         Ok(u) => ok(json!({"month": now.to_string(), "group": u})),
-                        Err(e) => internal(&e),
+                        Err(e) => Err(internal(&e)),
                     },
-                    None => fail(StatusCode::NOT_FOUND, "Unknown group"),
+                    None => Err(GatewayError::NotFound("Unknown group")),
                 }
             }
             (Method::POST, "/reload") => match self.gw.clone().reload_in_background().await {
@@ -208,12 +186,12 @@ impl<S: UsageStore> AdminApp<S> {
                 }
                 Err(e @ (ReloadError::Invalid(_) | ReloadError::NeedsRestart(_))) => {
                     tracing::warn!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "reload refused: {e}");
-                    fail(StatusCode::BAD_REQUEST, &format!("Reload refused: {e}"))
+                    Err(GatewayError::Invalid(format!("Reload refused: {e}")))
                 }
-                Err(e @ ReloadError::NoSource) => {
-                    fail(StatusCode::CONFLICT, &format!("Reload refused: {e}"))
-                }
-                Err(e @ ReloadError::CouldNotRun(_)) => internal(&e.to_string()),
+                Err(e @ ReloadError::NoSource) => Err(GatewayError::ReloadWithoutFiles(format!(
+                    "Reload refused: {e}"
+                ))),
+                Err(e @ ReloadError::CouldNotRun(_)) => Err(internal(&e.to_string())),
             },
             (Method::GET, "/metrics") => {
                 let snap = self.gw.snapshot();
@@ -242,11 +220,11 @@ impl<S: UsageStore> AdminApp<S> {
                     }
                 });
                 let text = metrics.render(self.gw.clock().now_ms());
-                reply(
-                    StatusCode::OK,
-                    text.into_bytes(),
+                Ok(Reply::other(
+                    200,
                     "text/plain; version=0.0.4",
-                )
+                    text.into_bytes(),
+                ))
             }
             (Method::GET, "/overrides") => {
                 let o = self.gw.overrides();
@@ -281,17 +259,16 @@ impl<S: UsageStore> AdminApp<S> {
                         tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, "override removed: {shown}");
                         ok(with_version(json!({"removed": id}), &c))
                     }
-                    Ok(_) => fail(StatusCode::NOT_FOUND, "No such override"),
-                    Err(e) => change_failed(e),
+                    Ok(_) => Err(GatewayError::NotFound("No such override")),
+                    Err(e) => Err(change_failed(e)),
                 }
             }
             (m, p) if p.starts_with("/groups/") => {
                 self.group_change(m, &p["/groups/".len()..], body, &caller)
             }
-            (_, "/usage" | "/reload" | "/overrides") => {
-                fail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-            }
-            _ => fail(StatusCode::NOT_FOUND, "Not found"),
+            (_, "/usage") | (_, "/overrides") => Err(GatewayError::MethodNotAllowed("GET".into())),
+            (_, "/reload") => Err(GatewayError::MethodNotAllowed("POST".into())),
+            _ => Err(GatewayError::NoRoute),
         }
     }
 }
@@ -320,17 +297,11 @@ impl<S: UsageStore> AdminApp<S> {
 
     /// `PUT /groups/<id>/status` with `{"status": "frozen"}`, and
     /// `DELETE /groups/<id>/keys/<sha256:hex>`: saved as overrides, in force for the next request.
-    fn group_change(
-        &self,
-        method: Method,
-        rest: &str,
-        body: &[u8],
-        caller: &str,
-    ) -> Response<Vec<u8>> {
+    fn group_change(&self, method: Method, rest: &str, body: &[u8], caller: &str) -> Answer {
         let snap = self.gw.snapshot();
         let (id, what) = rest.split_once('/').unwrap_or((rest, ""));
         let Some(group) = snap.group(id) else {
-            return fail(StatusCode::NOT_FOUND, "Unknown group");
+            return Err(GatewayError::NotFound("Unknown group"));
         };
         match (method, what) {
             (Method::PUT, "status") => {
@@ -340,10 +311,10 @@ impl<S: UsageStore> AdminApp<S> {
                     status: crate::config::GroupStatus,
                 }
                 let Ok(Body { status }) = serde_json::from_slice::<Body>(body) else {
-                    return fail(
-                        StatusCode::BAD_REQUEST,
-                        "Body must be {\"status\": \"active\" | \"frozen\" | \"deactivated\"}",
-                    );
+                    return Err(GatewayError::Invalid(
+                        "Body must be {\"status\": \"active\" | \"frozen\" | \"deactivated\"}"
+                            .into(),
+                    ));
                 };
                 if let Some(url) = &snap.tenants_url {
                     // fleet tenants: the change goes to Redis, and every instance applies it
@@ -353,13 +324,7 @@ impl<S: UsageStore> AdminApp<S> {
                             self.apply_fleet_change();
                             ok(json!({"group": id, "status": status, "version": version}))
                         }
-                        Err(e) => {
-                            tracing::error!("{e}");
-                            fail(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "The change could not be saved in Redis",
-                            )
-                        }
+                        Err(e) => Err(fleet_not_saved(&e)),
                     };
                 }
                 let change = OverrideChange::Status {
@@ -371,7 +336,7 @@ impl<S: UsageStore> AdminApp<S> {
                         tracing::info!(target: "vivgate::audit", %caller, group = id, "PUT /groups/{id}/status: {status:?}");
                         ok(with_version(json!({"group": id, "status": status}), &c))
                     }
-                    Err(e) => change_failed(e),
+                    Err(e) => Err(change_failed(e)),
                 }
             }
             (Method::DELETE, k) if k.starts_with("keys/") => {
@@ -382,13 +347,12 @@ impl<S: UsageStore> AdminApp<S> {
                     format!("sha256:{raw}")
                 };
                 let Ok(hash) = crate::keys::parse_key_hash(&text) else {
-                    return fail(
-                        StatusCode::BAD_REQUEST,
-                        "The key is given as sha256:<64 lowercase hex>",
-                    );
+                    return Err(GatewayError::Invalid(
+                        "The key is given as sha256:<64 lowercase hex>".into(),
+                    ));
                 };
                 if snap.group_for(&hash).is_none_or(|g| g.id != group.id) {
-                    return fail(StatusCode::NOT_FOUND, "This group has no such key");
+                    return Err(GatewayError::NotFound("This group has no such key"));
                 }
                 if let Some(url) = &snap.tenants_url {
                     return match crate::fleet::revoke_key(url, id, &text) {
@@ -397,13 +361,7 @@ impl<S: UsageStore> AdminApp<S> {
                             self.apply_fleet_change();
                             ok(json!({"group": id, "revoked": text, "version": version}))
                         }
-                        Err(e) => {
-                            tracing::error!("{e}");
-                            fail(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "The change could not be saved in Redis",
-                            )
-                        }
+                        Err(e) => Err(fleet_not_saved(&e)),
                     };
                 }
                 let change = OverrideChange::Revoke {
@@ -415,10 +373,10 @@ impl<S: UsageStore> AdminApp<S> {
                         tracing::info!(target: "vivgate::audit", %caller, group = id, "DELETE /groups/{id}/keys: key {} revoked", crate::keys::fingerprint(&hash));
                         ok(with_version(json!({"group": id, "revoked": text}), &c))
                     }
-                    Err(e) => change_failed(e),
+                    Err(e) => Err(change_failed(e)),
                 }
             }
-            _ => fail(StatusCode::NOT_FOUND, "Not found"),
+            _ => Err(GatewayError::NoRoute),
         }
     }
 }
@@ -441,13 +399,19 @@ impl<S: UsageStore> ServeHttp for AdminApp<S> {
             }
             body.extend_from_slice(&chunk);
         }
-        let mut resp = if too_large {
-            fail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+        let answer = if too_large {
+            Err(GatewayError::BodyTooLarge)
         } else {
             self.route(session, &body).await
         };
-        resp.headers_mut().insert("x-request-id", id);
-        resp
+        let mut reply = answer.unwrap_or_else(|e| Reply::error(&e, || 0));
+        reply
+            .headers
+            .push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        reply
+            .headers
+            .push((HeaderName::from_static("x-request-id"), id));
+        reply.into_response()
     }
 }
 

@@ -55,6 +55,31 @@ pub enum GatewayError {
     /// Every server of the route's upstream is down (health checks); retry after this many
     /// seconds.
     UpstreamsDown(u64),
+    // The admin API's own refusals (its listener, its token):
+    /// No admin token, or not the configured one.
+    AdminUnauthorized,
+    /// A stop or an upgrade began (`/healthz`).
+    Stopping,
+    /// An admin resource that does not exist; the message names it.
+    NotFound(&'static str),
+    /// An admin request that cannot be carried out as sent; the message says why.
+    Invalid(String),
+    /// A reload of a gateway that was not started from files.
+    ReloadWithoutFiles(String),
+    /// An admin change that was not saved, nothing changed; `shared`: in Redis.
+    ChangeNotSaved {
+        shared: bool,
+    },
+    /// An admin change sent to Redis without an answer in time: it may or may not be saved.
+    ChangeOutcomeUnknown,
+}
+
+/// How long a client should wait before trying again (`Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    Seconds(u64),
+    /// Until the month's quota resets (the caller knows when).
+    QuotaReset,
 }
 
 impl GatewayError {
@@ -80,6 +105,33 @@ impl GatewayError {
             ConnectNotAllowed => 405,
             AuthBlocked(_) | BurstLimited(_) => 429,
             TooManyConnections | UsageUnavailable | UpstreamsDown(_) => 503,
+            AdminUnauthorized => 401,
+            Stopping | ChangeOutcomeUnknown => 503,
+            NotFound(_) => 404,
+            Invalid(_) => 400,
+            ReloadWithoutFiles(_) => 409,
+            ChangeNotSaved { shared: true } => 503,
+            ChangeNotSaved { shared: false } => 500,
+        }
+    }
+
+    /// The `Allow` value a refusal carries.
+    pub fn allow(&self) -> Option<&str> {
+        match self {
+            GatewayError::MethodNotAllowed(allow) => Some(allow),
+            GatewayError::ConnectNotAllowed => Some(crate::front::ALLOW_ALL),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` a refusal carries.
+    pub fn retry_after(&self) -> Option<RetryAfter> {
+        use GatewayError::*;
+        match self {
+            QuotaExceeded(..) => Some(RetryAfter::QuotaReset),
+            AuthBlocked(secs) | UpstreamsDown(secs) => Some(RetryAfter::Seconds(*secs)),
+            BurstLimited(_) | UsageUnavailable | TooManyConnections => Some(RetryAfter::Seconds(1)),
+            _ => None,
         }
     }
 
@@ -118,6 +170,13 @@ impl GatewayError {
             UsageUnavailable => "usage_unavailable",
             CorsRefused => "cors_refused",
             UpstreamsDown(_) => "upstream_down",
+            AdminUnauthorized => "admin_unauthorized",
+            Stopping => "stopping",
+            NotFound(_) => "not_found",
+            Invalid(_) => "invalid",
+            ReloadWithoutFiles(_) => "reload_without_files",
+            ChangeNotSaved { .. } => "change_not_saved",
+            ChangeOutcomeUnknown => "change_outcome_unknown",
         }
     }
 
@@ -171,11 +230,23 @@ impl GatewayError {
             UsageUnavailable => "Usage service unavailable".into(),
             CorsRefused => "CORS preflight refused: origin, method or headers not allowed".into(),
             UpstreamsDown(_) => "Service unavailable: no healthy upstream server".into(),
+            AdminUnauthorized => "Missing or invalid admin token".into(),
+            Stopping => "Stopping".into(),
+            NotFound(what) => (*what).into(),
+            Invalid(why) | ReloadWithoutFiles(why) => why.clone(),
+            ChangeNotSaved { shared: true } => "The change could not be saved in Redis".into(),
+            ChangeNotSaved { shared: false } => "The change could not be saved".into(),
+            ChangeOutcomeUnknown => {
+                "Redis did not answer in time: the change may or may not have been saved; \
+                 repeating it is harmless"
+                    .into()
+            }
         }
     }
 }
 
-/// `{"success": false, "data": null, "error": "<message>"}`
+/// `{"success": false, "data": null, "error": "<message>"}` (see [`crate::respond`] for the
+/// whole answer).
 pub fn envelope(message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + message.len());
     out.extend_from_slice(br#"{"success": false, "data": null, "error": "#);

@@ -28,10 +28,12 @@ use vivgate_parse::chunked::ChunkedCheck;
 use vivgate_parse::head::{HeadError, HeadInfo, HeadScanner};
 
 use crate::config::Limits;
-use crate::error::{envelope, GatewayError};
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
+use crate::respond::Reply;
 use crate::usage::UsageStore;
+use http::HeaderName;
 
 mod chunked;
 use chunked::ChunkGuard;
@@ -45,7 +47,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// How long writing a refusal may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The methods the gateway takes at all (`OPTIONS *`, and the `Allow` of a `CONNECT` refusal).
-const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+pub const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The application of one listener: the PROXY header and the TLS handshake if the listener has
 /// them, then HTTP/2 (pingora's, by ALPN or h2c prior knowledge) or HTTP/1 with vivgate's checks
@@ -246,13 +248,13 @@ impl<S: UsageStore> Front<S> {
         let metrics = self.gw.metrics();
         metrics.requests.with_label_values(&["none", "204"]).inc();
         let id = self.gw.next_request_id();
-        let mut out = Vec::with_capacity(160);
-        let _ = write!(
-            out,
-            "HTTP/1.1 204 No Content\r\nallow: {ALLOW_ALL}\r\nx-request-id: {}\r\n{}\r\n",
-            id.to_str().unwrap_or(""),
-            if keep { "" } else { "connection: close\r\n" },
-        );
+        let reply = Reply::other(204, "", Vec::new())
+            .with(
+                http::header::ALLOW,
+                http::HeaderValue::from_static(ALLOW_ALL),
+            )
+            .with(HeaderName::from_static("x-request-id"), id);
+        let out = reply.http1(if keep { b"" } else { b"connection: close\r\n" });
         let written = tokio::time::timeout(WRITE_TIMEOUT, async {
             stream.write_all(&out).await?;
             stream.flush().await
@@ -274,37 +276,26 @@ impl<S: UsageStore> Front<S> {
             .inc();
         metrics.rejections.with_label_values(&[e.reason()]).inc();
         tracing::debug!(reason = e.reason(), "request refused before parsing");
-        let body = envelope(&e.message());
+        // (no quota was checked: a refusal here is never a 402)
+        let reply = Reply::error(&e, || 0);
+        let mut extra = Vec::with_capacity(160);
         let id = self.gw.next_request_id();
-        let mut out = Vec::with_capacity(256 + body.len());
         let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\nx-request-id: {}\r\n",
-            status.as_str(),
-            status.canonical_reason().unwrap_or(""),
-            body.len(),
-            id.to_str().unwrap_or(""),
+            extra,
+            "connection: close\r\nx-request-id: {}\r\n",
+            id.to_str().unwrap_or("")
         );
-        match e {
-            GatewayError::ConnectNotAllowed => {
-                let _ = write!(out, "allow: {ALLOW_ALL}\r\n");
-            }
-            GatewayError::TooManyConnections => out.extend_from_slice(b"retry-after: 1\r\n"),
-            _ => {}
-        }
         if let Some(cors) = &self.gw.snapshot().cors {
-            out.extend_from_slice(b"vary: Origin\r\n");
+            extra.extend_from_slice(b"vary: Origin\r\n");
             if let Some(origin) = origin_line(head).filter(|o| cors.origins.contains(*o)) {
                 let _ = write!(
-                    out,
+                    extra,
                     "access-control-allow-origin: {origin}\r\naccess-control-expose-headers: {}\r\n",
                     crate::config::CORS_EXPOSE_HEADERS
                 );
             }
         }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
+        let out = reply.http1(&extra);
         let written = tokio::time::timeout(WRITE_TIMEOUT, async {
             stream.write_all(&out).await?;
             stream.shutdown().await

@@ -25,6 +25,7 @@ pub mod pace;
 pub mod pipeline;
 pub mod proxy;
 pub mod redis_store;
+pub mod respond;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -14,9 +14,10 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::clock::Month;
 use crate::config::{Group, Snapshot};
-use crate::error::{envelope, GatewayError};
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::pipeline::{self, Outcome, Request, Transport};
+use crate::respond::Reply;
 use crate::usage::UsageStore;
 
 const X_REQUEST_ID: &str = "x-request-id";
@@ -87,40 +88,23 @@ impl<S: UsageStore> VivGate<S> {
         let now = self.gw.clock().now_ms();
         let month = Month::containing(now);
         let u = self.gw.store().usage(&group.id, month);
-        let body = serde_json::json!({
-            "success": true,
-            "data": {
-                "group": &*group.id,
-                "tier": &*group.tier.name,
-                "status": self.gw.overrides().status_of(group),
-                "overage_billing": group.overage_billing,
-                "month": month.to_string(),
-                "resets_at": pipeline::quota::reset_at(month),
-                "calls": u.calls,
-                "calls_limit": group.tier.api_calls,
-                "calls_overage": u.calls_overage,
-                "bytes": u.bytes,
-                "bytes_limit": group.tier.cdn_bytes,
-                "bytes_overage": u.bytes_overage,
-            },
-            "error": null,
-        })
-        .to_string();
-        let mut resp = ResponseHeader::build(200, Some(4))?;
-        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        self.add_cors_headers(&mut resp, ctx)?;
-        drain_for_keepalive(session, self.gw.snapshot().limits.max_drain_body).await;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head).await?;
-        if !head {
-            session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await?;
-        }
-        Ok(())
+        let data = serde_json::json!({
+            "group": &*group.id,
+            "tier": &*group.tier.name,
+            "status": self.gw.overrides().status_of(group),
+            "overage_billing": group.overage_billing,
+            "month": month.to_string(),
+            "resets_at": pipeline::quota::reset_at(month),
+            "calls": u.calls,
+            "calls_limit": group.tier.api_calls,
+            "calls_overage": u.calls_overage,
+            "bytes": u.bytes,
+            "bytes_limit": group.tier.cdn_bytes,
+            "bytes_overage": u.bytes_overage,
+        });
+        let reply =
+            Reply::success(&data).with(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        self.answer(session, ctx, reply).await
     }
 
     /// An allowed preflight: 204 with the CORS headers, no key needed, nothing metered.
@@ -168,8 +152,13 @@ impl<S: UsageStore> VivGate<S> {
 
     /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
-        let body = envelope(&e.message());
-        let resp = self.envelope_header(ctx, e, body.len())?;
+        self.answer(session, ctx, self.error_reply(ctx, e)).await
+    }
+
+    /// Writes one of the gateway's own answers (no body to a `HEAD`), after reading and
+    /// dropping a small unread request body so the connection stays usable.
+    async fn answer(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> Result<()> {
+        let resp = self.reply_header(ctx, &reply)?;
         let max_drain = ctx.snap.as_ref().map_or_else(
             || self.gw.snapshot().limits.max_drain_body,
             |s| s.limits.max_drain_body,
@@ -179,35 +168,25 @@ impl<S: UsageStore> VivGate<S> {
         session.write_response_header(Box::new(resp), head).await?;
         if !head {
             session
-                .write_response_body(Some(Bytes::from(body)), true)
+                .write_response_body(Some(Bytes::from(reply.body)), true)
                 .await?;
         }
         Ok(())
     }
 
-    /// Status, content type and length, request id, the RateLimit headers once a route matched,
-    /// and the headers a status needs.
-    fn envelope_header(&self, ctx: &Ctx, e: &GatewayError, len: usize) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(e.status(), Some(8))?;
-        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(header::CONTENT_LENGTH, len)?;
+    /// The envelope for `e`; a 402 waits until the month of the quota check ends.
+    fn error_reply(&self, ctx: &Ctx, e: &GatewayError) -> Reply {
+        Reply::error(e, || {
+            let month = ctx.p.month.unwrap_or(Month::containing(ctx.p.now_ms));
+            month.seconds_until_end(ctx.p.now_ms)
+        })
+    }
+
+    /// The head of one of the gateway's own answers: the reply's, with the request id, the
+    /// RateLimit headers once a route matched, and the CORS headers.
+    fn reply_header(&self, ctx: &Ctx, reply: &Reply) -> Result<ResponseHeader> {
+        let mut resp = reply.response_header()?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        match e {
-            GatewayError::MethodNotAllowed(allow) => {
-                resp.insert_header(header::ALLOW, allow.as_str())?;
-            }
-            GatewayError::QuotaExceeded(..) => {
-                let month = ctx.p.month.unwrap_or(Month::containing(ctx.p.now_ms));
-                resp.insert_header(header::RETRY_AFTER, month.seconds_until_end(ctx.p.now_ms))?;
-            }
-            GatewayError::AuthBlocked(secs) | GatewayError::UpstreamsDown(secs) => {
-                resp.insert_header(header::RETRY_AFTER, *secs)?
-            }
-            GatewayError::BurstLimited(_) | GatewayError::UsageUnavailable => {
-                resp.insert_header(header::RETRY_AFTER, 1)?
-            }
-            _ => {}
-        }
         if let Some((policy, state)) =
             pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, None)
         {
@@ -694,11 +673,11 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
                 .response_written()
                 .is_none_or(|r| r.status.is_informational())
             {
-                let body = envelope(&err.message());
-                if let Ok(resp) = self.envelope_header(ctx, &err, body.len()) {
+                let reply = self.error_reply(ctx, &err);
+                if let Ok(resp) = self.reply_header(ctx, &reply) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
                     let _ = session
-                        .write_response_body(Some(Bytes::from(body)), true)
+                        .write_response_body(Some(Bytes::from(reply.body)), true)
                         .await;
                 }
             }
@@ -798,6 +777,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::envelope;
 
     #[test]
     fn upstream_failures_map_to_502_504_and_internal_faults_to_500() {

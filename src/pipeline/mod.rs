@@ -131,7 +131,7 @@ pub async fn run<S: UsageStore, T: Transport>(
     t: &mut T,
     st: &mut State,
 ) -> Result<Outcome, GatewayError> {
-    let (group, route) = {
+    let json_body = {
         let req = t.request();
         if let Some(cors) = &snap.cors {
             cors::note_origin(&req, cors, st);
@@ -173,17 +173,17 @@ pub async fn run<S: UsageStore, T: Transport>(
         if let Some(error) = refused {
             return Err(error);
         }
-        (group.clone(), route.clone())
+        route.json_body
     };
     // 6: a JSON body, read whole and checked before anything is forwarded
-    if route.json_body {
+    if json_body {
         body::json(t, &snap.limits).await?;
         // a body may take a while: the quota check is the request's moment
         st.now_ms = gw.clock().now_ms();
         st.month = Some(Month::containing(st.now_ms));
     }
     // 6a: the tier's burst limit
-    burst::admit(gw.burst(), &group)?;
+    burst::admit(gw.burst(), st)?;
     // 7: the monthly quota of each meter
     quota::take(&**gw.store(), st).await?;
     Ok(Outcome::Forward)
