@@ -41,62 +41,20 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 const LATE_ANSWER: Duration = Duration::from_secs(30);
 
 /// KEYS: status, revoked, version. Returns `{version, status pairs, revoked pairs}`.
-const READ_SCRIPT: &str = r#"
-return {tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('HGETALL', KEYS[1]),
-  redis.call('HGETALL', KEYS[2])}
-"#;
+const READ_SCRIPT: &str = include_str!("overrides_read.lua");
 
 /// KEYS: status, revoked, version. ARGV: `status` group status | `revoke` key group | `remove`
 /// id, then the channel, then the version the instance serves. Setting what is already set
 /// changes nothing (so a repeated change is harmless). Returns `{version, changed, status pairs,
 /// revoked pairs}`, or `{-1}` without changing anything when Redis holds an older version than
 /// the instance (it lost its data: the instance puts its table back first).
-const CHANGE_SCRIPT: &str = r#"
-if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[5]) then return {-1, 0, {}, {}} end
-local op, a, b = ARGV[1], ARGV[2], ARGV[3]
-local changed = 0
-if op == 'status' then
-  if redis.call('HGET', KEYS[1], a) ~= b then
-    redis.call('HSET', KEYS[1], a, b)
-    changed = 1
-  end
-elseif op == 'revoke' then
-  if redis.call('HGET', KEYS[2], a) ~= b then
-    redis.call('HSET', KEYS[2], a, b)
-    changed = 1
-  end
-else
-  changed = redis.call('HDEL', KEYS[1], a) + redis.call('HDEL', KEYS[2], a)
-end
-local v = tonumber(redis.call('GET', KEYS[3]) or '0')
-if changed > 0 then
-  v = redis.call('INCR', KEYS[3])
-  redis.call('PUBLISH', ARGV[4], v)
-end
-return {v, changed, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
-"#;
+const CHANGE_SCRIPT: &str = include_str!("overrides_change.lua");
 
 /// KEYS: status, revoked, version. ARGV: version, channel, the number of status pairs, then the
 /// status pairs and the revoked pairs. Puts a whole table back when Redis holds an older version
 /// than `version` (or none: Redis lost its data, or failed over to a replica that lags) and
 /// announces it; does nothing otherwise. Returns 1 when it restored.
-const RESTORE_SCRIPT: &str = r#"
-local v = tonumber(ARGV[1])
-if tonumber(redis.call('GET', KEYS[3]) or '0') >= v then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-while i + 1 <= #ARGV do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-redis.call('SET', KEYS[3], v)
-redis.call('PUBLISH', ARGV[2], v)
-return 1
-"#;
+const RESTORE_SCRIPT: &str = include_str!("overrides_restore.lua");
 
 type Table = (u64, Vec<String>, Vec<String>);
 
