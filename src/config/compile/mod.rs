@@ -1,0 +1,90 @@
+//! Compiling the parsed files into a [`Snapshot`], one section at a time, in the order `vivgate
+//! check` reports problems in; every refusal names the file and the field path.
+
+use std::path::Path;
+
+use super::file::{ConfigFile, TenantsFile};
+use super::{ConfigError, Snapshot, StartupSettings};
+
+mod cors;
+mod limits;
+mod routes;
+mod server;
+mod tenants;
+mod tiers;
+mod upstreams;
+mod usage;
+
+pub(crate) use limits::limits;
+
+/// Compiles parsed files into a snapshot, validating every cross-reference.
+pub fn compile(
+    config_path: &Path,
+    file: ConfigFile,
+    tenants_path: &Path,
+    tenants: TenantsFile,
+) -> Result<Snapshot, ConfigError> {
+    let cfg = config_path;
+    let s = &file.server;
+    let server::Server {
+        tls_listeners,
+        tls_certs,
+    } = server::server(cfg, s)?;
+    let limits = limits::limits(cfg, &file.limits)?;
+    let usage = usage::usage(cfg, &file)?;
+    let trusted_proxies = server::trusted_proxies(cfg, s)?;
+    // [access_log]
+    let access_log = file
+        .access_log
+        .as_ref()
+        .map(|a| crate::access::AccessLogSettings {
+            target: if a.path == "stdout" {
+                crate::access::Target::Stdout
+            } else {
+                crate::access::Target::File(cfg.parent().unwrap_or(Path::new(".")).join(&a.path))
+            },
+            include_query: a.include_query,
+        });
+
+    let cors = match &file.cors {
+        None => None,
+        Some(c) => Some(cors::cors(cfg, c)?),
+    };
+    let (admin_listen, admin_token) = server::admin(cfg, &file.admin)?;
+    let tiers = tiers::tiers(cfg, &file)?;
+    let (upstreams, upstream_index) = upstreams::upstreams(cfg, &file)?;
+    let routes = routes::compile_routes(cfg, &file, &upstream_index)?;
+    let (groups, keys) = tenants::tenants(tenants_path, tenants, &tiers)?;
+    Ok(Snapshot {
+        startup: StartupSettings {
+            listen: s.listen.clone(),
+            threads: s.threads,
+            grace_period_seconds: s.grace_period_seconds,
+            usage,
+            admin_listen,
+            access_log,
+            h2c: s.h2c,
+            proxy_protocol: s.proxy_protocol,
+            tls_listeners,
+        },
+        config_path: config_path.to_path_buf(),
+        tenants_path: tenants_path.to_path_buf(),
+        tenants_source: crate::fleet::TenantsSource::File,
+        tenants_url: None,
+        limits,
+        tiers,
+        groups,
+        keys,
+        routes,
+        upstreams,
+        admin_token,
+        cors,
+        trusted_proxies,
+        tls_certs,
+    })
+}
+pub(super) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
