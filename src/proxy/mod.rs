@@ -1,7 +1,8 @@
-//! The only file that knows pingora's phases. `VivGate` runs the checks of [`crate::pipeline`]
+//! The only module that knows pingora's phases. `VivGate` runs the checks of [`crate::pipeline`]
 //! in `request_filter`, answers failures with the envelope, and forwards the rest.
 
 use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -20,6 +21,15 @@ use crate::pipeline::{self, Outcome, Request, Transport};
 use crate::respond::Reply;
 use crate::usage::UsageStore;
 
+mod answer;
+mod ctx;
+mod downstream;
+mod headers;
+
+pub use ctx::Ctx;
+use downstream::*;
+use headers::*;
+
 const X_REQUEST_ID: &str = "x-request-id";
 
 /// How long a rejected request's unread body may take to drain before the connection is closed.
@@ -33,233 +43,6 @@ pub struct VivGate<S: UsageStore> {
 impl<S: UsageStore> VivGate<S> {
     pub fn new(gw: Arc<Gateway<S>>) -> Self {
         VivGate { gw }
-    }
-}
-
-/// Per-request state.
-pub struct Ctx {
-    request_id: HeaderValue,
-    /// The snapshot a forwarded request was checked against.
-    snap: Option<Arc<Snapshot>>,
-    /// What the checks learned: identity, route, quota taken, CORS.
-    p: pipeline::State,
-    /// Connect attempts that failed and were retried on another server.
-    connect_retries: u8,
-    connected: bool,
-    upstream_responded: bool,
-    /// Why the gateway answered by itself, for the metrics.
-    rejected: Option<&'static str>,
-    /// When an upstream server was chosen (the latency histogram's start).
-    upstream_started: Option<std::time::Instant>,
-    /// For the access log: when the request began, the upstream server and its answer time.
-    started: Instant,
-    upstream_addr: Option<std::net::SocketAddr>,
-    upstream_ms: Option<f64>,
-    /// The client's address: the peer, or behind a trusted proxy the hop it names.
-    client_ip: Option<std::net::IpAddr>,
-    /// Every server of the route's upstream is down: the client may retry after this many
-    /// seconds.
-    all_down: Option<u64>,
-}
-
-impl Default for Ctx {
-    fn default() -> Self {
-        Ctx {
-            request_id: HeaderValue::from_static(""),
-            snap: None,
-            p: pipeline::State::default(),
-            connect_retries: 0,
-            connected: false,
-            upstream_responded: false,
-            rejected: None,
-            upstream_started: None,
-            started: Instant::now(),
-            upstream_addr: None,
-            upstream_ms: None,
-            client_ip: None,
-            all_down: None,
-        }
-    }
-}
-
-impl<S: UsageStore> VivGate<S> {
-    /// `GET /v1/usage`: the group's usage and limits this month, in the success envelope.
-    async fn own_usage(&self, session: &mut Session, ctx: &Ctx, group: &Group) -> Result<()> {
-        let now = self.gw.clock().now_ms();
-        let month = Month::containing(now);
-        let u = self.gw.store().usage(&group.id, month);
-        let data = serde_json::json!({
-            "group": &*group.id,
-            "tier": &*group.tier.name,
-            "status": self.gw.overrides().status_of(group),
-            "overage_billing": group.overage_billing,
-            "month": month.to_string(),
-            "resets_at": pipeline::quota::reset_at(month),
-            "calls": u.calls,
-            "calls_limit": group.tier.api_calls,
-            "calls_overage": u.calls_overage,
-            "bytes": u.bytes,
-            "bytes_limit": group.tier.cdn_bytes,
-            "bytes_overage": u.bytes_overage,
-        });
-        let reply =
-            Reply::success(&data).with(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        self.answer(session, ctx, reply).await
-    }
-
-    /// An allowed preflight: 204 with the CORS headers, no key needed, nothing metered.
-    async fn preflight_ok(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-        cors: &crate::config::Cors,
-    ) -> Result<()> {
-        let mut resp = ResponseHeader::build(204, Some(8))?;
-        if let Some(origin) = &ctx.p.cors_origin {
-            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
-        }
-        resp.insert_header(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            cors.allow_methods.clone(),
-        )?;
-        resp.insert_header(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            cors.allow_headers.clone(),
-        )?;
-        resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, cors.max_age.clone())?;
-        resp.insert_header(header::VARY, "Origin")?;
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        drain_for_keepalive(session, self.gw.snapshot().limits.max_drain_body).await;
-        session.write_response_header(Box::new(resp), true).await
-    }
-
-    /// With `[cors]`, `Vary: Origin` on every answer (a shared cache must not give one origin's
-    /// answer to another), and the CORS headers on an answer to an allowed origin.
-    fn add_cors_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-        if ctx.p.cors_vary {
-            resp.append_header(header::VARY, "Origin")?;
-        }
-        let Some(origin) = &ctx.p.cors_origin else {
-            return Ok(());
-        };
-        resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
-        resp.insert_header(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(crate::config::CORS_EXPOSE_HEADERS),
-        )?;
-        Ok(())
-    }
-
-    /// Writes the envelope for `e`, keeping the connection alive where HTTP allows.
-    async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<()> {
-        self.answer(session, ctx, self.error_reply(ctx, e)).await
-    }
-
-    /// Writes one of the gateway's own answers (no body to a `HEAD`), after reading and
-    /// dropping a small unread request body so the connection stays usable.
-    async fn answer(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> Result<()> {
-        let resp = self.reply_header(ctx, &reply)?;
-        let max_drain = ctx.snap.as_ref().map_or_else(
-            || self.gw.snapshot().limits.max_drain_body,
-            |s| s.limits.max_drain_body,
-        );
-        drain_for_keepalive(session, max_drain).await;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head).await?;
-        if !head {
-            session
-                .write_response_body(Some(Bytes::from(reply.body)), true)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// The envelope for `e`; a 402 waits until the month of the quota check ends.
-    fn error_reply(&self, ctx: &Ctx, e: &GatewayError) -> Reply {
-        Reply::error(e, || {
-            let month = ctx.p.month.unwrap_or(Month::containing(ctx.p.now_ms));
-            month.seconds_until_end(ctx.p.now_ms)
-        })
-    }
-
-    /// The head of one of the gateway's own answers: the reply's, with the request id, the
-    /// RateLimit headers once a route matched, and the CORS headers.
-    fn reply_header(&self, ctx: &Ctx, reply: &Reply) -> Result<ResponseHeader> {
-        let mut resp = reply.response_header()?;
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        if let Some((policy, state)) =
-            pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, None)
-        {
-            resp.insert_header("ratelimit-policy", policy)?;
-            resp.insert_header("ratelimit", state)?;
-        }
-        self.add_cors_headers(&mut resp, ctx)?;
-        Ok(resp)
-    }
-}
-
-/// A pingora session as the pipeline's [`Transport`]: its parsed head, and its body read with
-/// pingora's retry buffer on, so pingora re-sends exactly the bytes that were checked.
-struct Downstream<'s> {
-    session: &'s mut Session,
-    client: Option<std::net::IpAddr>,
-}
-
-impl Transport for Downstream<'_> {
-    fn request(&self) -> Request<'_> {
-        let req = self.session.req_header();
-        Request {
-            method: &req.method,
-            target: req.raw_path(),
-            parsed_target: Some(
-                req.uri
-                    .path_and_query()
-                    .map_or(&b""[..], |p| p.as_str().as_bytes()),
-            ),
-            headers: &req.headers,
-            authority: req.uri.authority().map(|a| a.as_str()),
-            http2: self.session.is_http2(),
-            client: self.client,
-        }
-    }
-
-    async fn read_body(&mut self, max: u64, pause: Duration) -> Result<Vec<u8>, GatewayError> {
-        let session = &mut *self.session;
-        if content_length(session.req_header()).is_some_and(|n| n > max) {
-            return Err(GatewayError::BodyTooLarge);
-        }
-        if expects_continue(session.req_header()) && !session.is_body_done() {
-            send_continue(session)
-                .await
-                .map_err(|_| GatewayError::BadRequest)?;
-        }
-        session.enable_retry_buffering();
-        let mut body = Vec::new();
-        // HTTP/1 reads carry the session's read timeout; pingora's HTTP/2 reads have none
-        loop {
-            let read = match tokio::time::timeout(pause, session.read_request_body()).await {
-                Ok(read) => read,
-                Err(_) => Err(Error::new(ErrorType::ReadTimedout)),
-            };
-            match read {
-                Ok(Some(chunk)) => {
-                    if (body.len() + chunk.len()) as u64 > max {
-                        return Err(GatewayError::BodyTooLarge);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                    session.set_keepalive(None);
-                    return Err(GatewayError::BodyTimeout);
-                }
-                Err(_) => {
-                    // a body whose framing broke leaves the connection unreadable
-                    session.set_keepalive(None);
-                    return Err(GatewayError::BadRequest);
-                }
-            }
-        }
     }
 }
 
@@ -285,113 +68,6 @@ fn classify(etype: &ErrorType, esource: &ErrorSource) -> Option<GatewayError> {
         (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest),
         (_, ErrorSource::Internal | ErrorSource::Unset) => Some(GatewayError::Internal),
     }
-}
-
-/// The `Cookie` fields of `headers` as one value, `"; "` between them.
-fn join_cookies(headers: &http::HeaderMap) -> HeaderValue {
-    let mut out = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        if !out.is_empty() {
-            out.extend_from_slice(b"; ");
-        }
-        out.extend_from_slice(v.as_bytes());
-    }
-    // joined valid values with "; " are a valid value
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// `Expect: 100-continue`, on HTTP/1.1 or HTTP/2: an HTTP/1.0 client gets no 1xx (RFC 9110
-/// §10.1.1: the expectation is ignored).
-fn expects_continue(req: &RequestHeader) -> bool {
-    req.version != http::Version::HTTP_10
-        && req
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// Sends `100 Continue`. pingora would mark the connection to close because the body is not
-/// read yet when the 100 goes out; the final answer decides that instead.
-async fn send_continue(session: &mut Session) -> Result<()> {
-    session.set_close_on_response_before_downstream_finish(false);
-    let sent = session.write_continue_response().await;
-    session.set_close_on_response_before_downstream_finish(true);
-    sent
-}
-
-/// Before answering early: read and discard an unread request body of at most `max` bytes so
-/// the connection can serve the next request; otherwise (larger, slow, or a client waiting for
-/// `100 Continue`) mark the connection to close.
-async fn drain_for_keepalive(session: &mut Session, max: u64) {
-    if session.is_body_done() {
-        return;
-    }
-    if expects_continue(session.req_header())
-        || content_length(session.req_header()).is_some_and(|n| n > max)
-    {
-        session.set_keepalive(None);
-        return;
-    }
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let mut total = 0u64;
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    total += chunk.len() as u64;
-                    if total > max {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    })
-    .await;
-    if !matches!(drained, Ok(true)) {
-        session.set_keepalive(None);
-    }
-}
-
-/// Hop-by-hop headers a backend response must not pass on (pingora writes its own
-/// `Connection`, and framing headers for the client connection).
-const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
-
-/// Client headers that never reach the backend: the gateway's own identity headers (with
-/// either separator), and headers some frameworks let override the path, the method or the
-/// client's identity (`X-Original-URL` on IIS and Symfony, `X-HTTP-Method-Override` on Express
-/// and Laravel, `Forwarded`, `X-Real-IP`, …). Header names arrive lower-cased.
-const STRIPPED: [&str; 14] = [
-    "forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-prefix",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-fn is_stripped_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    let b = n.as_bytes();
-    (b.len() >= 10
-        && (b[..10].eq_ignore_ascii_case(b"x-vivreal-")
-            || b[..10].eq_ignore_ascii_case(b"x_vivreal_")))
-        || STRIPPED.contains(&n)
 }
 
 #[async_trait]

@@ -7,11 +7,15 @@
 //! requests. It also holds the connection cap and the per-connection request cap.
 
 use std::io::Write as _;
+
 use std::sync::Arc;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
+
 use bytes::BytesMut;
+
 use std::os::fd::AsRawFd as _;
 
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -36,7 +40,14 @@ use crate::usage::UsageStore;
 use http::HeaderName;
 
 mod chunked;
+mod head;
+mod preface;
+mod proxy_protocol;
+
 use chunked::ChunkGuard;
+use head::*;
+use preface::*;
+use proxy_protocol::*;
 
 /// First read buffer; grows up to the head limit (plus what one read brings past it).
 const INITIAL_BUF: usize = 4096;
@@ -68,12 +79,6 @@ pub struct ListenerSettings {
     /// Plain HTTP/2 with prior knowledge is accepted.
     pub h2c: bool,
 }
-
-/// The HTTP/2 client preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The longest PROXY header read: a v1 line is at most 107 bytes, a v2 header 16 plus its
-/// addresses and TLVs (a few hundred in practice).
-const MAX_PROXY_HEADER: usize = 4096;
 
 /// Why reading a head ended without one.
 enum NoHead {
@@ -316,334 +321,6 @@ impl<S: UsageStore> Front<S> {
             }
         })
         .await;
-    }
-}
-
-/// The value of the one complete `Origin` line among the header lines that arrived (the head
-/// may be cut short: a line counts once its CRLF is in); `None` without one, with two, or when
-/// it is not plain text.
-fn origin_line(head: &[u8]) -> Option<&str> {
-    // what follows the last LF is not a whole line yet
-    let whole = &head[..head.iter().rposition(|b| *b == b'\n')?];
-    let mut found = None;
-    // the request line first, then header lines up to the blank line
-    for line in whole.split(|b| *b == b'\n').skip(1) {
-        // a bare LF: the head is broken from here on
-        let Some(line) = line.strip_suffix(b"\r") else {
-            break;
-        };
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        if line[..colon].eq_ignore_ascii_case(b"origin") {
-            if found.is_some() {
-                return None;
-            }
-            let value = std::str::from_utf8(&line[colon + 1..]).ok()?;
-            found = Some(value.trim_matches([' ', '\t']));
-        }
-    }
-    found
-}
-
-/// Reads one request head into `buf`. The first request of a connection must arrive whole
-/// by `first` (`head_timeout` after the connection began); a later one may idle up to `keepalive_timeout`,
-/// then must arrive whole within `head_timeout` of its first byte. A stop ends the wait for a
-/// request that has not started.
-async fn read_head(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    limits: &Limits,
-    first: Option<Instant>,
-    shutdown: &mut ShutdownWatch,
-) -> Result<HeadInfo, NoHead> {
-    let mut scanner = HeadScanner::new();
-    let mut deadline = first;
-    let mut request_line = false;
-    loop {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(INITIAL_BUF);
-        }
-        let started = !buf.is_empty();
-        let wait_until = deadline.unwrap_or_else(|| Instant::now() + limits.keepalive_timeout);
-        let read = tokio::time::timeout_at(wait_until, stream.read_buf(buf));
-        let result = if started {
-            read.await
-        } else {
-            tokio::select! {
-                biased;
-                r = read => r,
-                _ = stopped(shutdown) => return Err(NoHead::Closed),
-            }
-        };
-        match result {
-            // a head that started but did not finish in time is answered; silence is not
-            Err(_) if started => return Err(NoHead::Refuse(GatewayError::HeadTimeout)),
-            Err(_) => return Err(NoHead::Closed),
-            Ok(Err(_)) | Ok(Ok(0)) => return Err(NoHead::Closed),
-            Ok(Ok(_)) => {}
-        }
-        if !request_line {
-            // HTTP/1.2 and up are served as HTTP/1.1
-            request_line = vivgate_parse::head::normalize_minor_version(buf);
-        }
-        match scanner.scan(buf, limits.head) {
-            Ok(Some(head)) => return Ok(head),
-            Ok(None) => {}
-            Err(e) => return Err(NoHead::Refuse(refusal(e))),
-        }
-        // a head that started must now arrive whole (the clock is read only for a split head)
-        if deadline.is_none() {
-            deadline = Some(Instant::now() + limits.head_timeout);
-        }
-    }
-}
-
-/// A stream whose first bytes (the HTTP/2 client preface) must arrive by a deadline: a read
-/// still waiting for them then fails with `TimedOut`. Everything else passes through.
-#[derive(Debug)]
-struct PrefaceBy {
-    inner: Stream,
-    left: usize,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl PrefaceBy {
-    fn new(inner: Stream, deadline: Instant) -> Self {
-        PrefaceBy {
-            inner,
-            left: H2_PREFACE.len(),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for PrefaceBy {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                this.left = this.left.saturating_sub(buf.filled().len() - before);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending
-                if this.left > 0
-                    && std::future::Future::poll(this.deadline.as_mut(), cx).is_ready() =>
-            {
-                Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for PrefaceBy {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[async_trait]
-impl pingora::protocols::Shutdown for PrefaceBy {
-    async fn shutdown(&mut self) {
-        <dyn pingora::protocols::IO as pingora::protocols::Shutdown>::shutdown(&mut *self.inner)
-            .await
-    }
-}
-
-impl pingora::protocols::UniqueID for PrefaceBy {
-    fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl pingora::protocols::Ssl for PrefaceBy {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl pingora::protocols::GetTimingDigest for PrefaceBy {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl pingora::protocols::GetProxyDigest for PrefaceBy {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for PrefaceBy {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-impl pingora::protocols::Peek for PrefaceBy {}
-
-/// Reads the first bytes of a plain connection, as far as telling the HTTP/2 preface from an
-/// HTTP/1 request, and puts them back. `None`: the client closed or went silent.
-async fn sniff_preface(l4: &mut L4Stream, deadline: Instant) -> Option<bool> {
-    let mut buf = Vec::with_capacity(H2_PREFACE.len());
-    let mut chunk = [0u8; 24];
-    let h2 = loop {
-        let want = H2_PREFACE.len() - buf.len();
-        let n = match tokio::time::timeout_at(deadline, l4.read(&mut chunk[..want])).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
-                l4.rewind(&buf);
-                // an HTTP/1 head that started is answered by the HTTP/1 path (408 or parse)
-                return (!buf.is_empty()).then_some(false);
-            }
-            Ok(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if !H2_PREFACE.starts_with(&buf) {
-            break false;
-        }
-        if buf.len() == H2_PREFACE.len() {
-            break true;
-        }
-    };
-    l4.rewind(&buf);
-    Some(h2)
-}
-
-/// Reads a PROXY protocol header (v1 or v2) from a trusted peer, and makes its source address
-/// the connection's client address. Bytes after the header are put back for TLS or HTTP.
-async fn read_proxy_header(
-    l4: &mut L4Stream,
-    trusted: &[ipnet::IpNet],
-    deadline: Instant,
-) -> Result<(), &'static str> {
-    let peer = l4
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().cloned())
-        .and_then(|a| a.as_inet().copied())
-        .ok_or("no peer address")?;
-    if !trusted.iter().any(|n| n.contains(&peer.ip())) {
-        return Err("a PROXY header from a peer not in server.trusted_proxies");
-    }
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    let (len, source) = loop {
-        let n = match tokio::time::timeout_at(deadline, l4.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err("closed before a PROXY header"),
-            Err(_) => return Err("no PROXY header in time"),
-            Ok(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        match proxy_source(&buf) {
-            Ok(Some(found)) => break found,
-            Ok(None) if buf.len() < MAX_PROXY_HEADER => continue,
-            Ok(None) => return Err("PROXY header too long"),
-            Err(why) => return Err(why),
-        }
-    };
-    l4.rewind(&buf[len..]);
-    if let Some(source) = source {
-        // a fresh digest: the address pingora (and vivgate) read as the client's
-        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-        let _ = digest
-            .peer_addr
-            .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
-                source,
-            )));
-        l4.set_socket_digest(digest);
-    }
-    Ok(())
-}
-
-/// Parses a PROXY header at the start of `buf`: `Ok(None)` while incomplete, else its length
-/// and source address (`None` for a LOCAL or UNKNOWN header: the peer's own address stands).
-pub fn proxy_source(
-    buf: &[u8],
-) -> Result<Option<(usize, Option<std::net::SocketAddr>)>, &'static str> {
-    use ppp::PartialResult as _;
-    let parsed = ppp::HeaderResult::parse(buf);
-    if parsed.is_incomplete() {
-        // a v1 line ends at its CRLF (at most 107 bytes): whatever is missing then is missing
-        let v1_ended =
-            buf.starts_with(b"PROXY") && (buf.len() >= 107 || buf.windows(2).any(|w| w == b"\r\n"));
-        return if v1_ended {
-            Err("a malformed PROXY v1 header")
-        } else {
-            Ok(None)
-        };
-    }
-    match parsed {
-        ppp::HeaderResult::V1(Ok(h)) => {
-            let source = match h.addresses {
-                ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
-                ppp::v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
-                ppp::v1::Addresses::Unknown => None,
-            };
-            Ok(Some((h.header.len(), source)))
-        }
-        ppp::HeaderResult::V2(Ok(h)) => {
-            let source = match (h.command, h.addresses) {
-                (ppp::v2::Command::Local, _) => None,
-                (_, ppp::v2::Addresses::IPv4(a)) => Some((a.source_address, a.source_port).into()),
-                (_, ppp::v2::Addresses::IPv6(a)) => Some((a.source_address, a.source_port).into()),
-                _ => None,
-            };
-            Ok(Some((h.len(), source)))
-        }
-        _ => Err("not a PROXY protocol header"),
-    }
-}
-
-/// Resolves once the server is stopping (never, if the stop signal is gone).
-async fn stopped(w: &mut ShutdownWatch) {
-    loop {
-        if *w.borrow() {
-            return;
-        }
-        if w.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 
