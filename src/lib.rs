@@ -24,10 +24,8 @@ pub mod overrides;
 pub mod pace;
 pub mod pipeline;
 pub mod proxy;
-pub mod redis_store;
 pub mod respond;
 pub mod server;
-pub mod store;
 pub mod tls;
 pub mod usage;
 

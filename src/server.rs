@@ -24,7 +24,7 @@ use crate::config;
 use crate::front::{Front, ListenerSettings};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
-use crate::store::EmbeddedStore;
+use crate::usage::embedded::EmbeddedStore;
 use crate::usage::{MemoryStore, UsageStore};
 
 /// The application of a plain listener (vivgate's front, then pingora's proxy), ready for
@@ -265,11 +265,11 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::
     let source = Some(config_path.to_path_buf());
     let clock = Arc::new(SystemClock);
     if let Some(redis) = &startup.usage.redis {
-        let store = crate::redis_store::RedisStore::connect(redis.clone(), clock.clone())?;
+        let store = crate::usage::redis::RedisStore::connect(redis.clone(), clock.clone())?;
         tracing::info!(url = %redis.url, instance = store.instance(), "usage store: redis");
         let gw = Gateway::new(
             snap,
-            Arc::new(crate::redis_store::SharedRedisStore(store)),
+            Arc::new(crate::usage::redis::SharedRedisStore(store)),
             clock,
             source,
         );

@@ -17,8 +17,8 @@ use common::*;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vivgate::clock::{utc_ms, Clock, ManualClock, Month, SystemClock};
-use vivgate::redis_store::{RedisStore, SharedRedisStore};
 use vivgate::server::{proxy_app, serve};
+use vivgate::usage::redis::{RedisStore, SharedRedisStore};
 use vivgate::usage::UsageStore;
 use vivgate::Gateway;
 

@@ -271,7 +271,7 @@ pub struct UsageSettings {
     /// file (resolved).
     pub path: Option<PathBuf>,
     /// `store = "redis"`: the shared store's settings.
-    pub redis: Option<crate::redis_store::RedisSettings>,
+    pub redis: Option<crate::usage::redis::RedisSettings>,
     pub flush_interval: Duration,
     pub retention_months: u32,
 }
