@@ -2,6 +2,7 @@
 //! public message, one writer of the Vivreal envelope.
 
 use crate::usage::Meter;
+use vivgate_parse::head::HeadError;
 
 /// A request the gateway answers by itself. One variant per row of the contract; the public
 /// message never carries internals (error chains, upstream addresses, key material).
@@ -74,6 +75,23 @@ pub enum GatewayError {
     ChangeOutcomeUnknown,
 }
 
+/// The methods the gateway takes at all (`OPTIONS *`, and the `Allow` of a `CONNECT` refusal).
+pub const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// The envelope for a head the front's scanner (or step 0 for HTTP/2) refused.
+impl From<HeadError> for GatewayError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge | HeadError::TooManyHeaders => GatewayError::HeadTooLarge,
+            HeadError::Malformed(why) | HeadError::Framing(why) => GatewayError::Malformed(why),
+            HeadError::NotOriginForm => {
+                GatewayError::Malformed("the request target must be a path starting with /")
+            }
+            HeadError::Connect => GatewayError::ConnectNotAllowed,
+        }
+    }
+}
+
 /// How long a client should wait before trying again (`Retry-After`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAfter {
@@ -119,7 +137,7 @@ impl GatewayError {
     pub fn allow(&self) -> Option<&str> {
         match self {
             GatewayError::MethodNotAllowed(allow) => Some(allow),
-            GatewayError::ConnectNotAllowed => Some(crate::front::ALLOW_ALL),
+            GatewayError::ConnectNotAllowed => Some(ALLOW_ALL),
             _ => None,
         }
     }
@@ -245,8 +263,8 @@ impl GatewayError {
     }
 }
 
-/// `{"success": false, "data": null, "error": "<message>"}` (see [`crate::respond`] for the
-/// whole answer).
+/// `{"success": false, "data": null, "error": "<message>"}` (the whole answer, headers
+/// included, is `respond::Reply`).
 pub fn envelope(message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + message.len());
     out.extend_from_slice(br#"{"success": false, "data": null, "error": "#);

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use crate::config::file::{GroupSection, TenantsFile};
-use crate::config::GroupStatus;
+use crate::tenants::{GroupSection, GroupStatus, TenantsFile};
 
 pub const GROUPS_KEY: &str = "{vivgate-tenants}:groups";
 pub const VERSION_KEY: &str = "{vivgate-tenants}:version";

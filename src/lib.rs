@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod respond;
 pub mod server;
+pub mod tenants;
 pub mod tls;
 pub mod usage;
 

@@ -50,7 +50,11 @@ pub fn tls_acceptor<S: UsageStore>(
     http2: bool,
 ) -> Result<Acceptor, String> {
     let gw = gw.clone();
-    crate::tls::acceptor(listen, http2, Arc::new(move || gw.snapshot()))
+    crate::tls::acceptor(
+        listen,
+        http2,
+        Arc::new(move || gw.snapshot().tls_certs.clone()),
+    )
 }
 
 /// pingora's proxy with vivgate's HTTP/2 limits (from pingora's bounded defaults) and idle

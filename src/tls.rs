@@ -123,7 +123,7 @@ pub fn choose(certs: &[Arc<CertifiedKey>], name: Option<&str>) -> Option<Arc<Cer
 }
 
 /// The current certificates, read at each handshake.
-pub type CurrentCerts = Arc<dyn Fn() -> Arc<crate::config::Snapshot> + Send + Sync>;
+pub type CurrentCerts = Arc<dyn Fn() -> Arc<Certificates> + Send + Sync>;
 
 struct SniResolver {
     listen: String,
@@ -140,8 +140,8 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snap = (self.current)();
-        let certs = snap.tls_certs.0.get(&self.listen)?;
+        let current = (self.current)();
+        let certs = current.0.get(&self.listen)?;
         choose(certs, hello.server_name())
     }
 }

@@ -390,29 +390,4 @@ impl Default for MeterSpec {
     }
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TenantsFile {
-    #[serde(default)]
-    pub groups: Vec<GroupSection>,
-}
-
-#[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GroupSection {
-    pub id: String,
-    pub tier: String,
-    pub status: GroupStatus,
-    #[serde(default)]
-    pub overage_billing: bool,
-    #[serde(default)]
-    pub keys: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupStatus {
-    Active,
-    Frozen,
-    Deactivated,
-}
+pub use crate::tenants::{GroupSection, GroupStatus, TenantsFile};

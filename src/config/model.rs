@@ -13,7 +13,7 @@ use pingora::lb::{selection::RoundRobin, LoadBalancer};
 
 use super::file::{self, GroupStatus};
 use crate::keys::{key_prefix, KeyHash, KeyMap};
-use crate::usage::GroupId;
+use crate::tenants::GroupId;
 
 /// The built-in tiers, with the Vivreal contract's monthly numbers (GB = 10^9 bytes).
 pub const BUILTIN_TIERS: [(&str, u64, u64); 4] = [
@@ -271,7 +271,7 @@ pub struct UsageSettings {
     /// file (resolved).
     pub path: Option<PathBuf>,
     /// `store = "redis"`: the shared store's settings.
-    pub redis: Option<crate::usage::redis::RedisSettings>,
+    pub redis: Option<RedisSettings>,
     pub flush_interval: Duration,
     pub retention_months: u32,
 }
@@ -300,7 +300,7 @@ pub struct Snapshot {
     /// `server.trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The certificates of each TLS listener, by address.
-    pub tls_certs: crate::tls::Certificates,
+    pub tls_certs: Arc<crate::tls::Certificates>,
 }
 
 impl Snapshot {
@@ -315,3 +315,38 @@ impl Snapshot {
             .map(|&i| &self.groups[i as usize])
     }
 }
+
+/// The most months of usage retention accepted (a century).
+pub const MAX_RETENTION_MONTHS: u32 = 1200;
+
+/// What to do when Redis cannot answer within the store timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutagePolicy {
+    /// Keep admitting up to the outage allowance per instance, counting locally.
+    Allow,
+    /// Refuse with 503 once the leases held are spent.
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub flush_interval: Duration,
+    pub policy: OutagePolicy,
+    /// Per-tier policy overrides, by tier name.
+    pub tier_policy: Vec<(String, OutagePolicy)>,
+    /// Fraction of a quota one instance may admit while Redis is unavailable (allow policy).
+    pub outage_allowance: f64,
+    pub lease_max: u64,
+    pub lease_idle: Duration,
+    pub lease_ttl: Duration,
+    /// Months a finished month stays readable (from the archive once its key expired).
+    pub retention_months: u32,
+    /// Where the last overrides read from Redis are kept (`state/overrides-snapshot.json`
+    /// beside the config).
+    pub overrides_copy: std::path::PathBuf,
+}
+
+// the allowance is checked to be within 0..=1 at load, never NaN
+impl Eq for RedisSettings {}

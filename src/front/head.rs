@@ -48,7 +48,7 @@ pub(super) async fn read_head(
         match scanner.scan(buf, limits.head) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
-            Err(e) => return Err(NoHead::Refuse(refusal(e))),
+            Err(e) => return Err(NoHead::Refuse(e.into())),
         }
         // a head that started must now arrive whole (the clock is read only for a split head)
         if deadline.is_none() {

@@ -29,10 +29,10 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use vivgate_parse::chunked::ChunkedCheck;
-use vivgate_parse::head::{HeadError, HeadInfo, HeadScanner};
+use vivgate_parse::head::{HeadInfo, HeadScanner};
 
 use crate::config::Limits;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, ALLOW_ALL};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::respond::Reply;
@@ -57,8 +57,6 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// How long writing a refusal may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The methods the gateway takes at all (`OPTIONS *`, and the `Allow` of a `CONNECT` refusal).
-pub const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The application of one listener: the PROXY header and the TLS handshake if the listener has
 /// them, then HTTP/2 (pingora's, by ALPN or h2c prior knowledge) or HTTP/1 with vivgate's checks
@@ -321,18 +319,6 @@ impl<S: UsageStore> Front<S> {
             }
         })
         .await;
-    }
-}
-
-/// The envelope for a head the scanner refused.
-pub fn refusal(e: HeadError) -> GatewayError {
-    match e {
-        HeadError::TooLarge | HeadError::TooManyHeaders => GatewayError::HeadTooLarge,
-        HeadError::Malformed(why) | HeadError::Framing(why) => GatewayError::Malformed(why),
-        HeadError::NotOriginForm => {
-            GatewayError::Malformed("the request target must be a path starting with /")
-        }
-        HeadError::Connect => GatewayError::ConnectNotAllowed,
     }
 }
 

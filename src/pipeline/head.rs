@@ -44,16 +44,16 @@ fn h2_head(req: &Request<'_>, target: &str, limits: &Limits) -> Result<(), Gatew
     if *req.method == http::Method::CONNECT {
         return Err(GatewayError::ConnectNotAllowed);
     }
-    check_target(target).map_err(crate::front::refusal)?;
+    check_target(target).map_err(GatewayError::from)?;
     if let Some(a) = req.authority {
-        check_host(a.as_bytes()).map_err(crate::front::refusal)?;
+        check_host(a.as_bytes()).map_err(GatewayError::from)?;
     }
     for h in req.headers.get_all(header::HOST) {
-        check_host(h.as_bytes()).map_err(crate::front::refusal)?;
+        check_host(h.as_bytes()).map_err(GatewayError::from)?;
     }
     // forwarded to HTTP/1 backends, where `Transfer_Encoding` may read as Transfer-Encoding
     for n in req.headers.keys() {
-        check_field_name(n.as_str().as_bytes()).map_err(crate::front::refusal)?;
+        check_field_name(n.as_str().as_bytes()).map_err(GatewayError::from)?;
     }
     // the request line and the blank line of an HTTP/1 head, roughly; browsers send each cookie
     // as a field of its own over HTTP/2, which is one `Cookie` line over HTTP/1

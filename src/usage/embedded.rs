@@ -89,8 +89,7 @@ fn add(v: u64, d: i64) -> u64 {
     }
 }
 
-/// The most months of retention accepted (a century).
-pub const MAX_RETENTION_MONTHS: u32 = 1200;
+pub use crate::config::MAX_RETENTION_MONTHS;
 
 fn meta_u64(txn: &redb::ReadTransaction, key: &str) -> Result<Option<u64>, redb::Error> {
     let table = match txn.open_table(META) {

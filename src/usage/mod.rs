@@ -27,8 +27,7 @@ pub enum Meter {
     Bytes,
 }
 
-/// A group id as the counters know it; shared, cheap to clone.
-pub type GroupId = Arc<str>;
+pub use crate::tenants::GroupId;
 
 /// One group's usage in one month.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

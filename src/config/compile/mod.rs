@@ -80,7 +80,7 @@ pub fn compile(
         admin_token,
         cors,
         trusted_proxies,
-        tls_certs,
+        tls_certs: std::sync::Arc::new(tls_certs),
     })
 }
 pub(super) fn valid_name(s: &str) -> bool {

@@ -28,19 +28,19 @@ pub(super) fn usage(cfg: &Path, file: &ConfigFile) -> Result<UsageSettings, Conf
             "must be between 10 and 60000",
         ));
     }
-    if !(1..=crate::usage::embedded::MAX_RETENTION_MONTHS).contains(&u.retention_months) {
+    if !(1..=super::super::MAX_RETENTION_MONTHS).contains(&u.retention_months) {
         return Err(err(
             cfg,
             "usage.retention_months",
             format!(
                 "must be between 1 and {}",
-                crate::usage::embedded::MAX_RETENTION_MONTHS
+                super::super::MAX_RETENTION_MONTHS
             ),
         ));
     }
     let policy = |field: &str, v: &str| match v {
-        "allow" => Ok(crate::usage::redis::OutagePolicy::Allow),
-        "deny" => Ok(crate::usage::redis::OutagePolicy::Deny),
+        "allow" => Ok(super::super::OutagePolicy::Allow),
+        "deny" => Ok(super::super::OutagePolicy::Deny),
         other => Err(err(
             cfg,
             field,
@@ -91,7 +91,7 @@ pub(super) fn usage(cfg: &Path, file: &ConfigFile) -> Result<UsageSettings, Conf
                 ));
             }
         }
-        Some(crate::usage::redis::RedisSettings {
+        Some(super::super::RedisSettings {
             url: u.redis_url.clone(),
             timeout: Duration::from_millis(u.store_timeout_ms),
             flush_interval: Duration::from_millis(u.flush_interval_ms.min(1_000)),

@@ -53,37 +53,7 @@ pub mod overrides;
 mod read;
 mod settle;
 
-/// What to do when Redis cannot answer within the store timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutagePolicy {
-    /// Keep admitting up to the outage allowance per instance, counting locally.
-    Allow,
-    /// Refuse with 503 once the leases held are spent.
-    Deny,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisSettings {
-    pub url: String,
-    pub timeout: Duration,
-    pub flush_interval: Duration,
-    pub policy: OutagePolicy,
-    /// Per-tier policy overrides, by tier name.
-    pub tier_policy: Vec<(String, OutagePolicy)>,
-    /// Fraction of a quota one instance may admit while Redis is unavailable (allow policy).
-    pub outage_allowance: f64,
-    pub lease_max: u64,
-    pub lease_idle: Duration,
-    pub lease_ttl: Duration,
-    /// Months a finished month stays readable (from the archive once its key expired).
-    pub retention_months: u32,
-    /// Where the last overrides read from Redis are kept (`state/overrides-snapshot.json`
-    /// beside the config).
-    pub overrides_copy: std::path::PathBuf,
-}
-
-// the allowance is checked to be within 0..=1 at load, never NaN
-impl Eq for RedisSettings {}
+pub use crate::config::{OutagePolicy, RedisSettings};
 
 /// How long a month's key outlives the month.
 const KEY_TTL_AFTER_MONTH_MS: i64 = 35 * 86_400_000;

@@ -26,8 +26,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::{cluster_nodes, Conn, RedisStore};
-use crate::config::GroupStatus;
 use crate::overrides::{ChangeError, Changed, OverrideChange, Overrides};
+use crate::tenants::GroupStatus;
 
 pub const STATUS_KEY: &str = "{vivgate-overrides}:status";
 pub const REVOKED_KEY: &str = "{vivgate-overrides}:revoked";
