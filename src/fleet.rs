@@ -17,7 +17,7 @@
 //! table is kept on disk; an instance that starts while Redis is unreachable serves with it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -326,6 +326,3 @@ pub enum TenantsSource {
     /// The disk copy, because Redis could not be read.
     DiskSnapshot,
 }
-
-/// Shared handle for tests and the binary: the version a gateway serves.
-pub type ServedVersion = Arc<std::sync::atomic::AtomicU64>;

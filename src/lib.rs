@@ -5,29 +5,29 @@
 //! used-up monthly quotas, failing backends), always in Vivreal's error envelope, and forwards
 //! the rest. See `README.md` and `../shared/DESIGN.md`.
 
-pub mod abuse;
-pub mod access;
+pub(crate) mod abuse;
+pub(crate) mod access;
 pub mod admin;
 pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod error;
+pub(crate) mod error;
 pub mod fleet;
 pub mod front;
 pub mod gateway;
 pub mod health;
 pub mod keys;
-pub mod memory;
-pub mod metrics;
+pub(crate) mod memory;
+pub(crate) mod metrics;
 pub mod overrides;
-pub mod pace;
+pub(crate) mod pace;
 pub mod pipeline;
-pub mod proxy;
-pub mod respond;
+pub(crate) mod proxy;
+pub(crate) mod respond;
 pub mod server;
 pub mod tenants;
-pub mod tls;
+pub(crate) mod tls;
 pub mod usage;
 
 pub use gateway::Gateway;

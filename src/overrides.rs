@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Group, GroupStatus};
-use crate::keys::{format_key_hash, key_prefix, KeyHash, KeyPrefix};
+use crate::keys::{key_prefix, KeyHash, KeyPrefix};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overrides {
@@ -76,12 +76,6 @@ impl Overrides {
     /// The group's effective status.
     pub fn status_of(&self, g: &Group) -> GroupStatus {
         self.status.get(&*g.id).copied().unwrap_or(g.status)
-    }
-
-    pub fn revoke(&mut self, hash: &KeyHash, group: &str) {
-        self.revoked
-            .insert(format_key_hash(hash), group.to_string());
-        self.prefixes.insert(key_prefix(hash));
     }
 
     /// Applies `change` (call [`Overrides::indexed`] afterwards); false when a removal found

@@ -292,10 +292,6 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The open database, held for reading (not while it is being reopened).
     fn open_db(&self) -> Result<DbGuard<'_>, redb::Error> {
         let guard = self

@@ -193,11 +193,6 @@ impl MemoryStore {
         }
     }
 
-    /// Drops cells of months before `keep_from`.
-    pub fn prune_before(&self, keep_from: Month) {
-        self.cells.retain(|(_, m), _| *m >= keep_from);
-    }
-
     /// Drops cells of months before `keep_from` whose every count is already durable. A cell
     /// counted again later starts from zero and flushes as a delta, so nothing is lost.
     pub fn prune_clean_before(&self, keep_from: Month) {
