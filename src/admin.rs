@@ -20,12 +20,12 @@ use crate::overrides::{ChangeError, Changed, OverrideChange};
 use crate::respond::Reply;
 use crate::usage::UsageStore;
 
-pub struct AdminApp<S: UsageStore> {
-    gw: Arc<Gateway<S>>,
+pub struct AdminApp {
+    gw: Arc<Gateway>,
 }
 
-impl<S: UsageStore> AdminApp<S> {
-    pub fn new(gw: Arc<Gateway<S>>) -> Self {
+impl AdminApp {
+    pub fn new(gw: Arc<Gateway>) -> Self {
         AdminApp { gw }
     }
 }
@@ -81,7 +81,7 @@ fn parse_month(s: &str) -> Option<Month> {
     (1..=12).contains(&m).then(|| Month::from_ym(y, m))
 }
 
-impl<S: UsageStore> AdminApp<S> {
+impl AdminApp {
     /// One group's usage; a past month is read from the store's file, and a read error is an
     /// error (billing must never see zeros that are not).
     fn group_usage(&self, g: &Group, month: Month) -> Result<Value, String> {
@@ -273,7 +273,7 @@ impl<S: UsageStore> AdminApp<S> {
     }
 }
 
-impl<S: UsageStore> AdminApp<S> {
+impl AdminApp {
     /// An override change; it may wait for Redis (a few seconds at most), so this worker
     /// thread is marked as blocking meanwhile.
     fn change_overrides(&self, change: &OverrideChange) -> Result<Changed, ChangeError> {
@@ -382,7 +382,7 @@ impl<S: UsageStore> AdminApp<S> {
 }
 
 #[async_trait]
-impl<S: UsageStore> ServeHttp for AdminApp<S> {
+impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let id = match session.req_header().headers.get("x-request-id") {
             Some(v) if crate::pipeline::valid_request_id(v.as_bytes()) => v.clone(),

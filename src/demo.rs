@@ -178,7 +178,7 @@ pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let gw = Arc::new(Gateway::new(
             snap,
-            Arc::new(MemoryStore::new()),
+            MemoryStore::new(),
             Arc::new(SystemClock),
             None,
         ));

@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::{self, ConfigError, Snapshot};
 use crate::metrics::Metrics;
 use crate::overrides::{ChangeError, Changed, OverrideChange, Overrides};
-use crate::usage::{MemoryStore, UsageStore};
+use crate::usage::{Store, UsageStore};
 
 /// Why a reload was refused. The running snapshot stays in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +43,9 @@ impl std::fmt::Display for ReloadError {
 impl std::error::Error for ReloadError {}
 
 /// State shared by every request and every task of one gateway.
-pub struct Gateway<S: UsageStore = MemoryStore> {
+pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
-    store: Arc<S>,
+    store: Store,
     clock: Arc<dyn Clock>,
     /// The config file to re-read on reload; `None` for an in-memory config.
     source: Option<PathBuf>,
@@ -65,13 +65,14 @@ pub struct Gateway<S: UsageStore = MemoryStore> {
     access_log: Option<crate::access::AccessLog>,
 }
 
-impl<S: UsageStore> Gateway<S> {
+impl Gateway {
     pub fn new(
         snapshot: Snapshot,
-        store: Arc<S>,
+        store: impl Into<Store>,
         clock: Arc<dyn Clock>,
         source: Option<PathBuf>,
     ) -> Self {
+        let store = store.into();
         let metrics = Metrics::new();
         store.register_metrics(metrics.registry());
         let access_log = snapshot.startup.access_log.as_ref().and_then(|a| {
@@ -103,7 +104,7 @@ impl<S: UsageStore> Gateway<S> {
         self.snapshot.load_full()
     }
 
-    pub fn store(&self) -> &Arc<S> {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 

@@ -25,30 +25,23 @@ use crate::front::{Front, ListenerSettings};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::usage::embedded::EmbeddedStore;
-use crate::usage::{MemoryStore, UsageStore};
+use crate::usage::{MemoryStore, Store, UsageStore};
 
 /// The application of a plain listener (vivgate's front, then pingora's proxy), ready for
 /// [`serve`].
-pub fn proxy_app<S: UsageStore>(gw: Arc<Gateway<S>>) -> Arc<Front<S>> {
+pub fn proxy_app(gw: Arc<Gateway>) -> Arc<Front> {
     listener_app(gw, ListenerSettings::default())
 }
 
 /// The application of a listener with `settings` (PROXY header, TLS, h2c), ready for [`serve`].
-pub fn listener_app<S: UsageStore>(
-    gw: Arc<Gateway<S>>,
-    settings: ListenerSettings,
-) -> Arc<Front<S>> {
+pub fn listener_app(gw: Arc<Gateway>, settings: ListenerSettings) -> Arc<Front> {
     let conf = Arc::new(ServerConf::default());
     Arc::new(Front::new(gw.clone(), new_proxy(&conf, &gw), settings))
 }
 
 /// The TLS acceptor of the snapshot's listener `listen`: certificates are read from the current
 /// snapshot at each handshake, so a reload rotates them.
-pub fn tls_acceptor<S: UsageStore>(
-    gw: &Arc<Gateway<S>>,
-    listen: &str,
-    http2: bool,
-) -> Result<Acceptor, String> {
+pub fn tls_acceptor(gw: &Arc<Gateway>, listen: &str, http2: bool) -> Result<Acceptor, String> {
     let gw = gw.clone();
     crate::tls::acceptor(
         listen,
@@ -59,10 +52,7 @@ pub fn tls_acceptor<S: UsageStore>(
 
 /// pingora's proxy with vivgate's HTTP/2 limits (from pingora's bounded defaults) and idle
 /// timeout. They take effect at start.
-fn new_proxy<S: UsageStore>(
-    conf: &Arc<ServerConf>,
-    gw: &Arc<Gateway<S>>,
-) -> Arc<HttpProxy<VivGate<S>>> {
+fn new_proxy(conf: &Arc<ServerConf>, gw: &Arc<Gateway>) -> Arc<HttpProxy<VivGate>> {
     let limits = gw.snapshot().limits;
     let mut proxy = http_proxy(conf, VivGate::new(gw.clone()));
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
@@ -112,7 +102,7 @@ where
 
 /// Runs active health checks of every upstream of the current snapshot, each at its own
 /// interval, until `shutdown`.
-pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: ShutdownWatch) {
+pub async fn health_checks(gw: Arc<Gateway>, mut shutdown: ShutdownWatch) {
     // keyed by balancer: a reload builds new balancers, and each is checked at once
     let mut last: std::collections::HashMap<usize, Instant> = Default::default();
     loop {
@@ -149,10 +139,10 @@ pub async fn health_checks<S: UsageStore>(gw: Arc<Gateway<S>>, mut shutdown: Shu
     }
 }
 
-struct HealthService<S: UsageStore>(Arc<Gateway<S>>);
+struct HealthService(Arc<Gateway>);
 
 #[async_trait]
-impl<S: UsageStore> BackgroundService for HealthService<S> {
+impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
         health_checks(self.0.clone(), shutdown).await
     }
@@ -161,10 +151,10 @@ impl<S: UsageStore> BackgroundService for HealthService<S> {
 /// pingora handles only QUIT, TERM and INT, and an unhandled SIGHUP would kill the process:
 /// SIGHUP reloads the config here; TERM and INT stop gracefully; QUIT hands over to a new
 /// process (`-u`).
-struct Signals<S: UsageStore>(Arc<Gateway<S>>);
+struct Signals(Arc<Gateway>);
 
 #[async_trait]
-impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
+impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = (
@@ -210,13 +200,13 @@ impl<S: UsageStore> ShutdownSignalWatch for Signals<S> {
 
 /// Flushes the usage store at its interval until the runtime stops; the final flush happens
 /// after the server has stopped (see [`run`]).
-struct FlushService<S: UsageStore> {
-    gw: Arc<Gateway<S>>,
+struct FlushService {
+    gw: Arc<Gateway>,
     every: Duration,
 }
 
 #[async_trait]
-impl<S: UsageStore> BackgroundService for FlushService<S> {
+impl BackgroundService for FlushService {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // keeps flushing through the grace period of a stop, so a kill -9 then still loses at
         // most one interval; the runtime's shutdown ends this loop
@@ -266,40 +256,42 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), Box<dyn std::error::
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let source = Some(config_path.to_path_buf());
     let clock = Arc::new(SystemClock);
-    if let Some(redis) = &startup.usage.redis {
-        let store = crate::usage::redis::RedisStore::connect(redis.clone(), clock.clone())?;
+    let store = open_store(&startup.usage, clock.clone(), upgrade)?;
+    let gw = Gateway::new(snap, store, clock, Some(config_path.to_path_buf()));
+    run_with(server, Arc::new(gw), upgrade)
+}
+
+/// The usage store `[usage]` names: Redis, the embedded file (after an upgrade's handover, the
+/// old process may hold it a few seconds longer), or memory.
+fn open_store(
+    usage: &crate::config::UsageSettings,
+    clock: Arc<SystemClock>,
+    upgrade: bool,
+) -> Result<Store, Box<dyn std::error::Error>> {
+    if let Some(redis) = &usage.redis {
+        let store = crate::usage::redis::RedisStore::connect(redis.clone(), clock)?;
         tracing::info!(url = %redis.url, instance = store.instance(), "usage store: redis");
-        let gw = Gateway::new(
-            snap,
-            Arc::new(crate::usage::redis::SharedRedisStore(store)),
-            clock,
-            source,
-        );
-        return run_with(server, Arc::new(gw), upgrade);
+        return Ok(crate::usage::redis::SharedRedisStore(store).into());
     }
-    match &startup.usage.path {
+    match &usage.path {
         None => {
             tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
-            let gw = Gateway::new(snap, Arc::new(MemoryStore::new()), clock, source);
-            run_with(server, Arc::new(gw), upgrade)
+            Ok(MemoryStore::new().into())
         }
         Some(path) => {
             let now = Month::containing(clock.now_ms());
             let wait = Duration::from_secs(if upgrade { 10 } else { 0 });
-            let store =
-                EmbeddedStore::open_waiting(path, now, startup.usage.retention_months, wait)?;
+            let store = EmbeddedStore::open_waiting(path, now, usage.retention_months, wait)?;
             tracing::info!(path = %path.display(), "usage store opened");
-            let gw = Gateway::new(snap, Arc::new(store), clock, source);
-            run_with(server, Arc::new(gw), upgrade)
+            Ok(store.into())
         }
     }
 }
 
-fn run_with<S: UsageStore>(
+fn run_with(
     mut server: Server,
-    gw: Arc<Gateway<S>>,
+    gw: Arc<Gateway>,
     upgrade: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     gw.load_overrides()?;
@@ -369,9 +361,9 @@ fn run_with<S: UsageStore>(
 ///
 /// When taking over from an old process (`upgrade`), the old one still holds the admin port
 /// until it exits: the port is then retried in the background instead of failing the start.
-fn start_admin<S: UsageStore>(
+fn start_admin(
     addr: &str,
-    gw: Arc<Gateway<S>>,
+    gw: Arc<Gateway>,
     upgrade: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let bind = |addr: &str| -> std::io::Result<std::net::TcpListener> {

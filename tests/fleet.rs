@@ -63,7 +63,7 @@ fn normalized(mut t: TenantsFile) -> TenantsFile {
 }
 
 struct Instance {
-    gw: Arc<Gateway<MemoryStore>>,
+    gw: Arc<Gateway>,
     addr: SocketAddr,
     admin: SocketAddr,
     _stop: watch::Sender<bool>,
@@ -73,7 +73,7 @@ async fn instance(config: &Path) -> Instance {
     let snap = vivgate::config::load(config).unwrap();
     let gw = Arc::new(Gateway::new(
         snap,
-        Arc::new(MemoryStore::new()),
+        MemoryStore::new(),
         Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0))),
         Some(config.to_path_buf()),
     ));

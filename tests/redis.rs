@@ -27,7 +27,7 @@ use vivgate::Gateway;
 struct Fleet {
     h: Harness,
     addrs: Vec<SocketAddr>,
-    gws: Vec<Arc<Gateway<SharedRedisStore>>>,
+    gws: Vec<Arc<Gateway>>,
     stops: Vec<watch::Sender<bool>>,
     clock: Arc<ManualClock>,
     config: String,
@@ -77,7 +77,7 @@ impl Fleet {
         let store = RedisStore::connect(settings, Arc::new(SystemClock)).unwrap();
         let gw = Arc::new(Gateway::new(
             snap,
-            Arc::new(SharedRedisStore(store)),
+            SharedRedisStore(store),
             self.clock.clone(),
             None,
         ));

@@ -36,7 +36,7 @@ use crate::error::{GatewayError, ALLOW_ALL};
 use crate::gateway::Gateway;
 use crate::proxy::VivGate;
 use crate::respond::Reply;
-use crate::usage::UsageStore;
+
 use http::HeaderName;
 
 mod chunked;
@@ -61,9 +61,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The application of one listener: the PROXY header and the TLS handshake if the listener has
 /// them, then HTTP/2 (pingora's, by ALPN or h2c prior knowledge) or HTTP/1 with vivgate's checks
 /// on the raw head, then pingora's proxy.
-pub struct Front<S: UsageStore> {
-    gw: Arc<Gateway<S>>,
-    proxy: Arc<HttpProxy<VivGate<S>>>,
+pub struct Front {
+    gw: Arc<Gateway>,
+    proxy: Arc<HttpProxy<VivGate>>,
     listener: ListenerSettings,
 }
 
@@ -86,10 +86,10 @@ enum NoHead {
     Refuse(GatewayError),
 }
 
-impl<S: UsageStore> Front<S> {
+impl Front {
     pub fn new(
-        gw: Arc<Gateway<S>>,
-        proxy: Arc<HttpProxy<VivGate<S>>>,
+        gw: Arc<Gateway>,
+        proxy: Arc<HttpProxy<VivGate>>,
         listener: ListenerSettings,
     ) -> Self {
         Front {
@@ -323,7 +323,7 @@ impl<S: UsageStore> Front<S> {
 }
 
 #[async_trait]
-impl<S: UsageStore> ServerApp for Front<S> {
+impl ServerApp for Front {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,

@@ -37,7 +37,7 @@ use crate::config::{Group, Route, Snapshot};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::overrides::Overrides;
-use crate::usage::{Meter, Take, UsageStore};
+use crate::usage::{Meter, Take};
 
 pub mod auth;
 pub mod body;
@@ -125,8 +125,8 @@ pub enum Outcome {
 
 /// Every check, in the contract's order. A refusal is the first failure; on
 /// [`Outcome::Forward`] the request is counted against its quota and ready to forward.
-pub async fn run<S: UsageStore, T: Transport>(
-    gw: &Gateway<S>,
+pub async fn run<T: Transport>(
+    gw: &Gateway,
     snap: &Snapshot,
     t: &mut T,
     st: &mut State,
@@ -185,7 +185,7 @@ pub async fn run<S: UsageStore, T: Transport>(
     // 6a: the tier's burst limit
     burst::admit(gw.burst(), st)?;
     // 7: the monthly quota of each meter
-    quota::take(&**gw.store(), st).await?;
+    quota::take(gw.store(), st).await?;
     Ok(Outcome::Forward)
 }
 

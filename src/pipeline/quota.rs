@@ -12,10 +12,10 @@ use http::header::HeaderValue;
 use super::State;
 use crate::clock::{format_utc, Month};
 use crate::error::GatewayError;
-use crate::usage::{Meter, Take, UsageStore};
+use crate::usage::{Meter, Store, Take, UsageStore};
 
 /// Step 7: bandwidth, then a call; what was taken goes to `st.take`.
-pub async fn take<S: UsageStore>(store: &S, st: &mut State) -> Result<(), GatewayError> {
+pub async fn take(store: &Store, st: &mut State) -> Result<(), GatewayError> {
     let (Some(group), Some(route), Some(month)) = (&st.group, &st.route, st.month) else {
         return Err(GatewayError::Internal);
     };
@@ -52,8 +52,8 @@ pub async fn take<S: UsageStore>(store: &S, st: &mut State) -> Result<(), Gatewa
 
 /// `RateLimit-Policy` and `RateLimit` for the route's meters, or `None` when the request was
 /// not authenticated to a routed path. `served` is the response body size, if known.
-pub fn rate_limit_headers<S: UsageStore>(
-    store: &S,
+pub fn rate_limit_headers(
+    store: &Store,
     st: &State,
     served: Option<u64>,
 ) -> Option<(HeaderValue, HeaderValue)> {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<S: UsageStore> VivGate<S> {
+impl VivGate {
     /// `GET /v1/usage`: the group's usage and limits this month, in the success envelope.
     pub(super) async fn own_usage(
         &self,
@@ -124,7 +124,7 @@ impl<S: UsageStore> VivGate<S> {
         let mut resp = reply.response_header()?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some((policy, state)) =
-            pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, None)
+            pipeline::quota::rate_limit_headers(self.gw.store(), &ctx.p, None)
         {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;

@@ -36,12 +36,12 @@ const X_REQUEST_ID: &str = "x-request-id";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pingora proxy application.
-pub struct VivGate<S: UsageStore> {
-    gw: Arc<Gateway<S>>,
+pub struct VivGate {
+    gw: Arc<Gateway>,
 }
 
-impl<S: UsageStore> VivGate<S> {
-    pub fn new(gw: Arc<Gateway<S>>) -> Self {
+impl VivGate {
+    pub fn new(gw: Arc<Gateway>) -> Self {
         VivGate { gw }
     }
 }
@@ -71,7 +71,7 @@ fn classify(etype: &ErrorType, esource: &ErrorSource) -> Option<GatewayError> {
 }
 
 #[async_trait]
-impl<S: UsageStore> ProxyHttp for VivGate<S> {
+impl ProxyHttp for VivGate {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
@@ -311,7 +311,7 @@ impl<S: UsageStore> ProxyHttp for VivGate<S> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
         if let Some((policy, state)) =
-            pipeline::quota::rate_limit_headers(&**self.gw.store(), &ctx.p, served)
+            pipeline::quota::rate_limit_headers(self.gw.store(), &ctx.p, served)
         {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;

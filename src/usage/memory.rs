@@ -307,7 +307,6 @@ impl UsageStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn g(s: &str) -> GroupId {
         GroupId::from(s)
@@ -315,7 +314,7 @@ mod tests {
 
     #[test]
     fn exact_under_contention() {
-        let store = Arc::new(MemoryStore::new());
+        let store = MemoryStore::new();
         let m = Month::from_ym(2026, 11);
         let admitted = AtomicU64::new(0);
         std::thread::scope(|s| {

@@ -141,3 +141,112 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Adds the store's own metrics to the gateway's registry.
     fn register_metrics(&self, _registry: &prometheus::Registry) {}
 }
+
+/// The store a gateway runs with, chosen by `[usage] store`: one type, so nothing above the
+/// store is generic over it.
+pub enum Store {
+    Memory(MemoryStore),
+    Embedded(embedded::EmbeddedStore),
+    Redis(redis::SharedRedisStore),
+}
+
+impl From<MemoryStore> for Store {
+    fn from(s: MemoryStore) -> Self {
+        Store::Memory(s)
+    }
+}
+
+impl From<embedded::EmbeddedStore> for Store {
+    fn from(s: embedded::EmbeddedStore) -> Self {
+        Store::Embedded(s)
+    }
+}
+
+impl From<redis::SharedRedisStore> for Store {
+    fn from(s: redis::SharedRedisStore) -> Self {
+        Store::Redis(s)
+    }
+}
+
+/// `$body` for whichever store `$store` is, as `$s`.
+macro_rules! each {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::Memory($s) => $body,
+            Store::Embedded($s) => $body,
+            Store::Redis($s) => $body,
+        }
+    };
+}
+
+impl UsageStore for Store {
+    async fn take_call(
+        &self,
+        group: &GroupId,
+        month: Month,
+        limit: u64,
+        overage_billing: bool,
+        tier: &str,
+    ) -> Take {
+        each!(self, s => s.take_call(group, month, limit, overage_billing, tier).await)
+    }
+
+    fn refund_call(&self, group: &GroupId, month: Month, take: Take) {
+        each!(self, s => s.refund_call(group, month, take))
+    }
+
+    fn bytes_used(&self, group: &GroupId, month: Month) -> u64 {
+        each!(self, s => s.bytes_used(group, month))
+    }
+
+    fn add_bytes(&self, group: &GroupId, month: Month, n: u64, limit: u64, overage_billing: bool) {
+        each!(self, s => s.add_bytes(group, month, n, limit, overage_billing))
+    }
+
+    fn usage(&self, group: &str, month: Month) -> Usage {
+        each!(self, s => s.usage(group, month))
+    }
+
+    fn usage_checked(&self, group: &str, month: Month) -> Result<Usage, String> {
+        each!(self, s => s.usage_checked(group, month))
+    }
+
+    fn flush(&self) -> Result<usize, String> {
+        each!(self, s => s.flush())
+    }
+
+    fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {
+        each!(self, s => s.load_overrides())
+    }
+
+    fn save_overrides(&self, overrides: &crate::overrides::Overrides) -> Result<(), String> {
+        each!(self, s => s.save_overrides(overrides))
+    }
+
+    fn change_shared_overrides(
+        &self,
+        change: &crate::overrides::OverrideChange,
+    ) -> Option<Result<crate::overrides::Changed, crate::overrides::ChangeError>> {
+        each!(self, s => s.change_shared_overrides(change))
+    }
+
+    fn follow_overrides(&self, table: Arc<arc_swap::ArcSwap<crate::overrides::Overrides>>) {
+        each!(self, s => s.follow_overrides(table))
+    }
+
+    fn overrides_state(&self) -> Option<(u64, bool)> {
+        each!(self, s => s.overrides_state())
+    }
+
+    fn release_for_handover(&self) -> Result<(), String> {
+        each!(self, s => s.release_for_handover())
+    }
+
+    fn shutdown(&self) -> Result<(), String> {
+        each!(self, s => s.shutdown())
+    }
+
+    fn register_metrics(&self, registry: &prometheus::Registry) {
+        each!(self, s => s.register_metrics(registry))
+    }
+}

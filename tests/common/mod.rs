@@ -194,7 +194,7 @@ pub struct Harness {
     pub proto: Proto,
     pub backend: Backend,
     pub backend_addr: SocketAddr,
-    pub gw: Arc<Gateway<MemoryStore>>,
+    pub gw: Arc<Gateway>,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
@@ -351,7 +351,7 @@ impl Harness {
         let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
         let gw = Arc::new(Gateway::new(
             snap,
-            Arc::new(MemoryStore::new()),
+            MemoryStore::new(),
             clock.clone(),
             Some(config_path),
         ));
