@@ -163,6 +163,9 @@ def main():
                     help="length of the first reload run, which times the reload")
     ap.add_argument("--vivgate-bin", help="the vivgate binary to measure (default: the release build), "
                                           "e.g. an older build to compare with")
+    ap.add_argument("--baseline-bin", help="another vivgate binary (an older build) measured as the target "
+                                           "vivgate-base in the same interleaved rounds, with the same config: "
+                                           "the report gives vivgate's CPU per request against it, round by round")
     a = ap.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, backend and load on CPU 1)")
@@ -202,7 +205,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
-        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-redis", "redis",
+        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-base", "vivgate-redis", "redis",
                                           "vivgate-log", "vivgate-tls", "vivgate-tls-plain")}
         # vivgate-tls: the same gateway answering HTTPS (HTTP/1.1 over TLS 1.3, keep-alive) with a
         # self-signed certificate made by openssl, when openssl is installed
@@ -288,6 +291,15 @@ meter = "calls"
         pids = {"backend": [bp.pid] + children(bp.pid), "nginx": [np.pid] + children(np.pid),
                 "passthrough": [pp.pid], "vivgate": [vp.pid]}
         targets = ["backend", "nginx", "passthrough", "vivgate"]
+        if a.baseline_bin:
+            conf = open(os.path.join(dir, "vivgate.toml")).read().replace(
+                f"listen = \"127.0.0.1:{ports['vivgate']}\"", f"listen = \"127.0.0.1:{ports['vivgate-base']}\"")
+            with open(os.path.join(dir, "vivgate-base.toml"), "w") as f:
+                f.write(conf + '[usage]\npath = "state/usage-base.redb"\n')
+            vb = start([a.baseline_bin, "--config", os.path.join(dir, "vivgate-base.toml")], PROXY_CPU, env)
+            wait_port(ports["vivgate-base"], vb, "vivgate (baseline build)")
+            pids["vivgate-base"] = [vb.pid]
+            targets.append("vivgate-base")
         vl = start([vivgate, "--config", os.path.join(dir, "vivgate-log.toml")], PROXY_CPU, env)
         wait_port(ports["vivgate-log"], vl, "vivgate (access log)")
         pids["vivgate-log"] = [vl.pid]
@@ -452,6 +464,12 @@ def report(results, fixed, a, load_s, vrss_kib):
         if t.startswith("vivgate"):
             rs = [x["rps"] / p["rps"] for x, p in zip(results[t], results["passthrough"])]
             lines.append(f"- {t}: " + ", ".join(f"{r:.2f}" for r in rs) + f" (median {statistics.median(rs):.2f}×)")
+    if "vivgate-base" in med:
+        cpu = [x["cpu_us"] / b["cpu_us"] for x, b in zip(results["vivgate"], results["vivgate-base"])]
+        rps = [x["rps"] / b["rps"] for x, b in zip(results["vivgate"], results["vivgate-base"])]
+        lines += ["", "this build vs the baseline build (--baseline-bin), per round: CPU per request "
+                  + ", ".join(f"{r:.3f}" for r in cpu) + f" (median **{statistics.median(cpu):.3f}×**); req/s "
+                  + ", ".join(f"{r:.3f}" for r in rps) + f" (median {statistics.median(rps):.3f}×)"]
     if "vivgate-log" in med:
         lines += ["", f"access log on vs off, same run: "
                   f"{med['vivgate-log']['rps'] / med['vivgate']['rps']:.2f}× req/s, "
