@@ -5,12 +5,9 @@
 //! the client's connection and the backend's.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use async_trait::async_trait;
-use pingora::listeners::ALPN;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::protocols::Stream;
 use vivgate_parse::chunked::ChunkedCheck;
 
 #[derive(Debug)]
@@ -74,74 +71,4 @@ impl tokio::io::AsyncRead for ChunkGuard {
     }
 }
 
-impl tokio::io::AsyncWrite for ChunkGuard {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[async_trait]
-impl pingora::protocols::Shutdown for ChunkGuard {
-    async fn shutdown(&mut self) {
-        <dyn pingora::protocols::IO as pingora::protocols::Shutdown>::shutdown(&mut *self.inner)
-            .await
-    }
-}
-
-impl pingora::protocols::UniqueID for ChunkGuard {
-    fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl pingora::protocols::Ssl for ChunkGuard {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl pingora::protocols::GetTimingDigest for ChunkGuard {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl pingora::protocols::GetProxyDigest for ChunkGuard {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for ChunkGuard {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-impl pingora::protocols::Peek for ChunkGuard {}
+pass_through_io!(ChunkGuard);
