@@ -13,9 +13,13 @@ use crate::config::Limits;
 use crate::error::GatewayError;
 
 /// Step 0: the head rules HTTP/2 did not get from the front, then one canonical path (borrowed
-/// when the request already spelled it canonically).
-pub fn check<'r>(req: &Request<'r>, limits: &Limits) -> Result<Cow<'r, str>, GatewayError> {
-    let target = target(req)?;
+/// when the request already spelled it canonically), and the query string as sent.
+pub fn check<'r>(
+    req: &Request<'r>,
+    limits: &Limits,
+) -> Result<(Cow<'r, str>, Option<&'r str>), GatewayError> {
+    let target = std::str::from_utf8(req.target)
+        .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))?;
     if req.http2 {
         h2_head(req, target, limits)?;
     }
@@ -23,18 +27,12 @@ pub fn check<'r>(req: &Request<'r>, limits: &Limits) -> Result<Cow<'r, str>, Gat
     if req.parsed_target.is_some_and(|p| p != req.target) {
         return Err(GatewayError::Malformed("the request target is ambiguous"));
     }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    canonical_path(path).map_err(|e| GatewayError::Malformed(e.as_str()))
-}
-
-fn target<'r>(req: &Request<'r>) -> Result<&'r str, GatewayError> {
-    std::str::from_utf8(req.target)
-        .map_err(|_| GatewayError::Malformed("the request target is not ASCII"))
-}
-
-/// The query string as sent (after step 0 passed).
-pub fn query<'r>(req: &Request<'r>) -> Option<&'r str> {
-    target(req).ok()?.split_once('?').map(|(_, q)| q)
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let path = canonical_path(path).map_err(|e| GatewayError::Malformed(e.as_str()))?;
+    Ok((path, query))
 }
 
 /// The front's HTTP/1 head rules that apply to an HTTP/2 request: no CONNECT, an origin-form

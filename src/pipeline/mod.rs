@@ -137,7 +137,7 @@ pub async fn run<T: Transport>(
             cors::note_origin(&req, cors, st);
         }
         // 0: the parsed head, and one canonical path
-        let path = head::check(&req, &snap.limits)?;
+        let (path, query) = head::check(&req, &snap.limits)?;
         // 0a: a CORS preflight is answered without a key
         if let Some(cors) = &snap.cors {
             if cors::preflight(&req, cors, st)? {
@@ -148,7 +148,6 @@ pub async fn run<T: Transport>(
         let failed_auth = snap.limits.failed_auth.zip(req.client);
         auth::not_blocked(gw.failed_auth(), failed_auth)?;
         // 1 to 5
-        let query = head::query(&req);
         let checked = check_head(snap, &gw.overrides(), req.headers, req.method, &path, query);
         auth::count_failure(gw.failed_auth(), failed_auth, &checked);
         if let std::borrow::Cow::Owned(p) = path {
