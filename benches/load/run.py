@@ -163,6 +163,9 @@ def main():
                     help="length of the first reload run, which times the reload")
     ap.add_argument("--vivgate-bin", help="the vivgate binary to measure (default: the release build), "
                                           "e.g. an older build to compare with")
+    ap.add_argument("--no-lua", action="store_true",
+                    help="skip the nginx + Lua gateway peer (../shared/bench-peer; run when Debian's "
+                         "libnginx-mod-http-lua is installed)")
     ap.add_argument("--baseline-bin", help="another vivgate binary (an older build) measured as the target "
                                            "vivgate-base in the same interleaved rounds, with the same config: "
                                            "the report gives vivgate's CPU per request against it, round by round")
@@ -205,7 +208,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
-        ports = {t: free_port() for t in ("backend", "nginx", "passthrough", "vivgate", "vivgate-base", "vivgate-redis", "redis",
+        ports = {t: free_port() for t in ("backend", "nginx", "nginx-lua", "passthrough", "vivgate", "vivgate-base", "vivgate-redis", "redis",
                                           "vivgate-log", "vivgate-tls", "vivgate-tls-plain")}
         # vivgate-tls: the same gateway answering HTTPS (HTTP/1.1 over TLS 1.3, keep-alive) with a
         # self-signed certificate made by openssl, when openssl is installed
@@ -291,6 +294,13 @@ meter = "calls"
         pids = {"backend": [bp.pid] + children(bp.pid), "nginx": [np.pid] + children(np.pid),
                 "passthrough": [pp.pid], "vivgate": [vp.pid]}
         targets = ["backend", "nginx", "passthrough", "vivgate"]
+        lua_conf = None if a.no_lua else lua_peer(dir, ports["nginx-lua"], b, keys)
+        if lua_conf:
+            lp = start([nginx, "-p", os.path.dirname(os.path.dirname(lua_conf)) + "/", "-c", lua_conf,
+                        "-g", "daemon off;"], PROXY_CPU)
+            wait_port(ports["nginx-lua"], lp, "nginx + Lua gateway")
+            pids["nginx-lua"] = [lp.pid] + children(lp.pid)
+            targets.insert(2, "nginx-lua")
         if a.baseline_bin:
             conf = open(os.path.join(dir, "vivgate.toml")).read().replace(
                 f"listen = \"127.0.0.1:{ports['vivgate']}\"", f"listen = \"127.0.0.1:{ports['vivgate-base']}\"")
@@ -354,6 +364,33 @@ meter = "calls"
             print("\n".join(reload_lines))
     finally:
         stop_all()
+
+
+def lua_peer(dir, port, backend_port, keys):
+    """The nginx + Lua gateway of ../shared/bench-peer (OpenResty/Kong architecture: key SHA-256,
+    group status, the required 24-hex collectionId, a monthly counter, identity and RateLimit
+    headers), unchanged but for its ports, over the same keys as vivgate (one group each).
+    Returns its config path, or None when Debian's lua module or the peer is missing."""
+    peer = os.path.join(ROOT, "..", "shared", "bench-peer")
+    if not (os.path.exists("/usr/lib/nginx/modules/ngx_http_lua_module.so")
+            and os.path.exists(os.path.join(peer, "proxy_lua.conf"))):
+        print("nginx + Lua peer skipped: apt-get install libnginx-mod-http-lua", flush=True)
+        return None
+    root = os.path.join(dir, "lua-peer")
+    for d in ("conf", "lua", "data", "run", "logs"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    conf = open(os.path.join(peer, "proxy_lua.conf")).read()
+    conf = conf.replace("127.0.0.1:8081", f"127.0.0.1:{backend_port}").replace(
+        "127.0.0.1:8083", f"127.0.0.1:{port}")
+    path = os.path.join(root, "conf", "proxy_lua.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    shutil.copy(os.path.join(peer, "gateway.lua"), os.path.join(root, "lua", "gateway.lua"))
+    with open(os.path.join(root, "data", "keys.tsv"), "w") as f:
+        f.writelines(f"{hashlib.sha256(k.encode()).hexdigest()}\t{i:024x}\n" for i, k in enumerate(keys))
+    with open(os.path.join(root, "data", "groups.tsv"), "w") as f:
+        f.writelines(f"{i:024x}\tactive\t1000000000000\n" for i in range(len(keys)))
+    return path
 
 
 def reload_under_load(a, dir, ports, backend_port, vivgate, start, script):
@@ -464,6 +501,12 @@ def report(results, fixed, a, load_s, vrss_kib):
         if t.startswith("vivgate"):
             rs = [x["rps"] / p["rps"] for x, p in zip(results[t], results["passthrough"])]
             lines.append(f"- {t}: " + ", ".join(f"{r:.2f}" for r in rs) + f" (median {statistics.median(rs):.2f}×)")
+    if "nginx-lua" in med:
+        cpu = [x["cpu_us"] / l["cpu_us"] for x, l in zip(results["vivgate"], results["nginx-lua"])]
+        lines += ["", "vivgate's CPU per request against the nginx + Lua gateway (the closest job, not the same: "
+                  "see ../shared/bench-peer/README.md), per round: " + ", ".join(f"{r:.2f}" for r in cpu)
+                  + f" (median **{statistics.median(cpu):.2f}×**; ratio of medians "
+                  f"{med['vivgate']['cpu_us'] / med['nginx-lua']['cpu_us']:.2f}×)"]
     if "vivgate-base" in med:
         cpu = [x["cpu_us"] / b["cpu_us"] for x, b in zip(results["vivgate"], results["vivgate-base"])]
         rps = [x["rps"] / b["rps"] for x, b in zip(results["vivgate"], results["vivgate-base"])]
