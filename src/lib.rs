@@ -31,3 +31,4 @@ pub(crate) mod tls;
 pub mod usage;
 
 pub use gateway::Gateway;
+pub use server::{run, start, Addresses, Options, Running, Shutdown};

@@ -247,7 +247,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             init_logging();
-            match vivgate::server::run(&config, cli.upgrade) {
+            let options = vivgate::Options {
+                upgrade: cli.upgrade,
+                ..Default::default()
+            };
+            match vivgate::run(&config, options, vivgate::Shutdown::Signals) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -4,31 +4,25 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use common::*;
-use pingora::apps::http_app::HttpServer;
-use tokio::net::TcpListener;
-use vivgate::admin::AdminApp;
 
 const TOKEN_HASH: &str = "sha256:16175223c8ddce5ace0493c948569c211b03c4c6bb3d3e484434999448cffe01"; // "admin-secret"
 
-async fn with_admin(token: bool) -> (Harness, SocketAddr, tokio::sync::watch::Sender<bool>) {
+async fn with_admin(token: bool) -> (Harness, SocketAddr) {
     let h = Harness::start_with(move |c| {
         let token = if token {
             format!("token = \"{TOKEN_HASH}\"\n")
         } else {
             String::new()
         };
-        c + &format!("\n[admin]\nlisten = \"127.0.0.1:9901\"\n{token}")
+        c + &format!("\n[admin]\nlisten = \"127.0.0.1:0\"\n{token}")
     })
     .await;
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let app = Arc::new(HttpServer::new_app(AdminApp::new(h.gw.clone())));
-    tokio::spawn(vivgate::server::serve(l, app, stop_rx));
-    (h, addr, stop)
+    let addr = h
+        .admin_addr
+        .expect("the runner reports the admin listener's port");
+    (h, addr)
 }
 
 async fn admin(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
@@ -55,7 +49,7 @@ fn assert_success(r: &Resp) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reports_exactly_what_was_served() {
-    let (h, a, _stop) = with_admin(true).await;
+    let (h, a) = with_admin(true).await;
     for _ in 0..3 {
         assert_eq!(
             h.get("/tenant/integrationObjects?type=x", Some("key-tiny"))
@@ -145,7 +139,7 @@ async fn usage_reports_exactly_what_was_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_guards_everything_but_healthz() {
-    let (h, a, _stop) = with_admin(true).await;
+    let (h, a) = with_admin(true).await;
     assert_eq!(
         assert_success(&admin(a, "GET", "/healthz", None).await)["status"],
         "serving"
@@ -184,7 +178,7 @@ async fn the_admin_token_guards_everything_but_healthz() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_applies_or_says_why_not() {
-    let (h, a, _stop) = with_admin(false).await;
+    let (h, a) = with_admin(false).await;
     assert_eq!(
         admin(a, "GET", "/usage", None).await.status,
         200,
@@ -272,7 +266,7 @@ async fn admin_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_overrides_and_revocations_win_over_the_tenants_file() {
-    let (h, a, _stop) = with_admin(false).await;
+    let (h, a) = with_admin(false).await;
     let pro = group_id("key-pro");
     let p = "/tenant/integrationObjects?type=x";
     assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
@@ -444,7 +438,7 @@ async fn overrides_survive_a_restart_with_the_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_answers_rejections_usage_and_reloads() {
-    let (h, a, _stop) = with_admin(true).await;
+    let (h, a) = with_admin(true).await;
     let p = "/tenant/integrationObjects?type=x";
     for _ in 0..5 {
         assert_eq!(h.get(p, Some("key-tiny")).await.status, 200);

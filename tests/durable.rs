@@ -234,3 +234,67 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
     );
     stop(fresh, libc::SIGTERM).await;
 }
+
+/// The production runner in-process, as a library user runs it: the ports it bound for `:0`
+/// are reported, a stop through its watch ends in the final flush (the flush interval is longer
+/// than the test) and closes the admin listener, and a second start counts on from the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_in_process_reports_its_ports_and_flushes_on_stop() {
+    let h = Harness::start().await;
+    let config = h.binary_config(
+        "runner.toml",
+        0,
+        "grace_period_seconds = 0",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[usage]\nstore = \"embedded\"\npath = \"state/usage.redb\"\nflush_interval_ms = 60000",
+    );
+    for round in 0..2 {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let c = config.clone();
+        let running = tokio::task::spawn_blocking(move || {
+            vivgate::start(
+                &c,
+                vivgate::Options::default(),
+                vivgate::Shutdown::Watch(rx),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let (addr, admin) = (running.addresses.listen, running.addresses.admin.unwrap());
+        assert_ne!(addr.port(), 0);
+        assert_ne!(admin.port(), 0);
+        let health = Client::connect(admin).await.get("/healthz", None).await;
+        assert_eq!(health.status, 200, "{}", health.text());
+        if round == 0 {
+            for _ in 0..3 {
+                let r = Client::connect(addr).await.get(P, Some("key-tiny")).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        } else {
+            assert_eq!(used_after_one_more(addr, "key-tiny", 5).await, 3);
+            assert_eq!(
+                Client::connect(addr)
+                    .await
+                    .get(P, Some("key-tiny"))
+                    .await
+                    .status,
+                200
+            );
+            assert_envelope(
+                &Client::connect(addr).await.get(P, Some("key-tiny")).await,
+                402,
+                "Monthly API call quota exceeded",
+            );
+        }
+        stop.send(true).unwrap();
+        tokio::task::spawn_blocking(move || running.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        wait_for("the admin listener to close", || async {
+            tokio::net::TcpStream::connect(admin).await.is_err()
+        })
+        .await;
+    }
+}

@@ -11,24 +11,22 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::*;
-use pingora::apps::http_app::HttpServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vivgate::admin::AdminApp;
 use vivgate::clock::{utc_ms, ManualClock};
 use vivgate::config::file::TenantsFile;
-use vivgate::server::{proxy_app, serve};
-use vivgate::usage::MemoryStore;
-use vivgate::Gateway;
+use vivgate::{Gateway, Options, Shutdown};
 
-/// The harness config with `tenants = "<redis url>"`, written as `name` in the harness dir.
+/// The harness config with `tenants = "<redis url>"` and an admin listener, written as `name`
+/// in the harness dir.
 fn fleet_config(h: &Harness, redis: &RedisServer, name: &str) -> PathBuf {
     let text = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
         .unwrap()
         .replace(
             "tenants = \"tenants.toml\"",
             &format!("tenants = \"{}\"", redis.url()),
-        );
+        )
+        + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     let path = h.dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -69,30 +67,26 @@ struct Instance {
     _stop: watch::Sender<bool>,
 }
 
+/// One instance, run by the production runner (memory store, fleet tenants from Redis).
 async fn instance(config: &Path) -> Instance {
-    let snap = vivgate::config::load(config).unwrap();
-    let gw = Arc::new(Gateway::new(
-        snap,
-        MemoryStore::new(),
-        Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0))),
-        Some(config.to_path_buf()),
-    ));
-    gw.follow_tenants();
     let (stop, rx) = watch::channel(false);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(serve(l, proxy_app(gw.clone()), rx.clone()));
-    let al = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = al.local_addr().unwrap();
-    tokio::spawn(serve(
-        al,
-        Arc::new(HttpServer::new_app(AdminApp::new(gw.clone()))),
-        rx,
-    ));
+    let options = Options {
+        clock: Some(Arc::new(ManualClock::new(utc_ms(
+            2026, 11, 15, 12, 0, 0, 0,
+        )))),
+        ..Default::default()
+    };
+    let config = config.to_path_buf();
+    // the start reads the tenants from Redis
+    let running = tokio::task::spawn_blocking(move || {
+        vivgate::start(&config, options, Shutdown::Watch(rx)).unwrap()
+    })
+    .await
+    .unwrap();
     Instance {
-        gw,
-        addr,
-        admin,
+        gw: running.gateway.clone(),
+        addr: running.addresses.listen,
+        admin: running.addresses.admin.unwrap(),
         _stop: stop,
     }
 }

@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::relay::Relay;
 use common::*;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vivgate::clock::{utc_ms, Clock, ManualClock, Month, SystemClock};
-use vivgate::server::{proxy_app, serve};
 use vivgate::usage::redis::{RedisStore, SharedRedisStore};
 use vivgate::usage::UsageStore;
-use vivgate::Gateway;
+use vivgate::{Gateway, Options, Running, Shutdown};
 
 /// N gateway instances on one backend and one Redis, with the harness's config; the tiny tier
 /// gets `quota` calls.
@@ -29,6 +27,7 @@ struct Fleet {
     addrs: Vec<SocketAddr>,
     gws: Vec<Arc<Gateway>>,
     stops: Vec<watch::Sender<bool>>,
+    runs: Vec<Option<Running>>,
     clock: Arc<ManualClock>,
     config: String,
 }
@@ -42,8 +41,10 @@ impl Fleet {
 
     async fn start_url(url: &str, n: usize, quota: u64, usage_extra: &str) -> Fleet {
         let h = Harness::start().await;
-        let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-            .unwrap()
+        // a graceful stop without a grace period: the tests stop an instance once its load ends
+        let config = h
+            .config_text()
+            .replace("threads = 2", "threads = 2\ngrace_period_seconds = 0")
             .replace("api_calls = 5", &format!("api_calls = {quota}"))
             + &format!(
                 "\n[usage]\nstore = \"redis\"\nredis_url = \"{url}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n{usage_extra}\n"
@@ -54,6 +55,7 @@ impl Fleet {
             addrs: Vec::new(),
             gws: Vec::new(),
             stops: Vec::new(),
+            runs: Vec::new(),
             clock,
             config,
         };
@@ -63,39 +65,34 @@ impl Fleet {
         f
     }
 
-    /// Starts one more instance.
+    /// Starts one more instance, with the production runner.
     async fn add(&mut self) -> usize {
-        let snap = vivgate::config::load_from_str(
-            Path::new("vivgate.toml"),
-            &self.config,
-            Path::new("tenants.toml"),
-            &tenants_toml(),
-        )
-        .unwrap();
-        let settings = snap.startup.usage.redis.clone().expect("redis settings");
-        // the store times leases by the wall clock; the gateway's month comes from `clock`
-        let store = RedisStore::connect(settings, Arc::new(SystemClock)).unwrap();
-        let gw = Arc::new(Gateway::new(
-            snap,
-            SharedRedisStore(store),
-            self.clock.clone(),
-            None,
-        ));
+        let path = self.h.dir.path().join("fleet.toml");
+        std::fs::write(&path, &self.config).unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.addrs.push(l.local_addr().unwrap());
-        tokio::spawn(serve(l, proxy_app(gw.clone()), stop_rx));
-        self.gws.push(gw);
+        // the month comes from `clock`; the store times its leases by the wall clock
+        let options = Options {
+            clock: Some(self.clock.clone()),
+            ..Default::default()
+        };
+        let running = tokio::task::spawn_blocking(move || {
+            vivgate::start(&path, options, Shutdown::Watch(stop_rx)).unwrap()
+        })
+        .await
+        .unwrap();
+        self.addrs.push(running.addresses.listen);
+        self.gws.push(running.gateway.clone());
         self.stops.push(stop);
+        self.runs.push(Some(running));
         self.gws.len() - 1
     }
 
-    /// Stops instance `i` the way a graceful stop does: no new connections, then the final
-    /// settlement (leases given back).
+    /// Stops instance `i` gracefully: no new connections, then the final settlement (leases
+    /// given back).
     async fn stop(&mut self, i: usize) {
         let _ = self.stops[i].send(true);
-        let gw = self.gws[i].clone();
-        tokio::task::spawn_blocking(move || gw.store().shutdown())
+        let running = self.runs[i].take().expect("stopped once");
+        tokio::task::spawn_blocking(move || running.wait())
             .await
             .unwrap()
             .unwrap();
@@ -512,9 +509,7 @@ async fn a_finished_month_stays_readable_from_its_archive() {
         return;
     };
     let h = Harness::start().await;
-    let config = std::fs::read_to_string(h.dir.path().join("vivgate.toml"))
-        .unwrap()
-        .replace("api_calls = 5", "api_calls = 100")
+    let config = h.config_text().replace("api_calls = 5", "api_calls = 100")
         + &format!(
             "\n[usage]\nstore = \"redis\"\nredis_url = \"{}\"\n",
             redis.url()

@@ -22,9 +22,9 @@ use tokio::sync::watch;
 use vivgate::backend::Backend;
 use vivgate::clock::{utc_ms, ManualClock, Month};
 use vivgate::front::ListenerSettings;
-use vivgate::server::{health_checks, listener_app, proxy_app, serve, tls_acceptor};
-use vivgate::usage::{MemoryStore, Usage, UsageStore};
-use vivgate::Gateway;
+use vivgate::server::{listener_app, serve};
+use vivgate::usage::{Usage, UsageStore};
+use vivgate::{Gateway, Options, Shutdown};
 
 // each test binary uses its own part of these
 #[allow(unused_imports)]
@@ -35,6 +35,10 @@ pub use fixtures::*;
 pub use ports::*;
 #[allow(unused_imports)]
 pub use process::*;
+
+/// Appended to the harness's config: its gateway counts in memory. The binaries that tests start
+/// on the harness's config (see [`Harness::config_text`]) keep the default embedded store.
+pub const HARNESS_STORE: &str = "\n# the in-process gateway's store\n[usage]\nstore = \"memory\"\n";
 
 /// How a harness's clients speak to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub struct Harness {
     /// h2c listener, when started with [`Harness::start_proto`] or [`Harness::start_tls_with`].
     pub tls_addr: Option<SocketAddr>,
     pub h2c_addr: Option<SocketAddr>,
+    /// The admin listener, when the config has one.
+    pub admin_addr: Option<SocketAddr>,
     pub ca: Option<Arc<tls::TestCa>>,
     pub proto: Proto,
     pub backend: Backend,
@@ -92,25 +98,16 @@ impl Harness {
             key.display().to_string()
         );
         let mut h = Self::start_in(dir, |c| edit(c) + &tls_section).await;
-        let (stop_tx, gw) = (h.stop.subscribe(), h.gw.clone());
-        let tl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        h.tls_addr = Some(tl.local_addr().unwrap());
-        let settings = ListenerSettings {
-            tls: Some(tls_acceptor(&gw, "127.0.0.1:0", true).unwrap()),
-            ..Default::default()
-        };
-        tokio::spawn(serve(
-            tl,
-            listener_app(gw.clone(), settings),
-            stop_tx.clone(),
-        ));
+        // the runner's h2c is a setting of the plain listener; the tests keep the plain listener
+        // HTTP/1-only and add an h2c one beside it
         let hl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         h.h2c_addr = Some(hl.local_addr().unwrap());
         let settings = ListenerSettings {
             h2c: true,
             ..Default::default()
         };
-        tokio::spawn(serve(hl, listener_app(gw, settings), stop_tx));
+        let app = listener_app(h.gw.clone(), settings);
+        tokio::spawn(serve(hl, app, h.stop.subscribe()));
         h.ca = Some(ca);
         h
     }
@@ -134,27 +131,27 @@ impl Harness {
         let config_path: PathBuf = dir.path().join("vivgate.toml");
         std::fs::write(
             &config_path,
-            edit(config_toml(backend_addr, dead_addr().await)),
+            edit(config_toml(backend_addr, dead_addr().await)) + HARNESS_STORE,
         )
         .unwrap();
         std::fs::write(dir.path().join("tenants.toml"), tenants_toml()).unwrap();
-        let snap = vivgate::config::load(&config_path).unwrap();
         let clock = Arc::new(ManualClock::new(utc_ms(2026, 11, 15, 12, 0, 0, 0)));
-        let gw = Arc::new(Gateway::new(
-            snap,
-            MemoryStore::new(),
-            clock.clone(),
-            Some(config_path),
-        ));
-
-        let gl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = gl.local_addr().unwrap();
-        tokio::spawn(serve(gl, proxy_app(gw.clone()), stop_rx.clone()));
-        tokio::spawn(health_checks(gw.clone(), stop_rx));
+        // the production runner, stopped by the harness's watch instead of signals
+        let options = Options {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        };
+        let running = vivgate::start(&config_path, options, Shutdown::Watch(stop_rx)).unwrap();
+        let (addr, tls_addr) = (
+            running.addresses.listen,
+            running.addresses.tls.first().copied(),
+        );
+        let gw = running.gateway.clone();
         Harness {
             addr,
-            tls_addr: None,
+            tls_addr,
             h2c_addr: None,
+            admin_addr: running.addresses.admin,
             ca: None,
             proto: Proto::H1,
             backend,
@@ -208,6 +205,13 @@ impl Harness {
             async move { done }
         })
         .await;
+    }
+
+    /// The harness's config without its `[usage]` section, for a gateway of a test's own.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vivgate.toml"))
+            .unwrap()
+            .replace(HARNESS_STORE, "\n")
     }
 
     pub fn write_tenants(&self, text: &str) {

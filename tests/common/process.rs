@@ -13,12 +13,10 @@ impl Harness {
     /// Writes `name` beside the harness config for the real binary: the gateway on
     /// 127.0.0.1:`port`, `server_extra` lines added to `[server]`, `tail` appended; returns its path.
     pub fn binary_config(&self, name: &str, port: u16, server_extra: &str, tail: &str) -> PathBuf {
-        let config = std::fs::read_to_string(self.dir.path().join("vivgate.toml"))
-            .unwrap()
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\"\n{server_extra}"),
-            );
+        let config = self.config_text().replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\n{server_extra}"),
+        );
         let path = self.dir.path().join(name);
         std::fs::write(&path, format!("{config}\n{tail}\n")).unwrap();
         path
