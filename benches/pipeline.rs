@@ -21,30 +21,13 @@ use vivgate::keys::{format_key_hash, hash_key};
 use vivgate::pipeline::check_head;
 use vivgate::usage::{GroupId, MemoryStore, Take};
 
-const CONFIG: &str = r#"tenants = "tenants.toml"
-[tiers.bench]
-api_calls = 1_000_000_000_000
-cdn_bytes = 1_000_000_000_000
-[upstreams.api]
-servers = ["127.0.0.1:3000"]
-[[routes]]
-path = "/tenant/collectionObjects"
-methods = ["GET"]
-upstream = "api"
-required_query = ["collectionId"]
-id_query = ["collectionId"]
-[[routes]]
-path = "/tenant/siteDetails"
-methods = ["GET"]
-upstream = "api"
-required_query = ["siteId"]
-id_query = ["siteId"]
-[[routes]]
-prefix = "/cdn/"
-methods = ["GET"]
-upstream = "api"
-meter = ["calls", "bytes"]
-"#;
+/// The shared config of the demo and the tests, with a `bench` tier no request uses up.
+fn config() -> String {
+    include_str!("../tests/fixtures/vivgate.toml")
+        .replace("{backend}", "127.0.0.1:3000")
+        .replace("{offline}", "127.0.0.1:9")
+        + "\n[tiers.bench]\napi_calls = 1_000_000_000_000\ncdn_bytes = 1_000_000_000_000\n"
+}
 
 fn key(i: usize) -> String {
     format!("vk_bench_{i:08}")
@@ -66,7 +49,7 @@ fn tenants(n: usize) -> TenantsFile {
 }
 
 fn snapshot(n: usize) -> Snapshot {
-    let file: ConfigFile = toml::from_str(CONFIG).unwrap();
+    let file: ConfigFile = toml::from_str(&config()).unwrap();
     compile(
         Path::new("bench.toml"),
         file,
@@ -202,7 +185,7 @@ fn load_and_memory_report() {
     let start = Instant::now();
     let snap = vivgate::config::load_from_str(
         Path::new("bench.toml"),
-        CONFIG,
+        &config(),
         Path::new("tenants.toml"),
         &text,
     )
@@ -220,7 +203,7 @@ fn load_and_memory_report() {
     let start = Instant::now();
     let snap2 = vivgate::config::load_from_str(
         Path::new("bench.toml"),
-        CONFIG,
+        &config(),
         Path::new("tenants.tsv"),
         &compact,
     )
@@ -249,7 +232,7 @@ fn snapshot_build(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let file: ConfigFile = toml::from_str(CONFIG).unwrap();
+                let file: ConfigFile = toml::from_str(&config()).unwrap();
                 let t = tenants(1_000_000);
                 let start = Instant::now();
                 let snap =

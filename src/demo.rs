@@ -76,72 +76,16 @@ pub const DEMO_GROUPS: [(&str, &str, &str, &str, bool, &str); 7] = [
     ),
 ];
 
-/// The demo's config, routed to a backend at `backend`.
+/// The demo's config: the one the tests use (`tests/fixtures/vivgate.toml`), on `listen`, routed
+/// to a backend at `backend` and with the `/offline/` upstream at `offline`.
 pub fn demo_config(listen: SocketAddr, backend: SocketAddr, offline: SocketAddr) -> String {
-    format!(
-        r#"tenants = "demo-tenants.toml"
-
-[server]
-listen = "{listen}"
-threads = 2
-
-[tiers.demo_tiny]
-api_calls = 3
-cdn_bytes = 4096
-
-[upstreams.api]
-servers = ["{backend}"]
-read_timeout_ms = 1000
-
-[upstreams.offline]
-servers = ["{offline}"]
-health_check_interval_ms = 0
-
-[[routes]]
-path = "/tenant/collectionObjects"
-methods = ["GET"]
-upstream = "api"
-required_query = ["collectionId"]
-id_query = ["collectionId"]
-meter = "calls"
-
-[[routes]]
-path = "/tenant/collectionObjects"
-methods = ["POST"]
-upstream = "api"
-json_body = true
-meter = "calls"
-
-[[routes]]
-path = "/tenant/siteDetails"
-methods = ["GET"]
-upstream = "api"
-required_query = ["siteId"]
-id_query = ["siteId"]
-
-[[routes]]
-path = "/tenant/integrationObjects"
-methods = ["GET"]
-upstream = "api"
-required_query = ["type"]
-
-[[routes]]
-prefix = "/cdn/"
-methods = ["GET"]
-upstream = "api"
-meter = ["calls", "bytes"]
-
-[[routes]]
-prefix = "/slow/"
-methods = ["GET"]
-upstream = "api"
-
-[[routes]]
-prefix = "/offline/"
-methods = ["GET"]
-upstream = "offline"
-"#
-    )
+    include_str!("../tests/fixtures/vivgate.toml")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\""),
+        )
+        .replace("{backend}", &backend.to_string())
+        .replace("{offline}", &offline.to_string())
 }
 
 /// The demo's tenants file, with the hashes of [`DEMO_GROUPS`]' keys.
@@ -173,7 +117,7 @@ pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         let snap = config::load_from_str(
             Path::new("<demo>/vivgate.toml"),
             &demo_config(listen, backend_addr, offline_addr),
-            Path::new("<demo>/demo-tenants.toml"),
+            Path::new("<demo>/tenants.toml"),
             &demo_tenants(),
         )?;
         let gw = Arc::new(Gateway::new(

@@ -79,78 +79,10 @@ pub fn tenants_toml() -> String {
     out
 }
 
-/// A config with the contract's routes, a CDN prefix, a `tiny` tier of 5 calls and 1500 bytes,
-/// and upstream `api` at `backend` (plus `dead` at `dead`, a port where nothing listens).
+/// The shared config (`tests/fixtures/vivgate.toml`, also the demo's) routed to `backend`, with
+/// the `dead` upstream at `dead`.
 pub fn config_toml(backend: SocketAddr, dead: SocketAddr) -> String {
-    format!(
-        r#"tenants = "tenants.toml"
-
-[server]
-listen = "127.0.0.1:0"
-threads = 2
-
-[tiers.tiny]
-api_calls = 5
-cdn_bytes = 1500
-
-[upstreams.api]
-servers = ["{backend}"]
-read_timeout_ms = 500
-health_check_interval_ms = 0
-
-[upstreams.dead]
-servers = ["{dead}"]
-connect_timeout_ms = 300
-health_check_interval_ms = 0
-
-[[routes]]
-path = "/tenant/collectionObjects"
-methods = ["GET"]
-upstream = "api"
-required_query = ["collectionId"]
-id_query = ["collectionId"]
-meter = "calls"
-
-[[routes]]
-path = "/tenant/collectionObjects"
-methods = ["POST"]
-upstream = "api"
-json_body = true
-meter = "calls"
-
-[[routes]]
-path = "/tenant/siteDetails"
-methods = ["GET"]
-upstream = "api"
-required_query = ["siteId"]
-id_query = ["siteId"]
-
-[[routes]]
-path = "/tenant/integrationObjects"
-methods = ["GET"]
-upstream = "api"
-required_query = ["type"]
-
-[[routes]]
-prefix = "/cdn/"
-methods = ["GET"]
-upstream = "api"
-meter = ["calls", "bytes"]
-
-[[routes]]
-prefix = "/slow/"
-methods = ["GET"]
-upstream = "api"
-
-[[routes]]
-prefix = "/status/"
-methods = ["GET", "POST"]
-upstream = "api"
-
-[[routes]]
-prefix = "/offline/"
-methods = ["GET", "POST"]
-upstream = "dead"
-"#
-    )
+    include_str!("../fixtures/vivgate.toml")
+        .replace("{backend}", &backend.to_string())
+        .replace("{offline}", &dead.to_string())
 }
