@@ -50,6 +50,7 @@ mod conn;
 mod lease;
 mod metrics;
 pub mod overrides;
+mod overrides_table;
 mod read;
 mod settle;
 
