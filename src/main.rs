@@ -77,54 +77,29 @@ enum TenantsCommand {
     },
 }
 
-fn tenants(command: TenantsCommand) -> ExitCode {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn tenants(command: TenantsCommand) -> Result<(), Error> {
     match command {
         TenantsCommand::Push { config, file } => {
-            let (url, tenants) = match vivgate::config::check_tenants_for_push(&config, &file) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match vivgate::fleet::push(&url, &tenants) {
-                Ok(version) => {
-                    println!(
-                        "{}: {} groups pushed to {url} (version {version})",
-                        file.display(),
-                        tenants.groups.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let (url, tenants) = vivgate::config::check_tenants_for_push(&config, &file)?;
+            let version = vivgate::fleet::push(&url, &tenants)?;
+            println!(
+                "{}: {} groups pushed to {url} (version {version})",
+                file.display(),
+                tenants.groups.len()
+            );
         }
         TenantsCommand::Export { config } => {
-            let url = match vivgate::config::tenants_url(&config) {
-                Ok(u) => u,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match vivgate::fleet::read(&url) {
-                Ok((tenants, version)) => {
-                    print!(
-                        "# exported from {url}, version {version}\n{}",
-                        vivgate::fleet::to_toml(&tenants)
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let url = vivgate::config::tenants_url(&config)?;
+            let (tenants, version) = vivgate::fleet::read(&url)?;
+            print!(
+                "# exported from {url}, version {version}\n{}",
+                vivgate::fleet::to_toml(&tenants)
+            );
         }
     }
+    Ok(())
 }
 
 fn init_logging() {
@@ -190,74 +165,56 @@ fn main() -> ExitCode {
     init_panic_report();
     no_transparent_huge_pages();
     let cli = Cli::parse();
+    if cli.command.is_none() && cli.config.is_none() {
+        eprintln!("error: give --config FILE to run the gateway, or a command (see --help)");
+        return ExitCode::from(2);
+    }
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Some(Command::Check { config }) => match vivgate::config::load(&config) {
-            Ok(snap) => {
-                println!(
-                    "{}: ok ({} method and path pairs routed, {} upstreams, {} groups, {} keys, \
-                     {} TLS listeners with {} certificates)",
-                    config.display(),
-                    snap.routes.len(),
-                    snap.upstreams.len(),
-                    snap.groups.len(),
-                    snap.keys.len(),
-                    snap.startup.tls_listeners.len(),
-                    snap.tls_certs.count()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Check { config }) => {
+            let snap = vivgate::config::load(&config)?;
+            println!(
+                "{}: ok ({} method and path pairs routed, {} upstreams, {} groups, {} keys, \
+                 {} TLS listeners with {} certificates)",
+                config.display(),
+                snap.routes.len(),
+                snap.upstreams.len(),
+                snap.groups.len(),
+                snap.keys.len(),
+                snap.startup.tls_listeners.len(),
+                snap.tls_certs.count()
+            );
+        }
         Some(Command::HashKey) => {
             let mut input = Vec::new();
-            if let Err(e) = std::io::stdin().read_to_end(&mut input) {
-                eprintln!("error: cannot read stdin: {e}");
-                return ExitCode::FAILURE;
-            }
-            match vivgate::keys::hash_key_input(&input) {
-                Ok(h) => {
-                    println!("{h}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            println!("{}", vivgate::keys::hash_key_input(&input)?);
         }
-        Some(Command::Tenants { command }) => tenants(command),
+        Some(Command::Tenants { command }) => tenants(command)?,
         Some(Command::Demo { listen }) => {
             init_logging();
-            match vivgate::demo::run(listen) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            vivgate::demo::run(listen).map_err(|e| e.to_string())?;
         }
         None => {
-            let Some(config) = cli.config else {
-                eprintln!(
-                    "error: give --config FILE to run the gateway, or a command (see --help)"
-                );
-                return ExitCode::from(2);
-            };
+            let config = cli.config.expect("checked in main");
             init_logging();
             let options = vivgate::Options {
                 upgrade: cli.upgrade,
                 ..Default::default()
             };
-            match vivgate::run(&config, options, vivgate::Shutdown::Signals) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            vivgate::run(&config, options, vivgate::Shutdown::Signals)?;
         }
     }
+    Ok(())
 }

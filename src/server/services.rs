@@ -17,7 +17,7 @@ use crate::usage::UsageStore;
 
 /// Runs active health checks of every upstream of the current snapshot, each at its own
 /// interval, until `shutdown`.
-pub async fn health_checks(gw: Arc<Gateway>, mut shutdown: ShutdownWatch) {
+pub(crate) async fn health_checks(gw: Arc<Gateway>, mut shutdown: ShutdownWatch) {
     // keyed by balancer: a reload builds new balancers, and each is checked at once
     let mut last: HashMap<usize, Instant> = Default::default();
     loop {
