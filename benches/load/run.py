@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--no-lua", action="store_true",
                     help="skip the nginx + Lua gateway peer (../shared/bench-peer; run when Debian's "
                          "libnginx-mod-http-lua is installed)")
+    ap.add_argument("--prototypes", action="store_true",
+                    help="also measure issue 16's prototype HTTP/1 loops (examples/lean_core.rs, lean_raw.rs)")
     ap.add_argument("--baseline-bin", help="another vivgate binary (an older build) measured as the target "
                                            "vivgate-base in the same interleaved rounds, with the same config: "
                                            "the report gives vivgate's CPU per request against it, round by round")
@@ -178,7 +180,8 @@ def main():
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not a.skip_build:
         print("building release: vivgate and examples/passthrough ...", flush=True)
-        subprocess.run(["cargo", "build", "--release", "--bin", "vivgate", "--example", "passthrough"],
+        extra = ["--example", "lean_raw", "--example", "lean_core"] if a.prototypes else []
+        subprocess.run(["cargo", "build", "--release", "--bin", "vivgate", "--example", "passthrough"] + extra,
                        cwd=ROOT, check=True)
     vivgate = a.vivgate_bin or os.path.join(ROOT, "target", "release", "vivgate")
     passthrough = os.path.join(ROOT, "target", "release", "examples", "passthrough")
@@ -208,7 +211,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
-        ports = {t: free_port() for t in ("backend", "nginx", "nginx-lua", "passthrough", "vivgate", "vivgate-base", "vivgate-redis", "redis",
+        ports = {t: free_port() for t in ("backend", "nginx", "nginx-lua", "passthrough", "lean-core", "lean-raw", "vivgate", "vivgate-base", "vivgate-redis", "redis",
                                           "vivgate-log", "vivgate-tls", "vivgate-tls-plain")}
         # vivgate-tls: the same gateway answering HTTPS (HTTP/1.1 over TLS 1.3, keep-alive) with a
         # self-signed certificate made by openssl, when openssl is installed
@@ -301,6 +304,15 @@ meter = "calls"
             wait_port(ports["nginx-lua"], lp, "nginx + Lua gateway")
             pids["nginx-lua"] = [lp.pid] + children(lp.pid)
             targets.insert(2, "nginx-lua")
+        if a.prototypes:
+            # issue 16's prototypes, no checks: (a) a loop over pingora-core's v1 sessions,
+            # (b) a raw HTTP/1 loop; the floor of each design
+            for i, (t, ex) in enumerate((("lean-core", "lean_core"), ("lean-raw", "lean_raw"))):
+                lp2 = start([os.path.join(ROOT, "target", "release", "examples", ex),
+                             f"127.0.0.1:{ports[t]}", f"127.0.0.1:{b}"], PROXY_CPU)
+                wait_port(ports[t], lp2, f"{ex} prototype")
+                pids[t] = [lp2.pid]
+                targets.insert(targets.index("passthrough") + 1 + i, t)
         if a.baseline_bin:
             conf = open(os.path.join(dir, "vivgate.toml")).read().replace(
                 f"listen = \"127.0.0.1:{ports['vivgate']}\"", f"listen = \"127.0.0.1:{ports['vivgate-base']}\"")
