@@ -78,8 +78,17 @@ async fn connection(client: Stream, upstream: SocketAddr) -> pingora::Result<()>
             down.write_body(&chunk).await?;
         }
         down.finish_body().await?;
+        // pingora-proxy applies the response's keep-alive rules itself before reuse
+        client.respect_keepalive();
         up = client.reuse().await;
+        let keep = down.will_keepalive();
         next = down.reuse().await?.map(|r| r.into_parts().0);
+        if std::env::var_os("LEAN_DEBUG").is_some() {
+            eprintln!(
+                "upstream reused {}, downstream keepalive {keep}",
+                up.is_some()
+            );
+        }
     }
     Ok(())
 }

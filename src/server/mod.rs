@@ -33,9 +33,9 @@ use crate::gateway::Gateway;
 use crate::usage::embedded::EmbeddedStore;
 use crate::usage::{MemoryStore, Store, UsageStore};
 
+use serve::tls_acceptor;
 pub use serve::{listener_app, proxy_app, serve};
 pub(crate) use services::health_checks;
-use serve::tls_acceptor;
 pub use signals::Shutdown;
 
 /// The error of a start or a stop: what went wrong, in words for the operator.

@@ -31,7 +31,11 @@ pub fn listener_app(gw: Arc<Gateway>, settings: ListenerSettings) -> Arc<Front> 
 
 /// The TLS acceptor of the snapshot's listener `listen`: certificates are read from the current
 /// snapshot at each handshake, so a reload rotates them.
-pub(super) fn tls_acceptor(gw: &Arc<Gateway>, listen: &str, http2: bool) -> Result<Acceptor, String> {
+pub(super) fn tls_acceptor(
+    gw: &Arc<Gateway>,
+    listen: &str,
+    http2: bool,
+) -> Result<Acceptor, String> {
     let gw = gw.clone();
     crate::tls::acceptor(
         listen,
