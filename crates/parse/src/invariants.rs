@@ -149,3 +149,34 @@ pub fn chunked(data: &[u8]) {
         assert_eq!(pieces(&every), (expected, whole.is_done()), "byte by byte");
     }
 }
+
+/// A response head that is accepted ends with CRLF CRLF within the input, is accepted the same
+/// on its own, and every shorter prefix of it is incomplete, never an error.
+pub fn response(data: &[u8]) {
+    use crate::response::{parse_response_head, ResponseLimits};
+    let limits = ResponseLimits {
+        max_bytes: 4096,
+        max_headers: 32,
+    };
+    for to_head in [false, true] {
+        let Ok(Some(h)) = parse_response_head(data, to_head, limits) else {
+            continue;
+        };
+        assert!(h.len <= data.len() && h.len <= limits.max_bytes);
+        assert!(data[..h.len].ends_with(b"\r\n\r\n"));
+        assert_eq!(
+            parse_response_head(&data[..h.len], to_head, limits),
+            Ok(Some(h))
+        );
+        for cut in [0, 1, h.len / 2, h.len - 1] {
+            assert_eq!(
+                parse_response_head(&data[..cut], to_head, limits),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        if to_head || h.status == 204 || h.status == 304 || (100..200).contains(&h.status) {
+            assert_eq!(h.framing, crate::response::Framing::None);
+        }
+    }
+}

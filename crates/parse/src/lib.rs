@@ -10,6 +10,7 @@ pub mod invariants;
 pub mod json;
 pub mod path;
 pub mod query;
+pub mod response;
 
 /// RFC 3986 unreserved characters and sub-delimiters: the base every request-target class of
 /// the parsers (path literal, target, authority) extends.

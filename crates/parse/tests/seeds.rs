@@ -47,3 +47,8 @@ fn head_seeds() {
 fn chunked_seeds() {
     replay("chunked", vivgate_parse::invariants::chunked);
 }
+
+#[test]
+fn response_seeds() {
+    replay("response", vivgate_parse::invariants::response);
+}
