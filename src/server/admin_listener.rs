@@ -21,7 +21,7 @@ fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Starts the admin API on `addr` until `stop` turns true; returns the address it listens on
-/// (`None` while it waits for an old process to let go of the port).
+/// (`None` while it waits for an old process to let go of the port) and its thread.
 ///
 /// When taking over from an old process (`upgrade`), the old one still holds the admin port
 /// until it exits: the port is then retried in the background instead of failing the start.
@@ -30,7 +30,7 @@ pub(super) fn start(
     gw: Arc<Gateway>,
     upgrade: bool,
     stop: ShutdownWatch,
-) -> Result<Option<SocketAddr>, BoxError> {
+) -> Result<(Option<SocketAddr>, std::thread::JoinHandle<()>), BoxError> {
     let first = match bind(addr) {
         Ok(l) => Some(l),
         Err(e) if !upgrade => return Err(format!("admin.listen {addr}: {e}").into()),
@@ -44,7 +44,7 @@ pub(super) fn start(
         .thread_name("vivgate-admin")
         .enable_all()
         .build()?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("vivgate-admin".into())
         .spawn(move || {
             rt.block_on(async move {
@@ -52,6 +52,10 @@ pub(super) fn start(
                     Some(l) => l,
                     None => loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        if *stop.borrow() {
+                            // stopped before the old process let go of the port
+                            return;
+                        }
                         if let Ok(l) = bind(&addr_owned) {
                             tracing::info!(admin = %addr_owned, "admin listener taken over");
                             break l;
@@ -69,5 +73,5 @@ pub(super) fn start(
             rt.shutdown_timeout(Duration::from_secs(1));
         })?;
     tracing::info!(admin = addr, "admin listener started");
-    Ok(bound)
+    Ok((bound, thread))
 }

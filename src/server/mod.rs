@@ -71,6 +71,10 @@ pub struct Running {
 
 impl Running {
     /// Blocks until the gateway has stopped (see [`Shutdown`]) and flushed its usage store.
+    ///
+    /// pingora's runtimes drop their last tasks, which hold the gateway, just after the server
+    /// returns: the usage store itself (an embedded store's file) is closed once the last
+    /// holder of the gateway lets go, a moment later.
     pub fn wait(self) -> Result<(), BoxError> {
         match self.server.join() {
             Ok(result) => Ok(result?),
@@ -85,8 +89,9 @@ pub fn run(config_path: &Path, options: Options, shutdown: Shutdown) -> Result<(
     start(config_path, options, shutdown)?.wait()
 }
 
-/// Starts the gateway described by `config_path` on a thread of its own and returns once every
-/// listener is bound (or, after an upgrade, inherited).
+/// Starts the gateway described by `config_path` on a thread of its own. It returns once its
+/// `:0` listeners and the admin listener are bound; pingora binds the others (or, after an
+/// upgrade, takes them over) as its services start.
 ///
 /// With `options.upgrade` (`-u`), pingora's bootstrap first takes the listening sockets over
 /// from the running process, which releases the usage store just before it hands them over
@@ -127,8 +132,12 @@ pub fn start(
     let (stop_admin, admin_stopped) = watch::channel(false);
     let mut addresses = add_listeners(&mut server, &gw, options.upgrade)?;
     add_background(&mut server, &gw);
+    let mut admin = None;
     if let Some(addr) = &startup.admin_listen {
-        addresses.admin = admin_listener::start(addr, gw.clone(), options.upgrade, admin_stopped)?;
+        let (bound, thread) =
+            admin_listener::start(addr, gw.clone(), options.upgrade, admin_stopped)?;
+        addresses.admin = bound;
+        admin = Some(thread);
     }
     if gw.snapshot().tenants_source == crate::fleet::TenantsSource::DiskSnapshot {
         tracing::warn!("tenants: serving the disk copy until Redis answers");
@@ -147,6 +156,9 @@ pub fn start(
             // (after a handover it goes to a handover file the new process merges)
             let flushed = gw.store().shutdown().map_err(|e| e.to_string());
             let _ = stop_admin.send(true);
+            if let Some(admin) = admin {
+                let _ = admin.join();
+            }
             if flushed.is_ok() {
                 tracing::info!("usage flushed; vivgate stopped");
             }
@@ -246,7 +258,10 @@ fn add_listener(
         .next()
         .ok_or_else(|| format!("listen {listen}: no address"))?;
     let mut service = Service::new(name, front);
-    if addr.port() != 0 || upgrade {
+    if addr.port() == 0 && upgrade {
+        return Err(format!("listen {listen}: a :0 address cannot be taken over (-u)").into());
+    }
+    if addr.port() != 0 {
         service.add_tcp(listen);
         server.add_service(service);
         return Ok(addr);

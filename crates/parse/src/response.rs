@@ -14,7 +14,8 @@
 //! no complete head within `max_bytes`, more than `max_headers` lines, a bare LF or a lone CR,
 //! an obsolete line fold, a status line httparse rejects, `Transfer-Encoding` together with
 //! `Content-Length` (a response-splitting vector the RFC says to treat as an error), `chunked`
-//! twice or not last in a 1.1 response, `Transfer-Encoding` in an HTTP/1.0 response,
+//! twice or not last in a 1.1 response, a coding that is not a plain token (parameters
+//! included: no backend of vivgate's sends them), `Transfer-Encoding` in an HTTP/1.0 response,
 //! `Content-Length` values that differ or are not plain digits.
 
 use std::fmt;
@@ -178,7 +179,22 @@ impl Fields {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 f.transfer_encoding = true;
-                for c in tokens(h.value) {
+                for c in h.value.split(|&b| b == b',') {
+                    let c = c.trim_ascii();
+                    if c.is_empty() {
+                        continue;
+                    }
+                    // a coding that is not a token (obs-text, say) is not one we can skip over
+                    let Ok(c) = std::str::from_utf8(c) else {
+                        return Err(ResponseError::Framing(
+                            "a Transfer-Encoding that is not a token",
+                        ));
+                    };
+                    if !c.bytes().all(is_tchar) {
+                        return Err(ResponseError::Framing(
+                            "a Transfer-Encoding that is not a token",
+                        ));
+                    }
                     f.codings.push(c.to_ascii_lowercase());
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
@@ -216,6 +232,11 @@ impl Fields {
             None => Framing::UntilClose,
         })
     }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The comma-separated tokens of a field value, trimmed, empty ones left out.
@@ -312,6 +333,7 @@ mod tests {
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "twice"),
             ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "1.0"),
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\n\r\n", "empty"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;q=1, chunked\r\n\r\n", "not a token"),
             ("HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\n", "bare LF"),
             ("HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", "CR without LF"),
             ("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "fold"),
@@ -320,6 +342,17 @@ mod tests {
             let e = parse(head).expect_err(head);
             assert!(e.to_string().contains(why), "{head:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_coding_that_is_not_a_token_is_refused() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \x80zip\r\n\r\n";
+        assert_eq!(
+            parse_response_head(head, false, LIMITS),
+            Err(ResponseError::Framing(
+                "a Transfer-Encoding that is not a token"
+            ))
+        );
     }
 
     #[test]

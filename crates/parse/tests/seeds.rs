@@ -51,4 +51,27 @@ fn chunked_seeds() {
 #[test]
 fn response_seeds() {
     replay("response", vivgate_parse::invariants::response);
+    // the seeds named bad-* are heads a backend must not get away with
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/response");
+    let mut bad = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("bad-")
+        {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        let limits = vivgate_parse::response::ResponseLimits {
+            max_bytes: 4096,
+            max_headers: 32,
+        };
+        let r = vivgate_parse::response::parse_response_head(&data, false, limits);
+        assert!(r.is_err(), "{} is accepted: {r:?}", path.display());
+        bad += 1;
+    }
+    assert!(bad >= 5, "only {bad} bad-* seeds");
 }
