@@ -16,7 +16,7 @@ with wrk (closed loop: throughput, latency, proxy CPU per request from the proce
 time), then each proxy at a fixed offered load of 70 % of nginx's median rate with oha (open
 loop: latency). A run with any non-200 answer or socket error is reported as an error, not a
 result. Needs nginx and wrk (apt-get install nginx wrk); oha is installed from crates.io into
-benches/load/.tools on first use.
+benches/load/.tools on first use; the HTTP/2 target needs h2load (apt-get install nghttp2-client).
 """
 import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -115,6 +115,25 @@ def run_wrk(port, script, duration, conns, scheme="http"):
     return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout)
 
 
+def run_h2load(port, duration, conns, key):
+    """HTTP/2 with prior knowledge (h2c), one stream at a time per connection like wrk's HTTP/1,
+    one key. h2load reports no percentiles: p50 holds its mean, p99 is not a number."""
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{conns}", "-m1", f"-D{duration}",
+           "-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}{PATH}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    req = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    if not (m and req and codes):
+        return dict(rps=0.0, requests=0, p50=float("nan"), p99=float("nan"), errors=1, raw=out)
+    errors = sum(int(x) for x in req.groups()[1:]) + sum(int(x) for x in codes.groups()[1:])
+    p50 = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)] if mean else float("nan")
+    return dict(rps=float(m.group(1)), requests=int(req.group(1)), p50=p50, p99=float("nan"),
+                errors=errors, raw=out)
+
+
 def ensure_oha():
     oha = shutil.which("oha") or os.path.join(TOOLS, "bin", "oha")
     if os.path.exists(oha):
@@ -166,6 +185,8 @@ def main():
     ap.add_argument("--no-lua", action="store_true",
                     help="skip the nginx + Lua gateway peer (../shared/bench-peer; run when Debian's "
                          "libnginx-mod-http-lua is installed)")
+    ap.add_argument("--no-h2", action="store_true",
+                    help="skip the HTTP/2 target (vivgate with h2c, loaded by h2load from nghttp2-client)")
     ap.add_argument("--prototypes", action="store_true",
                     help="also measure issue 16's prototype HTTP/1 loops (examples/lean_core.rs, lean_raw.rs)")
     ap.add_argument("--baseline-bin", help="another vivgate binary (an older build) measured as the target "
@@ -212,7 +233,7 @@ def main():
     try:
         use_redis = not a.no_redis and shutil.which("redis-server") is not None
         ports = {t: free_port() for t in ("backend", "nginx", "nginx-lua", "passthrough", "lean-core", "lean-raw", "vivgate", "vivgate-base", "vivgate-redis", "redis",
-                                          "vivgate-log", "vivgate-tls", "vivgate-tls-plain")}
+                                          "vivgate-log", "vivgate-tls", "vivgate-tls-plain", "vivgate-h2c")}
         # vivgate-tls: the same gateway answering HTTPS (HTTP/1.1 over TLS 1.3, keep-alive) with a
         # self-signed certificate made by openssl, when openssl is installed
         use_tls = not a.no_tls and shutil.which("openssl") is not None
@@ -254,6 +275,14 @@ meter = "calls"
         conf += '[usage]\npath = "state/usage-log.redb"\n[access_log]\npath = "access.log"\n'
         with open(os.path.join(dir, "vivgate-log.toml"), "w") as f:
             f.write(conf)
+        use_h2 = not a.no_h2 and shutil.which("h2load") is not None
+        if use_h2:
+            conf = open(os.path.join(dir, "vivgate.toml")).read()
+            conf = conf.replace(f"listen = \"127.0.0.1:{ports['vivgate']}\"",
+                                f"listen = \"127.0.0.1:{ports['vivgate-h2c']}\"").replace(
+                "threads = 1", "threads = 1\nh2c = true")
+            with open(os.path.join(dir, "vivgate-h2c.toml"), "w") as f:
+                f.write(conf + '[usage]\npath = "state/usage-h2c.redb"\n')
         if use_tls:
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                             "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout",
@@ -333,6 +362,11 @@ meter = "calls"
             # the same process on its plain listener: TLS's own cost, without instance effects
             pids["vivgate-tls-plain"] = [vt.pid]
             targets += ["vivgate-tls-plain", "vivgate-tls"]
+        if use_h2:
+            vh = start([vivgate, "--config", os.path.join(dir, "vivgate-h2c.toml")], PROXY_CPU, env)
+            wait_port(ports["vivgate-h2c"], vh, "vivgate (h2c)")
+            pids["vivgate-h2c"] = [vh.pid]
+            targets.append("vivgate-h2c")
         if use_redis:
             # Redis on the load generator's CPU: the proxy's CPU counts only the gateway
             rp = start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
@@ -343,13 +377,18 @@ meter = "calls"
             pids["vivgate-redis"] = [vr.pid]
             targets.append("vivgate-redis")
         scheme = lambda t: "https" if t == "vivgate-tls" else "http"
+        def load(t, seconds):
+            if t == "vivgate-h2c":
+                return run_h2load(ports[t], seconds, a.connections, keys[0])
+            return run_wrk(ports[t], script, seconds, a.connections, scheme(t))
+
         for t in targets:  # warm-up: connections, pools, caches
-            run_wrk(ports[t], script, 2, a.connections, scheme(t))
+            load(t, 2)
         results = {t: [] for t in targets}
         for r in range(a.rounds):
             for t in targets:
                 before = cpu_ticks(pids[t])
-                res = run_wrk(ports[t], script, a.duration, a.connections, scheme(t))
+                res = load(t, a.duration)
                 res["cpu_us"] = (cpu_ticks(pids[t]) - before) / CLK_TCK * 1e6 / max(res["requests"], 1)
                 # the access log's dirty pages are written back now, not during the next target
                 os.sync()
@@ -513,6 +552,11 @@ def report(results, fixed, a, load_s, vrss_kib):
         if t.startswith("vivgate"):
             rs = [x["rps"] / p["rps"] for x, p in zip(results[t], results["passthrough"])]
             lines.append(f"- {t}: " + ", ".join(f"{r:.2f}" for r in rs) + f" (median {statistics.median(rs):.2f}×)")
+    if "vivgate-h2c" in med:
+        cpu = [x["cpu_us"] / v["cpu_us"] for x, v in zip(results["vivgate-h2c"], results["vivgate"])]
+        lines += ["", "vivgate over HTTP/2 (h2c, h2load -m1, one key; its p50 column is h2load's mean) against "
+                  "HTTP/1 (wrk), CPU per request per round: " + ", ".join(f"{r:.2f}" for r in cpu)
+                  + f" (median **{statistics.median(cpu):.2f}×**)"]
     if "nginx-lua" in med:
         cpu = [x["cpu_us"] / l["cpu_us"] for x, l in zip(results["vivgate"], results["nginx-lua"])]
         lines += ["", "vivgate's CPU per request against the nginx + Lua gateway (the closest job, not the same: "
