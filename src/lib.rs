@@ -11,6 +11,7 @@ pub mod admin;
 pub mod backend;
 pub mod clock;
 pub mod config;
+pub(crate) mod exchange;
 pub mod demo;
 pub(crate) mod error;
 pub mod fleet;

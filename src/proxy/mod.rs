@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,24 +13,23 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::clock::Month;
-use crate::config::{Group, Snapshot};
+use crate::config::Group;
 use crate::error::GatewayError;
+use crate::exchange::{is_stripped_header, Done, Exchange, Put, HOP_BY_HOP, X_REQUEST_ID};
 use crate::gateway::Gateway;
 use crate::pipeline::{self, Outcome, Request, Transport};
 use crate::respond::Reply;
-use crate::usage::UsageStore;
 
 mod answer;
-mod ctx;
 mod downstream;
 mod headers;
 
-pub use ctx::Ctx;
+/// Per-request state through pingora's phases.
+pub type Ctx = Exchange;
+use answer::put_answer_headers;
 use downstream::*;
 use headers::*;
 
-const X_REQUEST_ID: &str = "x-request-id";
 
 /// How long a rejected request's unread body may take to drain before the connection is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -135,40 +134,14 @@ impl ProxyHttp for VivGate {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(snap), Some(route)) = (&ctx.snap, &ctx.p.route) else {
+        let (Some(snap), Some(route)) = (ctx.snap.clone(), ctx.p.route.clone()) else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
-        // each attempt starts unconnected: what is charged depends on the last one
-        ctx.connected = false;
-        ctx.upstream_started = Some(std::time::Instant::now());
         let up = &snap.upstreams[route.upstream];
-        let health = &up.health;
-        let Some(backend) = up.lb.select_with(b"", 256, |b, healthy| {
-            healthy && b.addr.as_inet().is_none_or(|a| !health.is_down(a))
-        }) else {
-            let wait = up.health_interval.or(health.down_for()).unwrap_or_default();
-            ctx.all_down = Some(wait.as_secs().max(1));
+        let Some(server) = ctx.select_server(up) else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "every server is down");
         };
-        ctx.upstream_addr = backend.addr.as_inet().copied();
-        let mut peer = match &up.tls {
-            Some(tls) => {
-                // never a TLS peer without a name: pingora skips verification for an empty SNI
-                let name = ctx
-                    .upstream_addr
-                    .and_then(|a| tls.name(&a))
-                    .ok_or_else(|| Error::explain(ErrorType::InternalError, "no TLS name"))?;
-                let mut peer = HttpPeer::new(backend.addr, true, name.to_string());
-                peer.options.ca = tls.ca.clone();
-                peer.group_key = tls.pool_key;
-                peer
-            }
-            None => HttpPeer::new(backend.addr, false, String::new()),
-        };
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
+        let peer = server.peer(up);
         Ok(Box::new(peer))
     }
 
@@ -181,25 +154,12 @@ impl ProxyHttp for VivGate {
         ctx: &mut Ctx,
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        let servers = match (&ctx.snap, &ctx.p.route) {
-            (Some(snap), Some(route)) => {
-                let up = &snap.upstreams[route.upstream];
-                if let Some(addr) = &ctx.upstream_addr {
-                    if up.health.failed(addr) {
-                        tracing::warn!(upstream = %up.name, server = %addr, "server marked down after consecutive connect failures");
-                        self.gw.metrics().servers_marked_down.inc();
-                    }
-                }
-                up.lb.backends().get_backend().len()
-            }
-            _ => 0,
+        let snap = ctx.snap.clone();
+        let retry = match (&snap, ctx.p.route.clone()) {
+            (Some(snap), Some(route)) => ctx.connect_failed(&self.gw, &snap.upstreams[route.upstream]),
+            _ => false,
         };
-        if ctx.connect_retries == 0 && servers > 1 {
-            ctx.connect_retries += 1;
-            e.set_retry(true);
-        } else {
-            e.set_retry(false);
-        }
+        e.set_retry(retry);
         e
     }
 
@@ -213,10 +173,8 @@ impl ProxyHttp for VivGate {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.connected = true;
-        if let (Some(snap), Some(route), Some(addr)) = (&ctx.snap, &ctx.p.route, &ctx.upstream_addr)
-        {
-            snap.upstreams[route.upstream].health.connected(addr);
+        if let (Some(snap), Some(route)) = (ctx.snap.clone(), ctx.p.route.clone()) {
+            ctx.connected_to(&snap.upstreams[route.upstream]);
         }
         Ok(())
     }
@@ -249,38 +207,30 @@ impl ProxyHttp for VivGate {
             req.remove_header(&header::COOKIE);
             req.insert_header(header::COOKIE, joined)?;
         }
-        if req.headers.keys().any(is_stripped_header) {
+        if req.headers.keys().any(|n| is_stripped_header(n.as_str().as_bytes())) {
             let names: Vec<HeaderName> = req
                 .headers
                 .keys()
-                .filter(|n| is_stripped_header(n))
+                .filter(|n| is_stripped_header(n.as_str().as_bytes()))
                 .cloned()
                 .collect();
             for n in names {
                 req.remove_header(&n);
             }
         }
-        if let Some(g) = &ctx.p.group {
-            // group ids are checked at load to be [A-Za-z0-9._-], always a valid header value
-            req.insert_header("x-vivreal-group-id", &*g.id)?;
-            req.insert_header("x-vivreal-tier", g.tier.header.clone())?;
-        }
-        req.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        let client = ctx.client_ip.or_else(|| {
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip())
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let mut set = Ok(());
+        ctx.forward_headers(peer, |name, value| {
+            if set.is_ok() {
+                set = HeaderValue::from_bytes(value)
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "identity header"))
+                    .and_then(|v| req.insert_header(name, v));
+            }
         });
-        if let Some(ip) = client {
-            // formatted on the stack: an IPv6 address is at most 45 characters
-            use std::io::Write as _;
-            let mut buf = [0u8; 48];
-            let mut w = &mut buf[..];
-            let _ = write!(w, "{ip}");
-            let len = 48 - w.len();
-            req.insert_header("x-forwarded-for", &buf[..len])?;
-        }
+        set?;
         Ok(())
     }
 
@@ -290,12 +240,7 @@ impl ProxyHttp for VivGate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_responded = true;
-        if let Some(t) = ctx.upstream_started {
-            let secs = t.elapsed().as_secs_f64();
-            self.gw.metrics().upstream_seconds.observe(secs);
-            ctx.upstream_ms = Some(secs * 1000.0);
-        }
+        ctx.upstream_answered(&self.gw);
         if resp
             .headers
             .keys()
@@ -305,19 +250,11 @@ impl ProxyHttp for VivGate {
                 resp.remove_header(name);
             }
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         let served = resp
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        if let Some((policy, state)) =
-            pipeline::quota::rate_limit_headers(self.gw.store(), &ctx.p, served)
-        {
-            resp.insert_header("ratelimit-policy", policy)?;
-            resp.insert_header("ratelimit", state)?;
-        }
-        self.add_cors_headers(resp, ctx)?;
-        Ok(())
+        put_answer_headers(&self.gw, ctx, resp, served)
     }
 
     /// Upstream failures become envelopes: a server that could not be reached is a 502, one
@@ -328,28 +265,16 @@ impl ProxyHttp for VivGate {
         e: &pingora::Error,
         ctx: &mut Ctx,
     ) -> FailToProxy {
-        let err = match ctx.all_down {
-            Some(secs) => Some(GatewayError::UpstreamsDown(secs)),
-            None => classify(e.etype(), e.esource()),
-        };
-        let code = err.as_ref().map_or(0, GatewayError::status);
-        ctx.rejected = Some(err.as_ref().map_or("client_gone", GatewayError::reason));
         session.set_keepalive(None);
-        // a request whose backend was never reached is not charged
-        if !ctx.connected {
-            if let (Some(take), Some(group), Some(month)) =
-                (ctx.p.take.take(), &ctx.p.group, ctx.p.month)
-            {
-                self.gw.store().refund_call(&group.id, month, take);
-            }
-        }
+        let err = ctx.forwarding_failed(&self.gw, classify(e.etype(), e.esource()));
+        let code = err.as_ref().map_or(0, GatewayError::status);
         if let Some(err) = err {
             // a `100 Continue` we sent is not a final answer: the envelope still goes out
             if session
                 .response_written()
                 .is_none_or(|r| r.status.is_informational())
             {
-                let reply = self.error_reply(ctx, &err);
+                let reply = ctx.error_reply(&err);
                 if let Ok(resp) = self.reply_header(ctx, &reply) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
                     let _ = session
@@ -367,73 +292,24 @@ impl ProxyHttp for VivGate {
     /// Meters what was served: the response body bytes actually sent on bandwidth-metered
     /// routes. (A call whose backend was never reached was refunded in `fail_to_proxy`.)
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
-        let metrics = self.gw.metrics();
-        let status = session
-            .response_written()
-            .map_or(http::StatusCode::OK, |r| r.status);
-        match &ctx.p.route {
-            Some(r) if status == http::StatusCode::OK => r
-                .ok_requests
-                .get_or_init(|| metrics.requests.with_label_values(&[&r.name, "200"]))
-                .inc(),
-            r => {
-                let route_name = r.as_ref().map_or("none", |r| &*r.name);
-                metrics
-                    .requests
-                    .with_label_values(&[route_name, status.as_str()])
-                    .inc()
-            }
+        if ctx.client_ip.is_none() {
+            ctx.client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
         }
-        if let Some(reason) = ctx.rejected {
-            metrics.rejections.with_label_values(&[reason]).inc();
-        }
-        if let Some(log) = self.gw.access_log() {
-            let req = session.req_header();
-            let down = session.as_downstream();
-            log.write(&crate::access::Entry {
-                time_ms: self.gw.clock().now_ms(),
-                request_id: ctx.request_id.to_str().unwrap_or(""),
-                client: ctx.client_ip.or_else(|| {
-                    session
-                        .client_addr()
-                        .and_then(|a| a.as_inet())
-                        .map(|a| a.ip())
-                }),
+        let req = session.req_header();
+        let down = session.as_downstream();
+        ctx.finish(
+            &self.gw,
+            &Done {
                 method: req.method.as_str(),
-                path: ctx.p.canonical_path.as_deref().unwrap_or(req.uri.path()),
+                path: req.uri.path(),
                 query: req.uri.query(),
-                route: ctx.p.route.as_ref().map(|r| &*r.name),
-                group: ctx.p.group.as_ref().map(|g| &*g.id),
-                tier: ctx.p.group.as_ref().map(|g| &*g.tier.name),
-                status: session.response_written().map_or(0, |r| r.status.as_u16()),
-                reason: ctx.rejected,
-                upstream: ctx.upstream_addr,
-                upstream_ms: ctx.upstream_ms,
-                total_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                status: session.response_written().map(|r| r.status.as_u16()),
                 bytes_in: down.body_bytes_read(),
                 bytes_out: down.body_bytes_sent(),
-            });
-        }
-        let (Some(group), Some(route), Some(month)) = (&ctx.p.group, &ctx.p.route, ctx.p.month)
-        else {
-            return;
-        };
-        let store = self.gw.store();
-        if route.meters.bytes && ctx.upstream_responded {
-            let sent = session.as_downstream().body_bytes_sent() as u64;
-            store.add_bytes(
-                &group.id,
-                month,
-                sent,
-                group.tier.cdn_bytes,
-                group.overage_billing,
-            );
-        }
-        tracing::debug!(
-            request_id = ctx.request_id.to_str().unwrap_or(""),
-            group = %group.id,
-            status = session.response_written().map_or(0, |r| r.status.as_u16()),
-            "request done"
+            },
         );
     }
 

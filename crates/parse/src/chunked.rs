@@ -17,7 +17,10 @@
 //! [`MAX_SIZE_DIGITS`] of them; a size line is at most [`MAX_LINE`] bytes; quoted strings take
 //! no obsolete (non-ASCII) text; a trailer line is `token ":" value` with visible ASCII, spaces
 //! and tabs, and the trailers together are at most [`MAX_TRAILERS`] bytes. Chunk data is not
-//! looked at, only counted.
+//! looked at, only counted, or handed out by [`ChunkedCheck::decode`].
+//!
+//! [`encode`] frames data as chunks again: what the gateway forwards of a chunked body (either
+//! way) is the decoded data re-framed, never the sender's chunk lines.
 
 use std::fmt;
 
@@ -150,6 +153,16 @@ impl ChunkedCheck {
     /// body and are well framed so far; `n < buf.len()` only once the body is complete (what
     /// follows is not the body's). `Err`: the framing is broken within `buf`.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        self.decode(buf, |_| {})
+    }
+
+    /// [`ChunkedCheck::feed`], decoding: `data` is called with each piece of chunk data in
+    /// `buf`, in order (the framing, extensions and trailers are not passed on).
+    pub fn decode(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < buf.len() {
             if self.state == State::Done {
@@ -157,6 +170,7 @@ impl ChunkedCheck {
             }
             if self.state == State::Data {
                 let take = (buf.len() - i).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                data(&buf[i..i + take]);
                 i += take;
                 self.left -= take as u64;
                 if self.left == 0 {
@@ -376,6 +390,32 @@ impl ChunkedCheck {
     }
 }
 
+/// Appends one chunk holding `data` to `out` (nothing for empty data: an empty chunk would end
+/// the body).
+pub fn encode(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    let mut n = data.len();
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body: the last chunk and an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +627,39 @@ mod tests {
             let mut broken = body.clone();
             if lf { broken.remove(i); } else { broken.remove(i + 1); }
             prop_assert!(ChunkedCheck::check(&broken).is_err(), "{:?}", String::from_utf8_lossy(&broken));
+        }
+
+        #[test]
+        fn any_body_re_framed_and_decoded_again_is_byte_identical(
+            body in body(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+        ) {
+            // a well-formed body, decoded in pieces, then re-framed in other pieces
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+            at.sort_unstable();
+            let (mut decoded, mut c, mut from) = (Vec::new(), ChunkedCheck::new(), 0);
+            for cut in at.into_iter().chain(std::iter::once(body.len())) {
+                prop_assert_eq!(c.decode(&body[from..cut], |d| decoded.extend_from_slice(d)), Ok(cut - from));
+                from = cut;
+            }
+            prop_assert!(c.is_done());
+            for payload in [decoded, data] {
+                let mut framed = Vec::new();
+                let mut rest = &payload[..];
+                for cut in &cuts {
+                    let (piece, tail) = rest.split_at(cut.index(rest.len() + 1));
+                    encode(piece, &mut framed);
+                    rest = tail;
+                }
+                encode(rest, &mut framed);
+                framed.extend_from_slice(LAST_CHUNK);
+                let mut again = Vec::new();
+                let mut c = ChunkedCheck::new();
+                prop_assert_eq!(c.decode(&framed, |d| again.extend_from_slice(d)), Ok(framed.len()));
+                prop_assert!(c.is_done());
+                prop_assert_eq!(again, payload);
+            }
         }
 
         #[test]
