@@ -12,6 +12,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub(crate) mod exchange;
+pub(crate) mod forward;
 pub mod demo;
 pub(crate) mod error;
 pub mod fleet;

@@ -153,12 +153,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// on the raw head, then pingora's proxy.
 pub struct Front {
     gw: Arc<Gateway>,
+    upstreams: crate::forward::Upstreams,
     proxy: Arc<HttpProxy<VivGate>>,
     listener: ListenerSettings,
 }
 
 /// What a listener does before HTTP.
-#[derive(Default)]
 pub struct ListenerSettings {
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
@@ -166,6 +166,21 @@ pub struct ListenerSettings {
     pub tls: Option<Acceptor>,
     /// Plain HTTP/2 with prior knowledge is accepted.
     pub h2c: bool,
+    /// HTTP/1 goes through vivgate's own path ([`crate::forward`]) rather than pingora's proxy.
+    pub lean: bool,
+}
+
+impl Default for ListenerSettings {
+    /// Plain HTTP/1 on vivgate's own path. While both HTTP/1 paths exist (issue 16),
+    /// `VIVGATE_HTTP1=pingora` in the environment selects pingora's proxy instead.
+    fn default() -> Self {
+        ListenerSettings {
+            proxy_protocol: false,
+            tls: None,
+            h2c: false,
+            lean: std::env::var_os("VIVGATE_HTTP1").is_none_or(|v| v != "pingora"),
+        }
+    }
 }
 
 /// Why reading a head ended without one.
@@ -184,6 +199,7 @@ impl Front {
     ) -> Self {
         Front {
             gw,
+            upstreams: Default::default(),
             proxy,
             listener,
         }
@@ -265,6 +281,9 @@ impl Front {
         first_by: Instant,
         shutdown: &ShutdownWatch,
     ) {
+        if self.listener.lean {
+            return self.http1_lean(stream, limits, first_by, shutdown).await;
+        }
         let limits = *limits;
         let mut served: u32 = 0;
         let mut stop = shutdown.clone();
@@ -330,6 +349,70 @@ impl Front {
                     return;
                 };
                 stream = inner;
+            }
+        }
+    }
+
+    /// vivgate's own HTTP/1 path ([`crate::forward`]): the connection's buffers live as long
+    /// as it does, and bytes the client sent after a request are the next one's start.
+    async fn http1_lean(
+        &self,
+        mut stream: Stream,
+        limits: &Limits,
+        first_by: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut served: u32 = 0;
+        let mut stop = shutdown.clone();
+        let mut bufs = crate::forward::Buffers::default();
+        loop {
+            // each request is read with the limits in force when it starts
+            let snap = self.gw.snapshot();
+            let limits = if served == 0 { *limits } else { snap.limits };
+            let first = (served == 0).then_some(first_by);
+            let head = match read_head(&mut stream, &mut bufs.req, &limits, first, &mut stop).await {
+                Ok(head) => head,
+                Err(NoHead::Closed) => return,
+                Err(NoHead::Refuse(e)) => {
+                    self.refuse(stream, e, &bufs.req).await;
+                    return;
+                }
+            };
+            served += 1;
+            let keep = limits
+                .max_requests_per_connection
+                .is_none_or(|max| served < max)
+                && !*stop.borrow();
+            if head.server_options {
+                let again = keep
+                    && head.keep_alive
+                    && !head.chunked
+                    && head.content_length.unwrap_or(0) == 0
+                    && bufs.req.len() == head.len;
+                if !self.server_options(&mut stream, again).await || !again {
+                    return;
+                }
+                bufs.req.clear();
+                continue;
+            }
+            if head.chunked {
+                // the body's bytes that came with the head are checked before any step runs
+                if let Err(e) = ChunkedCheck::new().feed(&bufs.req[head.len..]) {
+                    tracing::debug!(reason = e.0, "chunked request body refused");
+                    self.refuse(stream, GatewayError::Malformed(e.0), &bufs.req)
+                        .await;
+                    return;
+                }
+            }
+            let next =
+                crate::forward::exchange(&self.gw, &self.upstreams, snap, &mut stream, &mut bufs, head, peer, keep)
+                    .await;
+            if next == crate::forward::Next::Close {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+                return;
             }
         }
     }

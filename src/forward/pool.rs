@@ -1,0 +1,100 @@
+//! Idle upstream connections, kept for reuse: a connection goes back only after a response was
+//! read to its end and neither side said `close`, and a connection idle for longer than
+//! [`MAX_IDLE`] is not used again.
+//!
+//! No task watches an idle connection (pingora's pool spawns one per connection put back): a
+//! connection the server closed while it sat here is found out when it is used. For a request
+//! that can be sent again (no body, or a body the gateway holds whole) a reused connection
+//! that fails before any byte of the answer is retried once on a new one; for any other request
+//! a reused connection is first checked with a non-blocking peek, one system call.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use pingora::connectors::TransportConnector;
+use pingora::protocols::Stream;
+
+/// How long a connection may sit idle and still be used (below the common server keep-alive
+/// timeouts: nginx 75 s, Apache 5 s is below it and is caught by the retry).
+pub const MAX_IDLE: Duration = Duration::from_secs(55);
+/// Idle connections kept per server.
+pub const MAX_PER_SERVER: usize = 256;
+
+/// A server's pool: its address, and for a TLS upstream the key of its name and CA.
+pub type Key = (SocketAddr, u64);
+
+/// A listener's upstream connections: the idle ones, and the connector that makes new ones
+/// (TCP, and TLS with verification and SNI). One per listener, as pingora keeps one per
+/// service: each service runs on a runtime of its own, and a connection is driven by the
+/// reactor of the runtime that opened it.
+pub struct Upstreams {
+    pub pool: Pool,
+    pub connector: TransportConnector,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams {
+            pool: Pool::default(),
+            connector: TransportConnector::new(None),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<AHashMap<Key, Vec<(Stream, Instant)>>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `key`'s server, if one is young enough.
+    /// `check`: peek at it first and drop it if the server closed it or sent something.
+    pub fn take(&self, key: &Key, check: bool) -> Option<Stream> {
+        loop {
+            let (stream, since) = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.get_mut(key)?.pop()?
+            };
+            if since.elapsed() > MAX_IDLE {
+                // the others under it are older still
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.remove(key);
+                }
+                return None;
+            }
+            if !check || still_open(stream.id()) {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// Keeps `stream` for the next request to `key`'s server.
+    pub fn put(&self, key: Key, stream: Stream) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_PER_SERVER {
+            list.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// An idle connection is usable when reading it would block: no end of stream, no error, and
+/// no unexpected bytes from the server.
+fn still_open(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer of our own, and a descriptor owned by the stream we hold
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
