@@ -112,12 +112,14 @@ pub async fn exchange(
         tracing::warn!("an accepted request head could not be parsed");
         return Next::Close;
     };
-    let mut ex = Exchange::default();
-    ex.request_id = match head.headers.get(X_REQUEST_ID) {
-        Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
-        _ => gw.next_request_id(),
+    let mut ex = Exchange {
+        request_id: match head.headers.get(X_REQUEST_ID) {
+            Some(v) if pipeline::valid_request_id(v.as_bytes()) => v.clone(),
+            _ => gw.next_request_id(),
+        },
+        client_ip: pipeline::head::client_ip(peer, &head.headers, &snap.trusted_proxies),
+        ..Exchange::default()
     };
-    ex.client_ip = pipeline::head::client_ip(peer, &head.headers, &snap.trusted_proxies);
     let mut c = Conn {
         gw,
         ups,

@@ -184,7 +184,7 @@ impl Conn<'_> {
                 || (cors
                     && (n.eq_ignore_ascii_case(b"access-control-allow-origin")
                         || n.eq_ignore_ascii_case(b"access-control-expose-headers")))
-                || connection.iter().any(|c| c.eq_ignore_ascii_case(n))
+                || (!upgrade && connection.iter().any(|c| c.eq_ignore_ascii_case(n)))
             {
                 continue;
             }
@@ -224,7 +224,7 @@ impl Conn<'_> {
     }
 
     /// After a `101`: the head goes to the client, then bytes flow both ways until either side
-    /// closes; what the backend sends is metered as the answer's body.
+    /// closes.
     async fn tunnel(&mut self, ex: &mut Exchange, conn: &mut Stream, head: ResponseHead) {
         self.close = true;
         let mut out = std::mem::take(self.out);
@@ -247,10 +247,10 @@ impl Conn<'_> {
                 return;
             }
         }
+        // (a tunnel escapes byte metering, as the README says: only the bytes before it count)
         match tokio::io::copy_bidirectional(self.stream, conn).await {
             Ok((to_backend, to_client)) => {
-                self.bytes_in += to_backend as usize;
-                self.bytes_out += to_client as usize;
+                tracing::debug!(to_backend, to_client, "tunnel closed")
             }
             Err(e) => tracing::debug!(error = %e, "tunnel ended"),
         }
