@@ -44,13 +44,28 @@ pub const STRIPPED: [&str; 14] = [
     "x-method-override",
 ];
 
-/// Whether a client header never reaches the backend ([`STRIPPED`], `X-Vivreal-*`), by its
-/// name in any case.
+/// Whether a client header never reaches the backend ([`STRIPPED`], `X-Vivreal-*`, and the
+/// `_` spellings of `X-Request-Id` and `X-Forwarded-For`), by its name in any case and with any
+/// `_` read as `-`: some backends (CGI, PHP, Rack) read `X_Forwarded_For` as
+/// `X-Forwarded-For`, and would see the client's value beside the gateway's.
 pub fn is_stripped_header(name: &[u8]) -> bool {
-    (name.len() >= 10
-        && (name[..10].eq_ignore_ascii_case(b"x-vivreal-")
-            || name[..10].eq_ignore_ascii_case(b"x_vivreal_")))
-        || STRIPPED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+    let is = |s: &str| same_name(name, s);
+    (name.len() >= 10 && same_name(&name[..10], "x-vivreal-"))
+        || STRIPPED.iter().any(|s| is(s))
+        || (name.contains(&b'_') && (is(X_REQUEST_ID) || is("x-forwarded-for")))
+}
+
+/// `name` spells `lower` (a lower-case name) in any case, with any `_` read as `-`.
+fn same_name(name: &[u8], lower: &str) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower.bytes()).all(|(a, b)| {
+            let a = if *a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == b
+        })
 }
 
 /// How a header from [`Exchange::answer_headers`] goes into an answer.
@@ -289,7 +304,11 @@ impl Exchange {
             f(HeaderName::from_static("ratelimit"), state, Put::Insert);
         }
         if self.p.cors_vary {
-            f(header::VARY, HeaderValue::from_static("Origin"), Put::Append);
+            f(
+                header::VARY,
+                HeaderValue::from_static("Origin"),
+                Put::Append,
+            );
         }
         if let Some(origin) = &self.p.cors_origin {
             f(
@@ -321,8 +340,14 @@ impl Exchange {
             reply = reply.with(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         }
         reply
-            .with(header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.clone())
-            .with(header::ACCESS_CONTROL_ALLOW_HEADERS, cors.allow_headers.clone())
+            .with(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                cors.allow_methods.clone(),
+            )
+            .with(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                cors.allow_headers.clone(),
+            )
             .with(header::ACCESS_CONTROL_MAX_AGE, cors.max_age.clone())
             .with(header::VARY, HeaderValue::from_static("Origin"))
     }

@@ -218,7 +218,11 @@ impl Conn<'_> {
                 put_line(&mut extra, name.as_str().as_bytes(), value.as_bytes())
             });
         } else {
-            put_line(&mut extra, X_REQUEST_ID.as_bytes(), ex.request_id.as_bytes());
+            put_line(
+                &mut extra,
+                X_REQUEST_ID.as_bytes(),
+                ex.request_id.as_bytes(),
+            );
         }
         extra.extend_from_slice(self.connection_line());
         let mut bytes = reply.http1(&extra);

@@ -64,7 +64,9 @@ pub(super) enum BodyIn {
     /// No body, or all of it read.
     Done,
     /// `left` bytes of a `Content-Length` body to go.
-    Length { left: u64 },
+    Length {
+        left: u64,
+    },
     Chunked(ChunkedCheck),
 }
 
@@ -110,7 +112,9 @@ impl BodyIn {
         match self {
             BodyIn::Done => {}
             BodyIn::Length { left } => {
-                let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let n = avail
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 out(&avail[..n]);
                 *at += n;
                 *left -= n as u64;
@@ -138,8 +142,11 @@ impl Conn<'_> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        match tokio::time::timeout(self.limits.body_idle_timeout, self.stream.read_buf(self.buf))
-            .await
+        match tokio::time::timeout(
+            self.limits.body_idle_timeout,
+            self.stream.read_buf(self.buf),
+        )
+        .await
         {
             Ok(Ok(0)) | Ok(Err(_)) => Err(BodyError::Gone),
             Ok(Ok(n)) => {

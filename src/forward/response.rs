@@ -70,7 +70,9 @@ impl Conn<'_> {
                 };
                 match b {
                     BodyOut::Length(left) => {
-                        let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        let n = avail
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
                         data(&avail[..n], &mut out);
                         at += n;
                         *left -= n as u64;
@@ -177,7 +179,10 @@ impl Conn<'_> {
             let upgrade = head.status == 101 && n.eq_ignore_ascii_case(b"upgrade");
             if n.eq_ignore_ascii_case(b"connection")
                 || n.eq_ignore_ascii_case(b"transfer-encoding")
-                || (!upgrade && HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop.as_bytes())))
+                || (!upgrade
+                    && HOP_BY_HOP
+                        .iter()
+                        .any(|hop| n.eq_ignore_ascii_case(hop.as_bytes())))
                 || n.eq_ignore_ascii_case(X_REQUEST_ID.as_bytes())
                 || n.eq_ignore_ascii_case(b"ratelimit")
                 || n.eq_ignore_ascii_case(b"ratelimit-policy")

@@ -70,7 +70,11 @@ impl Conn<'_> {
                     .await;
             };
             let key = (
-                server.addr.as_inet().copied().unwrap_or(([0, 0, 0, 0], 0).into()),
+                server
+                    .addr
+                    .as_inet()
+                    .copied()
+                    .unwrap_or(([0, 0, 0, 0], 0).into()),
                 up.tls.as_ref().map_or(0, |t| t.pool_key),
             );
             let pooled = if fresh {

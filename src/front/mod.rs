@@ -373,7 +373,8 @@ impl Front {
             let snap = self.gw.snapshot();
             let limits = if served == 0 { *limits } else { snap.limits };
             let first = (served == 0).then_some(first_by);
-            let head = match read_head(&mut stream, &mut bufs.req, &limits, first, &mut stop).await {
+            let head = match read_head(&mut stream, &mut bufs.req, &limits, first, &mut stop).await
+            {
                 Ok(head) => head,
                 Err(NoHead::Closed) => return,
                 Err(NoHead::Refuse(e)) => {
@@ -407,9 +408,17 @@ impl Front {
                     return;
                 }
             }
-            let next =
-                crate::forward::exchange(&self.gw, &self.upstreams, snap, &mut stream, &mut bufs, head, peer, keep)
-                    .await;
+            let next = crate::forward::exchange(
+                &self.gw,
+                &self.upstreams,
+                snap,
+                &mut stream,
+                &mut bufs,
+                head,
+                peer,
+                keep,
+            )
+            .await;
             if next == crate::forward::Next::Close {
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
                 return;

@@ -30,7 +30,6 @@ use answer::put_answer_headers;
 use downstream::*;
 use headers::*;
 
-
 /// How long a rejected request's unread body may take to drain before the connection is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -156,7 +155,9 @@ impl ProxyHttp for VivGate {
     ) -> Box<pingora::Error> {
         let snap = ctx.snap.clone();
         let retry = match (&snap, ctx.p.route.clone()) {
-            (Some(snap), Some(route)) => ctx.connect_failed(&self.gw, &snap.upstreams[route.upstream]),
+            (Some(snap), Some(route)) => {
+                ctx.connect_failed(&self.gw, &snap.upstreams[route.upstream])
+            }
             _ => false,
         };
         e.set_retry(retry);
@@ -207,7 +208,11 @@ impl ProxyHttp for VivGate {
             req.remove_header(&header::COOKIE);
             req.insert_header(header::COOKIE, joined)?;
         }
-        if req.headers.keys().any(|n| is_stripped_header(n.as_str().as_bytes())) {
+        if req
+            .headers
+            .keys()
+            .any(|n| is_stripped_header(n.as_str().as_bytes()))
+        {
             let names: Vec<HeaderName> = req
                 .headers
                 .keys()
