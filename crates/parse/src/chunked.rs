@@ -158,11 +158,7 @@ impl ChunkedCheck {
 
     /// [`ChunkedCheck::feed`], decoding: `data` is called with each piece of chunk data in
     /// `buf`, in order (the framing, extensions and trailers are not passed on).
-    pub fn decode(
-        &mut self,
-        buf: &[u8],
-        mut data: impl FnMut(&[u8]),
-    ) -> Result<usize, ChunkError> {
+    pub fn decode(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < buf.len() {
             if self.state == State::Done {
