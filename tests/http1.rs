@@ -24,6 +24,9 @@ enum Answer {
     Close(&'static [u8]),
     /// Writes these bytes, then echoes whatever arrives until the peer closes.
     Echo(&'static [u8]),
+    /// Writes the first bytes, then after 50 ms the second (bytes nobody asked for), and keeps
+    /// the connection.
+    Then(&'static [u8], &'static [u8]),
 }
 
 /// A backend that answers each request with the next scripted answer, and records every
@@ -109,6 +112,11 @@ async fn serve(
                 conn.write_all(bytes).await.unwrap();
                 return;
             }
+            Answer::Then(bytes, later) => {
+                conn.write_all(bytes).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.write_all(later).await.unwrap();
+            }
             Answer::Echo(bytes) => {
                 conn.write_all(bytes).await.unwrap();
                 let mut chunk = [0u8; 4096];
@@ -156,24 +164,14 @@ async fn chunked_and_close_delimited_answers_are_re_framed_for_the_client() {
     ]);
     let h = harness(&b).await;
     let mut c = h.client().await;
-    let r = c
-        .request(
-            "GET /s/a HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-            b"",
-        )
-        .await;
+    let r = c.get("/s/a", Some("key-pro")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(r.header("x-up"), Some("1"));
     assert_eq!(r.header("connection"), Some("keep-alive"));
     // the body until the backend closed reaches an HTTP/1.1 client chunked, and its connection
     // stays usable
-    let r = c
-        .request(
-            "GET /s/b HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-            b"",
-        )
-        .await;
+    let r = c.get("/s/b", Some("key-pro")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "until the end"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(r.header("connection"), Some("keep-alive"));
@@ -237,12 +235,7 @@ async fn ambiguous_or_malformed_answers_are_a_502() {
     let h = harness(&b).await;
     for _ in 0..4 {
         let mut c = h.client().await;
-        let r = c
-            .request(
-                "GET /s/a HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-                b"",
-            )
-            .await;
+        let r = c.get("/s/a", Some("key-pro")).await;
         assert_envelope(&r, 502, "unreachable");
         assert_eq!(r.header("connection"), Some("close"));
     }
@@ -260,12 +253,7 @@ async fn pooled_connections_are_reused_and_one_closed_while_idle_is_retried() {
         // a new client each time: the upstream connection outlives client connections (it goes
         // back to the pool just after the answer is written: the pause lets it)
         let mut c = h.client().await;
-        let r = c
-            .request(
-                "GET /s/a HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-                b"",
-            )
-            .await;
+        let r = c.get("/s/a", Some("key-pro")).await;
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -275,20 +263,10 @@ async fn pooled_connections_are_reused_and_one_closed_while_idle_is_retried() {
     // the pooled connection closed and is sent again on a new one
     b.script(&[Answer::Close(ok), Answer::Keep(ok)]);
     let mut c = h.client().await;
-    let r = c
-        .request(
-            "GET /s/a HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-            b"",
-        )
-        .await;
+    let r = c.get("/s/a", Some("key-pro")).await;
     assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = c
-        .request(
-            "GET /s/b HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-            b"",
-        )
-        .await;
+    let r = c.get("/s/b", Some("key-pro")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
     assert_eq!(b.connections.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -299,12 +277,7 @@ async fn pooled_connections_are_reused_and_one_closed_while_idle_is_retried() {
 
     // a POST is not sent twice: the pooled connection is checked before it is used
     b.script(&[Answer::Close(ok), Answer::Keep(ok)]);
-    let r = c
-        .request(
-            "GET /s/c HTTP/1.1\nHost: t\nAuthorization: Bearer key-pro",
-            b"",
-        )
-        .await;
+    let r = c.get("/s/c", Some("key-pro")).await;
     assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = c
@@ -388,4 +361,27 @@ async fn an_allowed_upgrade_tunnels_bytes_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_backend_sent_while_idle_are_never_read_as_an_answer() {
+    let b = Scripted::start().await;
+    // after a complete answer the backend sends what would read as a second one
+    b.script(&[
+        Answer::Then(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale",
+        ),
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"),
+    ]);
+    let h = harness(&b).await;
+    let mut c = h.client().await;
+    let r = c.get("/s/a", Some("key-pro")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "first"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = c.get("/s/b", Some("key-pro")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fresh"));
+    // the connection holding the stray bytes was dropped, not reused
+    assert_eq!(b.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(b.requests.lock().unwrap().len(), 2);
 }

@@ -2,11 +2,13 @@
 //! read to its end and neither side said `close`, and a connection idle for longer than
 //! [`MAX_IDLE`] is not used again.
 //!
-//! No task watches an idle connection (pingora's pool spawns one per connection put back): a
-//! connection the server closed while it sat here is found out when it is used. For a request
-//! that can be sent again (no body, or a body the gateway holds whole) a reused connection
-//! that fails before any byte of the answer is retried once on a new one; for any other request
-//! a reused connection is first checked with a non-blocking peek, one system call.
+//! No task watches an idle connection (pingora's pool spawns one per connection put back).
+//! Instead a connection is checked with a non-blocking peek (one system call) when it is taken:
+//! one the server closed, or one holding bytes nobody asked for (a body after a `HEAD` answer,
+//! more bytes than a length said, an unsolicited `408`), is dropped, so such bytes can never be
+//! read as the next request's answer. A server may still close between the peek and the
+//! request: a request that can be sent again (no body, or a body the gateway holds whole) whose
+//! reused connection fails before any byte of the answer is retried once on a new one.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -50,9 +52,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently used idle connection to `key`'s server, if one is young enough.
-    /// `check`: peek at it first and drop it if the server closed it or sent something.
-    pub fn take(&self, key: &Key, check: bool) -> Option<Stream> {
+    /// The most recently used idle connection to `key`'s server that is young enough and
+    /// still open with nothing to read.
+    pub fn take(&self, key: &Key) -> Option<Stream> {
         loop {
             let (stream, since) = {
                 let mut idle = self.idle.lock().ok()?;
@@ -65,7 +67,7 @@ impl Pool {
                 }
                 return None;
             }
-            if !check || still_open(stream.id()) {
+            if still_open(stream.id()) {
                 return Some(stream);
             }
         }

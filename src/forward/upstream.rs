@@ -80,7 +80,7 @@ impl Conn<'_> {
             let pooled = if fresh {
                 None
             } else {
-                self.ups.pool.take(&key, !replayable)
+                self.ups.pool.take(&key)
             };
             let reused = pooled.is_some();
             let mut conn = match pooled {
@@ -219,13 +219,8 @@ impl Conn<'_> {
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let connection = self.head.headers.get_all(header::CONNECTION);
-        let named = |name: &str| {
-            connection.iter().any(|v| {
-                v.as_bytes()
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-            })
-        };
+        let named =
+            |name: &str| connection_lists(connection.iter().map(|v| v.as_bytes()), name.as_bytes());
         for h in req.headers.iter() {
             let n = h.name.as_bytes();
             if n.eq_ignore_ascii_case(b"authorization")
