@@ -258,6 +258,13 @@ async fn a_route_may_allow_upgrades() {
     assert_eq!(resp.unwrap().status, 200);
     assert_eq!(h.backend.total(), 1);
     assert_eq!(h.backend.received()[0].header("upgrade"), Some("websocket"));
+    // never to HTTP/2: what it would carry through the tunnel would skip every check
+    for upgrade in ["h2c", "websocket, H2C", "h2c/1"] {
+        let head = format!("GET /status/200 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nUpgrade: {upgrade}\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+        let (_, resp) = raw(&h, head.as_bytes()).await;
+        assert_envelope(&resp.unwrap(), 400, "upgrade is not allowed");
+    }
+    assert_eq!(h.backend.total(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,9 +21,21 @@ pub fn find<'s>(
         .ok_or_else(|| GatewayError::MethodNotAllowed(paths.allow.clone()))
 }
 
-/// An `Upgrade` only on a route with `upgrade = true`.
+/// An `Upgrade` only on a route with `upgrade = true`, and never to HTTP/2 (`h2c`, `h2`): the
+/// requests it would carry through the tunnel would never pass these checks.
 pub fn upgrade(route: &Route, headers: &HeaderMap) -> Result<(), GatewayError> {
-    if !route.upgrade && headers.contains_key(http::header::UPGRADE) {
+    let mut values = headers.get_all(http::header::UPGRADE).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(());
+    }
+    if !route.upgrade {
+        return Err(GatewayError::UpgradeNotAllowed);
+    }
+    let http2 = values
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|p| p.trim_ascii().split(|b| *b == b'/').next().unwrap_or(b""))
+        .any(|name| name.eq_ignore_ascii_case(b"h2c") || name.eq_ignore_ascii_case(b"h2"));
+    if http2 {
         return Err(GatewayError::UpgradeNotAllowed);
     }
     Ok(())
