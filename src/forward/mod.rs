@@ -53,7 +53,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Next {
     /// Read the next request.
     KeepAlive,
-    Close,
+    /// Close the connection. `unread`: the client sent bytes that were not read (a body, or
+    /// what followed the request), so the close should linger for the answer to be read.
+    Close { unread: bool },
 }
 
 /// Buffers kept for a client connection's whole life.
@@ -110,7 +112,7 @@ pub async fn exchange(
     let Some(head) = ClientHead::parse(&bufs.req[..info.len], info) else {
         // the front's rules held, so this is not expected
         tracing::warn!("an accepted request head could not be parsed");
-        return Next::Close;
+        return Next::Close { unread: true };
     };
     let mut ex = Exchange {
         request_id: match head.headers.get(X_REQUEST_ID) {
@@ -186,8 +188,9 @@ pub async fn exchange(
             bytes_out: c.bytes_out,
         },
     );
-    if c.close || !c.body.is_done() || c.pipelined() {
-        return Next::Close;
+    let unread = !c.body.is_done() || c.pipelined();
+    if c.close || unread {
+        return Next::Close { unread };
     }
     bufs.req.clear();
     Next::KeepAlive
@@ -253,6 +256,13 @@ impl Conn<'_> {
             b"connection: keep-alive\r\n"
         }
     }
+}
+
+/// Whether the `Connection` header values list `name` (such a header is hop-by-hop).
+fn connection_lists<'v>(values: impl Iterator<Item = &'v [u8]>, name: &[u8]) -> bool {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
 }
 
 /// Appends `name: value` CRLF.

@@ -56,12 +56,14 @@ impl Conn<'_> {
         let mut at = head.len;
         let mut ended = body.is_none();
         let mut reusable = !head.close;
+        // body bytes gathered in `out`: metered once they are written
+        let mut pending = 0;
         loop {
             // what the buffer holds of the body, into `out`
             if let Some(b) = &mut body {
                 let avail = &self.resp[at..];
                 let mut data = |d: &[u8], out: &mut Vec<u8>| {
-                    self.bytes_out += d.len();
+                    pending += d.len();
                     if chunked_out {
                         vivgate_parse::chunked::encode(d, out);
                     } else {
@@ -85,7 +87,7 @@ impl Conn<'_> {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "upstream chunked body refused; the answer is cut");
-                            self.cut(&mut out).await;
+                            self.cut(&mut out, pending).await;
                             return false;
                         }
                     },
@@ -107,6 +109,7 @@ impl Conn<'_> {
                     self.close = true;
                     return false;
                 }
+                self.bytes_out += pending;
                 return reusable;
             }
             if out.len() >= WRITE_AT || at == self.resp.len() {
@@ -115,6 +118,8 @@ impl Conn<'_> {
                     self.close = true;
                     return false;
                 }
+                self.bytes_out += pending;
+                pending = 0;
                 out.clear();
             }
             self.resp.clear();
@@ -126,7 +131,7 @@ impl Conn<'_> {
                 Ok(0) if matches!(body, Some(BodyOut::UntilClose)) => ended = true,
                 Ok(0) | Err(_) => {
                     tracing::warn!(route = %route.name, "the backend's answer ended early; the client connection is closed");
-                    self.cut(&mut out).await;
+                    self.cut(&mut out, pending).await;
                     return false;
                 }
                 Ok(_) => {}
@@ -136,9 +141,11 @@ impl Conn<'_> {
 
     /// An answer cut short: what was gathered goes out, then the client connection closes
     /// (a chunked answer without its last chunk, or fewer bytes than its length, never reads
-    /// as complete).
-    async fn cut(&mut self, out: &mut Vec<u8>) {
-        let _ = self.client_write(out).await;
+    /// as complete). `pending`: the body bytes in `out`, metered if they are written.
+    async fn cut(&mut self, out: &mut Vec<u8>, pending: usize) {
+        if self.client_write(out).await.is_ok() {
+            self.bytes_out += pending;
+        }
         out.clear();
         self.close = true;
     }
@@ -162,15 +169,19 @@ impl Conn<'_> {
         out.extend_from_slice(b"\r\n");
         let cors = ex.p.cors_origin.is_some();
         let mut length = None;
-        // the names the backend's `Connection` lists are hop-by-hop too
-        let connection: Vec<&[u8]> = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .collect();
-        for h in resp.headers.iter() {
+        // the names the backend's `Connection` lists are hop-by-hop too (looked up without
+        // collecting them: no allocation for the common `Connection: keep-alive`)
+        let headers = &*resp.headers;
+        let listed = |n: &[u8]| {
+            connection_lists(
+                headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                    .map(|h| h.value),
+                n,
+            )
+        };
+        for h in headers {
             let n = h.name.as_bytes();
             if n.eq_ignore_ascii_case(b"content-length") {
                 length = Some(h.value);
@@ -189,7 +200,7 @@ impl Conn<'_> {
                 || (cors
                     && (n.eq_ignore_ascii_case(b"access-control-allow-origin")
                         || n.eq_ignore_ascii_case(b"access-control-expose-headers")))
-                || (!upgrade && connection.iter().any(|c| c.eq_ignore_ascii_case(n)))
+                || (!upgrade && listed(n))
             {
                 continue;
             }
@@ -236,9 +247,8 @@ impl Conn<'_> {
         out.clear();
         self.response_head(ex, &head, false, &mut out);
         self.status = Some(101);
-        let early = &self.resp[head.len..];
-        self.bytes_out += early.len();
-        out.extend_from_slice(early);
+        // the backend's first bytes of the new protocol (unmetered, as the tunnel)
+        out.extend_from_slice(&self.resp[head.len..]);
         let written = self.client_write(&out).await;
         *self.out = out;
         if written.is_err() {

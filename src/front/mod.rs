@@ -419,8 +419,11 @@ impl Front {
                 keep,
             )
             .await;
-            if next == crate::forward::Next::Close {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+            if let crate::forward::Next::Close { unread } = next {
+                let shut = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+                if unread && matches!(shut, Ok(Ok(()))) {
+                    linger(&mut stream).await;
+                }
                 return;
             }
         }
@@ -490,18 +493,25 @@ impl Front {
         if !matches!(written, Ok(Ok(()))) || e == GatewayError::TooManyConnections {
             return;
         }
-        let _ = tokio::time::timeout(LINGER_TIME, async {
-            let mut sink = [0u8; 4096];
-            let mut total = 0;
-            while total < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => total += n,
-                }
-            }
-        })
-        .await;
+        linger(&mut stream).await;
     }
+}
+
+/// After the answer and a shutdown of the write side: reads and drops what the client still
+/// sends (at most `LINGER_BYTES`, for at most `LINGER_TIME`), so that the close does not reset
+/// the connection before the client has read the answer.
+async fn linger(stream: &mut Stream) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 #[async_trait]
