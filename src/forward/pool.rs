@@ -3,15 +3,15 @@
 //! [`MAX_IDLE`] is not used again.
 //!
 //! No task watches an idle connection (pingora's pool spawns one per connection put back).
-//! Instead a connection is checked with a non-blocking peek (one system call) when it is taken:
+//! Instead a connection is checked with one non-blocking poll when it is taken (see
+//! [`still_open`]; no system call when the runtime knows the socket is drained):
 //! one the server closed, or one holding bytes nobody asked for (a body after a `HEAD` answer,
 //! more bytes than a length said, an unsolicited `408`), is dropped, so such bytes can never be
-//! read as the next request's answer. A server may still close between the peek and the
+//! read as the next request's answer. A server may still close between the check and the
 //! request: a request that can be sent again (no body, or a body the gateway holds whole) whose
 //! reused connection fails before any byte of the answer is retried once on a new one.
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ impl Pool {
     /// still open with nothing to read.
     pub fn take(&self, key: &Key) -> Option<Stream> {
         loop {
-            let (stream, since) = {
+            let (mut stream, since) = {
                 let mut idle = self.idle.lock().ok()?;
                 idle.get_mut(key)?.pop()?
             };
@@ -67,7 +67,7 @@ impl Pool {
                 }
                 return None;
             }
-            if still_open(stream.id()) {
+            if still_open(&mut stream) {
                 return Some(stream);
             }
         }
@@ -86,17 +86,19 @@ impl Pool {
 }
 
 /// An idle connection is usable when reading it would block: no end of stream, no error, and
-/// no unexpected bytes from the server.
-fn still_open(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a one-byte buffer of our own, and a descriptor owned by the stream we hold
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+/// no byte from the server, neither in the socket nor in the stream's own read buffer (pingora's
+/// L4 stream reads ahead into one, and a TLS stream may hold decrypted bytes). One poll with a
+/// waker that does nothing: when the runtime last saw the socket drained, it answers without a
+/// system call (a read shorter than asked marks the socket drained); otherwise it reads, and a
+/// byte read here means the connection is dropped anyway.
+fn still_open(stream: &mut Stream) -> bool {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        std::pin::Pin::new(stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
 }
