@@ -1,10 +1,9 @@
-//! The thin front before pingora's HTTP/1 parser (DESIGN.md): it reads each request head
-//! itself, with a whole-head deadline and byte and line limits, refuses ambiguous framing
-//! ([`vivgate_parse::head`]), and answers every such refusal with the envelope and a close —
-//! where pingora would send an empty 400 or 405, or wait on a slow client for as long as it
-//! keeps sending. An accepted head is handed to pingora as the session's first bytes, so it is
-//! parsed by the same code that proxies it, and the connection comes back here between
-//! requests. It also holds the connection cap and the per-connection request cap.
+//! The front of every client connection: the connection cap, the PROXY header and the TLS
+//! handshake, then HTTP/2 to pingora's server, or HTTP/1 here. For HTTP/1 it reads each request
+//! head itself, with a whole-head deadline and byte and line limits, refuses ambiguous framing
+//! ([`vivgate_parse::head`]), and answers every such refusal with the envelope and a close; an
+//! accepted head goes to vivgate's own HTTP/1 path ([`crate::forward`]), and the connection
+//! comes back here between requests. It also holds the per-connection request cap.
 
 use std::io::Write as _;
 
@@ -21,7 +20,6 @@ use std::os::fd::AsRawFd as _;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::listeners::ALPN;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl as _, Stream};
 use pingora::proxy::HttpProxy;
@@ -129,12 +127,10 @@ macro_rules! pass_through_io {
     };
 }
 
-mod chunked;
 mod head;
 mod preface;
 mod proxy_protocol;
 
-use chunked::ChunkGuard;
 use head::*;
 use preface::*;
 use proxy_protocol::*;
@@ -159,6 +155,7 @@ pub struct Front {
 }
 
 /// What a listener does before HTTP.
+#[derive(Default)]
 pub struct ListenerSettings {
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
@@ -166,21 +163,6 @@ pub struct ListenerSettings {
     pub tls: Option<Acceptor>,
     /// Plain HTTP/2 with prior knowledge is accepted.
     pub h2c: bool,
-    /// HTTP/1 goes through vivgate's own path ([`crate::forward`]) rather than pingora's proxy.
-    pub lean: bool,
-}
-
-impl Default for ListenerSettings {
-    /// Plain HTTP/1 on vivgate's own path. While both HTTP/1 paths exist (issue 16),
-    /// `VIVGATE_HTTP1=pingora` in the environment selects pingora's proxy instead.
-    fn default() -> Self {
-        ListenerSettings {
-            proxy_protocol: false,
-            tls: None,
-            h2c: false,
-            lean: std::env::var_os("VIVGATE_HTTP1").is_none_or(|v| v != "pingora"),
-        }
-    }
 }
 
 /// Why reading a head ended without one.
@@ -274,88 +256,9 @@ impl Front {
         Some((l4, h2))
     }
 
-    async fn http1(
-        &self,
-        mut stream: Stream,
-        limits: &Limits,
-        first_by: Instant,
-        shutdown: &ShutdownWatch,
-    ) {
-        if self.listener.lean {
-            return self.http1_lean(stream, limits, first_by, shutdown).await;
-        }
-        let limits = *limits;
-        let mut served: u32 = 0;
-        let mut stop = shutdown.clone();
-        loop {
-            let mut buf = BytesMut::with_capacity(INITIAL_BUF);
-            let first = (served == 0).then_some(first_by);
-            let head = match read_head(&mut stream, &mut buf, &limits, first, &mut stop).await {
-                Ok(head) => head,
-                Err(NoHead::Closed) => return,
-                Err(NoHead::Refuse(e)) => {
-                    self.refuse(stream, e, &buf).await;
-                    return;
-                }
-            };
-            if head.server_options {
-                // `OPTIONS *`: about the server, not a resource; no key, nothing forwarded
-                served += 1;
-                let again = head.keep_alive
-                    && !head.chunked
-                    && head.content_length.unwrap_or(0) == 0
-                    && buf.len() == head.len
-                    && limits
-                        .max_requests_per_connection
-                        .is_none_or(|max| served < max);
-                if !self.server_options(&mut stream, again).await || !again {
-                    return;
-                }
-                continue;
-            }
-            // a chunked body is checked strictly as it arrives: what came with the head now,
-            // the rest through the guard, before pingora's parser sees it
-            let mut guarded = false;
-            if head.chunked {
-                let mut check = ChunkedCheck::new();
-                if let Err(e) = check.feed(&buf[head.len..]) {
-                    tracing::debug!(reason = e.0, "chunked request body refused");
-                    self.refuse(stream, GatewayError::Malformed(e.0), &buf)
-                        .await;
-                    return;
-                }
-                if !check.is_done() {
-                    stream = Box::new(ChunkGuard::new(stream, check));
-                    guarded = true;
-                }
-            }
-            served += 1;
-            let mut session = ServerSession::new_http1(stream);
-            // pingora parses the head from these bytes without reading again
-            session.set_pipelined_prefix(buf);
-            session.set_read_timeout(Some(limits.body_idle_timeout));
-            session.set_write_timeout(Some(limits.client_write_timeout));
-            if let Some(max) = limits.max_requests_per_connection {
-                session.set_keepalive_reuses_remaining(Some(max.saturating_sub(served)));
-            }
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
-                return;
-            };
-            // pingora's pipelining is off, so a reused stream carries no bytes of the next
-            // request (with overread bytes pingora closes instead): the next head starts here
-            stream = reused.consume().0;
-            if guarded {
-                let Some(inner) = ChunkGuard::unwrap(stream) else {
-                    return;
-                };
-                stream = inner;
-            }
-        }
-    }
-
     /// vivgate's own HTTP/1 path ([`crate::forward`]): the connection's buffers live as long
     /// as it does, and bytes the client sent after a request are the next one's start.
-    async fn http1_lean(
+    async fn http1(
         &self,
         mut stream: Stream,
         limits: &Limits,
@@ -400,7 +303,8 @@ impl Front {
                 continue;
             }
             if head.chunked {
-                // the body's bytes that came with the head are checked before any step runs
+                // the body's bytes that came with the head are checked before any step runs (the
+                // rest by the decoder that forwards them)
                 if let Err(e) = ChunkedCheck::new().feed(&bufs.req[head.len..]) {
                     tracing::debug!(reason = e.0, "chunked request body refused");
                     self.refuse(stream, GatewayError::Malformed(e.0), &bufs.req)

@@ -212,7 +212,6 @@ fn add_listeners(
         proxy_protocol: startup.proxy_protocol,
         tls: None,
         h2c: startup.h2c,
-        ..Default::default()
     };
     let front = Front::new(
         gw.clone(),
@@ -226,7 +225,6 @@ fn add_listeners(
             proxy_protocol: t.proxy_protocol,
             tls: Some(tls_acceptor(gw, &t.listen, t.http2)?),
             h2c: false,
-            ..Default::default()
         };
         let front = Front::new(
             gw.clone(),
