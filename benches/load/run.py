@@ -396,13 +396,15 @@ meter = "calls"
                 print(f"round {r + 1}/{a.rounds} {t:<12} {res['rps']:>10.0f} req/s  p50 {res['p50']:.2f} ms  "
                       f"p99 {res['p99']:.2f} ms  cpu {res['cpu_us']:.1f} us/req  errors {res['errors']}", flush=True)
 
-        # open-loop latency at 70 % of nginx's maximum (the target), and at 70 % of the
-        # passthrough's maximum (a rate every pingora-based proxy can sustain)
+        # open-loop latency at 70 % of nginx's maximum (the target), at 70 % of the
+        # passthrough's maximum (a rate every pingora-based proxy can sustain), and at 70 % of
+        # the nginx + Lua gateway's (issue 16: vivgate's p99 there ≤ the Lua gateway's)
         fixed = {}
         if oha:
-            for base in ("nginx", "passthrough"):
+            lua = ["nginx-lua"] if results.get("nginx-lua") else []
+            for base in ["nginx", "passthrough"] + lua:
                 rate = int(0.7 * statistics.median(x["rps"] for x in results[base]))
-                for t in ["nginx", "passthrough", "vivgate"]:
+                for t in ["nginx", "passthrough"] + lua + ["vivgate"]:
                     fixed[(base, rate, t)] = run_oha(oha, ports[t], rate, a.duration, a.connections, active[0])
                     print(f"fixed rate {rate}/s {t:<12} {fixed[(base, rate, t)]}", flush=True)
 
@@ -584,14 +586,15 @@ def report(results, fixed, a, load_s, vrss_kib):
                   f"{med['vivgate-redis']['cpu_us'] / med['vivgate']['cpu_us']:.2f}× CPU per request"]
     if fixed:
         lines += ["", f"Fixed offered load (oha -q RATE --latency-correction, -c{a.connections}, {a.duration}s, one key), "
-                  "at 70 % of nginx's and of the passthrough's median maximum rate:", "",
-                  "| rate | target | achieved req/s | p50 ms | p99 ms | p99 vs nginx | errors |",
+                  "at 70 % of the median maximum rate of nginx, of the passthrough and of the nginx + Lua "
+                  "gateway; the p99 is compared with that of the target whose rate it is:", "",
+                  "| rate | target | achieved req/s | p50 ms | p99 ms | p99 vs the rate's target | errors |",
                   "|---|---|---|---|---|---|---|"]
         for (base, rate, t), f in fixed.items():
             if "error" in f:
                 lines.append(f"| {rate} | {t} | oha failed: {f['error']!r} | | | | |")
                 continue
-            n = fixed.get((base, rate, "nginx"), {})
+            n = fixed.get((base, rate, base), {})
             ratio = f"{f['p99'] / n['p99']:.2f}×" if "p99" in n else "—"
             lines.append(f"| {rate} (70 % of {base}) | {t} | {f['rps']:.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
                          f"{ratio} | {f['errors']} |")
