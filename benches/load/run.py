@@ -50,12 +50,13 @@ def wait_port(port, proc, what, timeout=20):
     sys.exit(f"{what} did not listen on {port} within {timeout}s")
 
 
-def cpu_ticks(pids):
+def cpu_ticks(pids, kernel_only=False):
+    """CPU time of `pids` in clock ticks: user and kernel, or the kernel's alone."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[12]) + (0 if kernel_only else int(fields[11]))  # stime, utime
     return total
 
 
@@ -387,9 +388,10 @@ meter = "calls"
         results = {t: [] for t in targets}
         for r in range(a.rounds):
             for t in targets:
-                before = cpu_ticks(pids[t])
+                before, before_sys = cpu_ticks(pids[t]), cpu_ticks(pids[t], True)
                 res = load(t, a.duration)
                 res["cpu_us"] = (cpu_ticks(pids[t]) - before) / CLK_TCK * 1e6 / max(res["requests"], 1)
+                res["sys_us"] = (cpu_ticks(pids[t], True) - before_sys) / CLK_TCK * 1e6 / max(res["requests"], 1)
                 # the access log's dirty pages are written back now, not during the next target
                 os.sync()
                 results[t].append(res)
@@ -529,7 +531,7 @@ def reload_under_load(a, dir, ports, backend_port, vivgate, start, script):
 
 
 def report(results, fixed, a, load_s, vrss_kib):
-    med = {t: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+    med = {t: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50", "p99", "cpu_us", "sys_us")}
            for t, rs in results.items()}
     errs = {t: sum(x["errors"] for x in rs) for t, rs in results.items()}
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
@@ -539,12 +541,12 @@ def report(results, fixed, a, load_s, vrss_kib):
              f"proxy on CPU {PROXY_CPU} (1 worker), backend and wrk on CPU {LOAD_CPU}; "
              f"vivgate with {a.keys} keys, load over {a.active_keys}",
              "",
-             "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs nginx | req/s vs passthrough | CPU vs nginx | CPU vs passthrough | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | of it kernel | req/s vs nginx | req/s vs passthrough | CPU vs nginx | CPU vs passthrough | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in results:
         m = med[t]
         vs = lambda base, k: f"{m[k] / med[base][k]:.2f}×" if t != "backend" else "—"
-        lines.append(f"| {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
+        lines.append(f"| {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | {m['sys_us']:.1f} | "
                      f"{vs('nginx', 'rps')} | {vs('passthrough', 'rps')} | {vs('nginx', 'cpu_us')} | "
                      f"{vs('passthrough', 'cpu_us')} | {errs[t]} |")
     # the machine drifts between rounds more than the 5 % being measured: each round's own ratio
@@ -559,6 +561,11 @@ def report(results, fixed, a, load_s, vrss_kib):
         lines += ["", "vivgate over HTTP/2 (h2c, h2load -m1, one key; its p50 column is h2load's mean) against "
                   "HTTP/1 (wrk), CPU per request per round: " + ", ".join(f"{r:.2f}" for r in cpu)
                   + f" (median **{statistics.median(cpu):.2f}×**)"]
+    if "vivgate" in med and "nginx" in med:
+        ksys = [x["sys_us"] / n["sys_us"] for x, n in zip(results["vivgate"], results["nginx"]) if n["sys_us"]]
+        if ksys:
+            lines += ["", "vivgate's kernel CPU per request against nginx's, per round: "
+                      + ", ".join(f"{r:.2f}" for r in ksys) + f" (median **{statistics.median(ksys):.2f}×**)"]
     if "nginx-lua" in med:
         cpu = [x["cpu_us"] / l["cpu_us"] for x, l in zip(results["vivgate"], results["nginx-lua"])]
         lines += ["", "vivgate's CPU per request against the nginx + Lua gateway (the closest job, not the same: "
