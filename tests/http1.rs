@@ -133,13 +133,18 @@ async fn serve(
 
 /// A harness whose `/s/` routes go to `backend`; `/s/up/` allows upgrades.
 async fn harness(backend: &Scripted) -> Harness {
+    harness_with(backend, "").await
+}
+
+/// [`harness`] with more config text (a `[limits]` table, say).
+async fn harness_with(backend: &Scripted, more: &str) -> Harness {
     let extra = format!(
         "\n[upstreams.scripted]\nservers = [\"{}\"]\nread_timeout_ms = 1000\nhealth_check_interval_ms = 0\n\n\
          [[routes]]\nprefix = \"/s/up/\"\nmethods = [\"GET\"]\nupstream = \"scripted\"\nupgrade = true\n\n\
          [[routes]]\nprefix = \"/s/\"\nmethods = [\"GET\", \"POST\", \"HEAD\"]\nupstream = \"scripted\"\n",
         backend.addr
     );
-    Harness::start_with(|c| c + &extra).await
+    Harness::start_with(|c| c + &extra + more).await
 }
 
 const GET: &str = "GET /s/a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\n\r\n";
@@ -195,6 +200,26 @@ async fn chunked_and_close_delimited_answers_are_re_framed_for_the_client() {
     assert!(got.ends_with("\r\n\r\nabc"), "{got}");
     // the backend's chunked answer was read to its end: its connection went back to the pool
     assert_eq!(b.connections.load(Ordering::SeqCst), 2);
+
+    // an HTTP/1.0 request may come without Host; the backend gets HTTP/1.1 with one
+    b.script(&[Answer::Keep(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )]);
+    let mut s = raw_client(&h).await;
+    s.write_all(b"GET /s/d HTTP/1.0\r\nAuthorization: Bearer key-pro\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"),
+        "{got}"
+    );
+    let sent = b.request(3);
+    assert!(sent.starts_with("GET /s/d HTTP/1.1\r\n"), "{sent}");
+    assert!(
+        sent.contains(&format!("\r\nhost: {}\r\n", b.addr)),
+        "{sent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,16 +256,19 @@ async fn ambiguous_or_malformed_answers_are_a_502() {
         Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\nX: y\r\n\r\nhello"),
         Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"),
         Answer::Keep(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
+        // a coding the gateway does not decode: passed on without its header it would read as
+        // the body itself
+        Answer::Close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00"),
     ]);
     let h = harness(&b).await;
-    for _ in 0..4 {
+    for _ in 0..5 {
         let mut c = h.client().await;
         let r = c.get("/s/a", Some("key-pro")).await;
         assert_envelope(&r, 502, "unreachable");
         assert_eq!(r.header("connection"), Some("close"));
     }
     // none of them went back to the pool
-    assert_eq!(b.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(b.connections.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +355,8 @@ async fn an_allowed_upgrade_tunnels_bytes_both_ways() {
     b.script(&[Answer::Echo(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     )]);
-    let h = harness(&b).await;
+    // a tunnel idle for `keepalive_timeout_ms` closes
+    let h = harness_with(&b, "\n[limits]\nkeepalive_timeout_ms = 500\n").await;
     let mut s = raw_client(&h).await;
     s.write_all(b"GET /s/up/ws HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer key-pro\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         .await
@@ -361,6 +390,14 @@ async fn an_allowed_upgrade_tunnels_bytes_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(&echo, b"ping");
+    let started = std::time::Instant::now();
+    let rest = read_to_close(&mut s).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_secs(3),
+        "closed after {idle:?} idle"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,15 @@ impl Conn<'_> {
                     .await;
                 return false;
             }
-            self.tunnel(ex, conn, head).await;
+            self.tunnel(ex, up, conn, head).await;
+            return false;
+        }
+        if head.framing == Framing::UntilClose && self.transfer_coded(&head) {
+            // e.g. `Transfer-Encoding: gzip`: the gateway does not decode it, and without the
+            // header the client could not either
+            tracing::warn!(route = %route.name, "an answer in a transfer coding other than chunked");
+            self.failed(ex, Some(GatewayError::UpstreamUnreachable))
+                .await;
             return false;
         }
         let http11 = self.head.minor >= 1;
@@ -137,6 +145,17 @@ impl Conn<'_> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// The answer's head has a `Transfer-Encoding` (its framing then is not chunked: another
+    /// coding).
+    fn transfer_coded(&self, head: &ResponseHead) -> bool {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut resp = httparse::Response::new(&mut lines);
+        let _ = resp.parse(&self.resp[..head.len]);
+        resp.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
     }
 
     /// An answer cut short: what was gathered goes out, then the client connection closes
@@ -241,7 +260,13 @@ impl Conn<'_> {
 
     /// After a `101`: the head goes to the client, then bytes flow both ways until either side
     /// closes.
-    async fn tunnel(&mut self, ex: &mut Exchange, conn: &mut Stream, head: ResponseHead) {
+    async fn tunnel(
+        &mut self,
+        ex: &mut Exchange,
+        up: &Upstream,
+        conn: &mut Stream,
+        head: ResponseHead,
+    ) {
         self.close = true;
         let mut out = std::mem::take(self.out);
         out.clear();
@@ -256,18 +281,62 @@ impl Conn<'_> {
         }
         // what the client sent after its head belongs to the new protocol
         if self.at < self.buf.len() {
-            let sent = super::upstream::write(conn, &self.buf[self.at..]).await;
+            let sent = within(
+                up.write_timeout,
+                super::upstream::write(conn, &self.buf[self.at..]),
+            )
+            .await;
             self.at = self.buf.len();
             if sent.is_err() {
                 return;
             }
         }
         // (a tunnel escapes byte metering, as the README says: only the bytes before it count)
-        match tokio::io::copy_bidirectional(self.stream, conn).await {
-            Ok((to_backend, to_client)) => {
-                tracing::debug!(to_backend, to_client, "tunnel closed")
+        let (to_backend, to_client) = pump(
+            self.stream,
+            conn,
+            self.limits.keepalive_timeout,
+            (up.write_timeout, self.limits.client_write_timeout),
+        )
+        .await;
+        tracing::debug!(to_backend, to_client, "tunnel closed");
+    }
+}
+
+/// Copies bytes both ways until either side closes or fails, a write takes longer than its
+/// timeout (`writes`: to the backend, to the client), or no byte has moved either way for `idle`
+/// (a tunnel must not hold a connection slot and a backend connection forever). Returns the
+/// bytes sent to the backend and to the client.
+async fn pump(
+    client: &mut Stream,
+    backend: &mut Stream,
+    idle: Duration,
+    writes: (Duration, Duration),
+) -> (u64, u64) {
+    let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut to_backend, mut to_client) = (0u64, 0u64);
+    loop {
+        let read = tokio::time::timeout(idle, async {
+            tokio::select! {
+                r = client.read(&mut up) => (true, r),
+                r = backend.read(&mut down) => (false, r),
             }
-            Err(e) => tracing::debug!(error = %e, "tunnel ended"),
+        })
+        .await;
+        let (from_client, n) = match read {
+            Ok((from_client, Ok(n))) if n > 0 => (from_client, n),
+            // a close, an error, or the idle limit: the tunnel ends
+            _ => return (to_backend, to_client),
+        };
+        let written = if from_client {
+            to_backend += n as u64;
+            within(writes.0, super::upstream::write(backend, &up[..n])).await
+        } else {
+            to_client += n as u64;
+            within(writes.1, super::upstream::write(client, &down[..n])).await
+        };
+        if written.is_err() {
+            return (to_backend, to_client);
         }
     }
 }

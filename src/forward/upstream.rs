@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::config::Upstream;
+use crate::exchange::Server;
 use vivgate_parse::response::{parse_response_head, ResponseHead, ResponseLimits};
 
 /// A backend's response head: at most 64 KiB and the most header lines the parser takes.
@@ -62,9 +63,13 @@ impl Conn<'_> {
         }
         // a request with no body left to stream can be sent again
         let replayable = self.json.is_some() || self.body.is_done();
+        // `fresh`: the request was sent once on a pooled connection that failed; the backend
+        // may have served it, so the call stays charged whatever the second attempt does
         let mut fresh = false;
         loop {
-            let Some(server) = ex.select_server(up) else {
+            let server = ex.select_server(up);
+            ex.connected |= fresh;
+            let Some(server) = server else {
                 return self
                     .failed(ex, Some(GatewayError::UpstreamUnreachable))
                     .await;
@@ -99,7 +104,7 @@ impl Conn<'_> {
                 },
             };
             ex.connected_to(up);
-            match self.send(ex, up, &route, &mut conn).await {
+            match self.send(ex, up, &route, &server, &mut conn).await {
                 Ok(head) => {
                     ex.upstream_answered(self.gw);
                     let reusable = self.relay(ex, up, &route, &mut conn, head).await;
@@ -147,11 +152,12 @@ impl Conn<'_> {
         ex: &Exchange,
         up: &Upstream,
         route: &crate::config::Route,
+        server: &Server<'_>,
         conn: &mut Stream,
     ) -> Result<ResponseHead, Attempt> {
         let mut out = std::mem::take(self.out);
         out.clear();
-        self.request_head(ex, route, &mut out);
+        self.request_head(ex, route, server, &mut out);
         if let Some(json) = &self.json {
             out.extend_from_slice(json);
         }
@@ -201,7 +207,13 @@ impl Conn<'_> {
     }
 
     /// The request head for the backend (see the module's documentation).
-    fn request_head(&self, ex: &Exchange, route: &crate::config::Route, out: &mut Vec<u8>) {
+    fn request_head(
+        &self,
+        ex: &Exchange,
+        route: &crate::config::Route,
+        server: &Server<'_>,
+        out: &mut Vec<u8>,
+    ) {
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let mut req = httparse::Request::new(&mut lines);
         let _ = req.parse(&self.buf[..self.head.info.len]);
@@ -221,6 +233,7 @@ impl Conn<'_> {
         let connection = self.head.headers.get_all(header::CONNECTION);
         let named =
             |name: &str| connection_lists(connection.iter().map(|v| v.as_bytes()), name.as_bytes());
+        let mut host = false;
         for h in req.headers.iter() {
             let n = h.name.as_bytes();
             if n.eq_ignore_ascii_case(b"authorization")
@@ -239,7 +252,18 @@ impl Conn<'_> {
             {
                 continue;
             }
+            host |= n.eq_ignore_ascii_case(b"host");
             put_line(out, n, h.value);
+        }
+        if !host {
+            // an HTTP/1.0 request may come without one; HTTP/1.1 needs it: the server's name
+            use std::io::Write as _;
+            match server.tls_name {
+                Some(name) => put_line(out, b"host", name.as_bytes()),
+                None => {
+                    let _ = write!(out, "host: {}\r\n", server.addr);
+                }
+            }
         }
         ex.forward_headers(self.peer, |name, value| {
             put_line(out, name.as_bytes(), value)
