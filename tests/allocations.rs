@@ -115,10 +115,12 @@ fn round_trip(conn: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> bool {
     }
 }
 
-/// The most heap allocations a forwarded request may cost in the steady state. Measured: 9.0
-/// (the head's header map and values for the pipeline, the request id, the RateLimit value);
-/// pingora's proxy path cost 118.
-const BOUND: f64 = 12.0;
+/// The most heap allocations a forwarded request may cost in the steady state. Measured: 4.0
+/// (148 bytes: the request id, the `RateLimit` value, and what the checks keep of the group);
+/// pingora's proxy path cost 118. The head's header values are slices of the connection's
+/// buffer and its header map is kept between requests, so header lines cost nothing (the
+/// request has five) unless their name is not a standard one (`http` copies such a name).
+const BOUND: f64 = 6.0;
 
 #[test]
 fn a_forwarded_request_costs_at_most_the_bound_of_heap_allocations() {
@@ -161,7 +163,8 @@ fn a_forwarded_request_costs_at_most_the_bound_of_heap_allocations() {
 
     let request = format!(
         "GET /tenant/collectionObjects?collectionId=651f0c2ab4e8a90012345678 HTTP/1.1\r\n\
-         Host: api.vivreal.test\r\nAuthorization: Bearer {key}\r\n\r\n"
+         Host: api.vivreal.test\r\nAuthorization: Bearer {key}\r\nUser-Agent: allocations/1\r\n\
+         Accept: application/json\r\nAccept-Encoding: gzip\r\n\r\n"
     )
     .into_bytes();
     let addr = running.addresses.listen;

@@ -67,6 +67,8 @@ pub struct Buffers {
     resp: BytesMut,
     /// What is written next, to either side.
     out: Vec<u8>,
+    /// The request's header map, emptied after each request (its capacity stays).
+    headers: HeaderMap,
 }
 
 /// One request on a client connection.
@@ -75,7 +77,7 @@ pub(crate) struct Conn<'c> {
     ups: &'c Upstreams,
     stream: &'c mut Stream,
     head: ClientHead,
-    /// `head.info.len` bytes of head, then body or the next request's bytes from `at` on.
+    /// What followed the head: body, or the next request's bytes, from `at` on.
     buf: &'c mut BytesMut,
     at: usize,
     resp: &'c mut BytesMut,
@@ -109,7 +111,10 @@ pub async fn exchange(
     peer: Option<IpAddr>,
     keep: bool,
 ) -> Next {
-    let Some(head) = ClientHead::parse(&bufs.req[..info.len], info) else {
+    // the head leaves the buffer (no copy: both share its allocation until the head is
+    // dropped at the end of the exchange); what follows it stays
+    let raw = bufs.req.split_to(info.len).freeze();
+    let Some(head) = ClientHead::parse(raw, info, std::mem::take(&mut bufs.headers)) else {
         // the front's rules held, so this is not expected
         tracing::warn!("an accepted request head could not be parsed");
         return Next::Close { unread: true };
@@ -127,7 +132,7 @@ pub async fn exchange(
         ups,
         stream,
         body: BodyIn::new(&head.info),
-        at: head.info.len,
+        at: 0,
         head,
         buf: &mut bufs.req,
         resp: &mut bufs.resp,
@@ -171,7 +176,7 @@ pub async fn exchange(
         }
     }
     let (path, query) = {
-        let target = std::str::from_utf8(&c.buf[c.head.target.clone()]).unwrap_or("");
+        let target = std::str::from_utf8(&c.head.raw[c.head.target.clone()]).unwrap_or("");
         match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
@@ -189,7 +194,11 @@ pub async fn exchange(
         },
     );
     let unread = !c.body.is_done() || c.pipelined();
-    if c.close || unread {
+    let close = c.close || unread;
+    let mut headers = c.head.headers;
+    headers.clear();
+    bufs.headers = headers;
+    if close {
         return Next::Close { unread };
     }
     bufs.req.clear();

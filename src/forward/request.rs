@@ -6,8 +6,11 @@ use super::*;
 
 /// The request head, parsed once from the bytes the front accepted.
 pub(super) struct ClientHead {
+    /// The head's bytes, split off the connection's buffer without a copy; the header values
+    /// are slices of it.
+    pub raw: bytes::Bytes,
     pub method: Method,
-    /// The request target's place in the connection's buffer.
+    /// The request target's place in `raw`.
     pub target: std::ops::Range<usize>,
     pub headers: HeaderMap,
     /// 0 for HTTP/1.0.
@@ -16,9 +19,12 @@ pub(super) struct ClientHead {
 }
 
 impl ClientHead {
-    /// `head` is what the front accepted (its rules already held: one framing, a valid target
+    /// `raw` is what the front accepted (its rules already held: one framing, a valid target
     /// and header names), so httparse reads it whole.
-    pub fn parse(head: &[u8], info: HeadInfo) -> Option<ClientHead> {
+    /// `headers` is an empty map to fill (the connection's, kept between requests with its
+    /// capacity).
+    pub fn parse(raw: bytes::Bytes, info: HeadInfo, mut headers: HeaderMap) -> Option<ClientHead> {
+        let head = &raw[..];
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let mut req = httparse::Request::new(&mut lines);
         match req.parse(head) {
@@ -28,18 +34,22 @@ impl ClientHead {
         let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
         let path = req.path?;
         let start = path.as_ptr() as usize - head.as_ptr() as usize;
-        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        headers.reserve(req.headers.len());
         for h in req.headers.iter() {
             headers.append(
                 HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                HeaderValue::from_bytes(h.value).ok()?,
+                // a slice of the head: no copy, no allocation
+                HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).ok()?,
             );
         }
+        let target = start..start + path.len();
+        let minor = req.version?;
         Some(ClientHead {
+            raw,
             method,
-            target: start..start + path.len(),
+            target,
             headers,
-            minor: req.version?,
+            minor,
             info,
         })
     }
@@ -134,10 +144,10 @@ impl BodyIn {
 impl Conn<'_> {
     /// Reads more of the client's bytes into the buffer, waiting at most `body_idle_timeout`.
     pub(super) async fn fill(&mut self) -> Result<(), BodyError> {
-        if self.at == self.buf.len() && self.at > self.head.info.len {
-            // everything read was taken: start over behind the head
-            self.buf.truncate(self.head.info.len);
-            self.at = self.head.info.len;
+        if self.at == self.buf.len() && self.at > 0 {
+            // everything read was taken: start over
+            self.buf.clear();
+            self.at = 0;
         }
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
@@ -209,7 +219,7 @@ impl Transport for Conn<'_> {
     fn request(&self) -> Request<'_> {
         Request {
             method: &self.head.method,
-            target: &self.buf[self.head.target.clone()],
+            target: &self.head.raw[self.head.target.clone()],
             parsed_target: None,
             headers: &self.head.headers,
             authority: None,

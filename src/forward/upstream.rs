@@ -216,18 +216,18 @@ impl Conn<'_> {
     ) {
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let mut req = httparse::Request::new(&mut lines);
-        let _ = req.parse(&self.buf[..self.head.info.len]);
+        let _ = req.parse(&self.head.raw);
         out.extend_from_slice(self.head.method.as_str().as_bytes());
         out.push(b' ');
         match &ex.p.canonical_path {
             Some(path) => {
                 out.extend_from_slice(path.as_bytes());
-                let target = &self.buf[self.head.target.clone()];
+                let target = &self.head.raw[self.head.target.clone()];
                 if let Some(q) = target.iter().position(|b| *b == b'?') {
                     out.extend_from_slice(&target[q..]);
                 }
             }
-            None => out.extend_from_slice(&self.buf[self.head.target.clone()]),
+            None => out.extend_from_slice(&self.head.raw[self.head.target.clone()]),
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let connection = self.head.headers.get_all(header::CONNECTION);

@@ -61,17 +61,24 @@ pub fn rate_limit_headers(
     let tier = &group.tier;
     let policy = tier.policy(route.meters)?.clone();
     let t = month.seconds_until_end(st.now_ms);
-    let mut state = String::with_capacity(96);
+    // built on the stack (two items of at most 62 bytes each), copied once into the value
+    let mut state = [0u8; 160];
+    let mut len = 0;
     let mut num = itoa::Buffer::new();
     let mut push = |name: &str, r: u64| {
-        if !state.is_empty() {
-            state.push_str(", ");
+        let first = len == 0;
+        let mut put = |b: &[u8]| {
+            state[len..len + b.len()].copy_from_slice(b);
+            len += b.len();
+        };
+        if !first {
+            put(b", ");
         }
-        state.push_str(name);
-        state.push_str(";r=");
-        state.push_str(num.format(r));
-        state.push_str(";t=");
-        state.push_str(num.format(t));
+        put(name.as_bytes());
+        put(b";r=");
+        put(num.format(r).as_bytes());
+        put(b";t=");
+        put(num.format(t).as_bytes());
     };
     if route.meters.calls {
         let r = match st.take {
@@ -93,7 +100,7 @@ pub fn rate_limit_headers(
             .saturating_sub(used.saturating_add(served.unwrap_or(0)));
         push("\"monthly-bytes\"", r);
     }
-    Some((policy, HeaderValue::try_from(state).ok()?))
+    Some((policy, HeaderValue::from_bytes(&state[..len]).ok()?))
 }
 
 /// When `month`'s quota resets: `2026-12-01T00:00:00Z`.
