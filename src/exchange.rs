@@ -101,6 +101,9 @@ pub struct Exchange {
     /// Every server of the route's upstream is down: the client may retry after this many
     /// seconds.
     pub all_down: Option<u64>,
+    /// The backend's answer ended early (closed, timed out or badly framed mid-body) after its
+    /// head had gone to the client: the client connection was closed, never completed.
+    pub answer_cut: bool,
 }
 
 impl Default for Exchange {
@@ -119,6 +122,7 @@ impl Default for Exchange {
             upstream_ms: None,
             client_ip: None,
             all_down: None,
+            answer_cut: false,
         }
     }
 }
@@ -375,6 +379,9 @@ impl Exchange {
         }
         if let Some(reason) = self.rejected {
             metrics.rejections.with_label_values(&[reason]).inc();
+        }
+        if self.answer_cut {
+            metrics.answers_cut.inc();
         }
         if let Some(log) = gw.access_log() {
             log.write(&crate::access::Entry {

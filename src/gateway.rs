@@ -193,7 +193,10 @@ impl Gateway {
                     libc::setpriority(libc::PRIO_PROCESS, tid, 10);
                 }
                 crate::pace::enable();
-                let _ = tx.send(self.reload());
+                let result = self.reload();
+                // the old snapshot is gone by now unless a request still holds it
+                crate::memory::return_freed_memory();
+                let _ = tx.send(result);
             });
         if let Err(e) = spawned {
             return Err(ReloadError::CouldNotRun(e.to_string()));

@@ -25,6 +25,20 @@ fn no_transparent_huge_pages() {
     }
 }
 
+/// A write past the file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) raises SIGXFSZ, whose default
+/// action ends the process: the gateway would die on a usage-store flush instead of counting on
+/// in memory and retrying, as it does when the disk is full. Ignored, the write fails with
+/// EFBIG like any other write error (tests/chaos: the store under a file-size limit).
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        eprintln!(
+            "vivgate: could not ignore SIGXFSZ: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// vivgate: the Vivreal API's edge gateway.
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -164,6 +178,7 @@ fn init_panic_report() {
 fn main() -> ExitCode {
     init_panic_report();
     no_transparent_huge_pages();
+    ignore_file_size_signal();
     let cli = Cli::parse();
     if cli.command.is_none() && cli.config.is_none() {
         eprintln!("error: give --config FILE to run the gateway, or a command (see --help)");

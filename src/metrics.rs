@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Reloads by result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     pub flush_failures: IntCounter,
+    /// Answers whose head reached the client but whose body the backend cut short.
+    pub answers_cut: IntCounter,
     /// Upstream servers marked down by passive health (consecutive connect failures).
     pub servers_marked_down: IntCounter,
     /// Calls and bytes used this month, summed per tier (set at scrape time).
@@ -80,6 +82,11 @@ impl Metrics {
             "Usage store flushes that failed",
         )
         .expect("valid metric");
+        let answers_cut = IntCounter::new(
+            "upstream_answers_cut_total",
+            "Answers cut mid-body by the backend (the client connection was closed)",
+        )
+        .expect("valid metric");
         let servers_marked_down = IntCounter::new(
             "upstream_servers_marked_down_total",
             "Upstream servers marked down after consecutive connect failures",
@@ -118,6 +125,7 @@ impl Metrics {
             Box::new(upstream_seconds.clone()),
             Box::new(reloads.clone()),
             Box::new(flush_failures.clone()),
+            Box::new(answers_cut.clone()),
             Box::new(servers_marked_down.clone()),
             Box::new(usage_calls.clone()),
             Box::new(usage_bytes.clone()),
@@ -132,6 +140,7 @@ impl Metrics {
             upstream_seconds,
             reloads,
             flush_failures,
+            answers_cut,
             servers_marked_down,
             usage_calls,
             usage_bytes,

@@ -95,7 +95,7 @@ impl Conn<'_> {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "upstream chunked body refused; the answer is cut");
-                            self.cut(&mut out, pending).await;
+                            self.cut(ex, &mut out, pending).await;
                             return false;
                         }
                     },
@@ -139,7 +139,7 @@ impl Conn<'_> {
                 Ok(0) if matches!(body, Some(BodyOut::UntilClose)) => ended = true,
                 Ok(0) | Err(_) => {
                     tracing::warn!(route = %route.name, "the backend's answer ended early; the client connection is closed");
-                    self.cut(&mut out, pending).await;
+                    self.cut(ex, &mut out, pending).await;
                     return false;
                 }
                 Ok(_) => {}
@@ -161,7 +161,8 @@ impl Conn<'_> {
     /// An answer cut short: what was gathered goes out, then the client connection closes
     /// (a chunked answer without its last chunk, or fewer bytes than its length, never reads
     /// as complete). `pending`: the body bytes in `out`, metered if they are written.
-    async fn cut(&mut self, out: &mut Vec<u8>, pending: usize) {
+    async fn cut(&mut self, ex: &mut Exchange, out: &mut Vec<u8>, pending: usize) {
+        ex.answer_cut = true;
         if self.client_write(out).await.is_ok() {
             self.bytes_out += pending;
         }

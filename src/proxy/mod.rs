@@ -273,12 +273,14 @@ impl ProxyHttp for VivGate {
         session.set_keepalive(None);
         let err = ctx.forwarding_failed(&self.gw, classify(e.etype(), e.esource()));
         let code = err.as_ref().map_or(0, GatewayError::status);
+        let answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        // the answer's head went out: the client sees the connection close mid-body
+        ctx.answer_cut |= answered && ctx.upstream_responded;
         if let Some(err) = err {
             // a `100 Continue` we sent is not a final answer: the envelope still goes out
-            if session
-                .response_written()
-                .is_none_or(|r| r.status.is_informational())
-            {
+            if !answered {
                 let reply = ctx.error_reply(&err);
                 if let Ok(resp) = self.reply_header(ctx, &reply) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
