@@ -22,6 +22,9 @@ const USAGE: TableDefinition<(u32, &str), (u64, u64, u64, u64)> = TableDefinitio
 /// last flush written), `last_month` (the newest month the store has seen, as an index).
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
+/// How often the last flush is tried, a second apart, before the counts go to the log.
+const FINAL_FLUSH_TRIES: u32 = 5;
+
 pub struct EmbeddedStore {
     mem: MemoryStore,
     /// `None` only while the file is being reopened after an error.
@@ -299,7 +302,11 @@ impl EmbeddedStore {
             .read()
             .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))?;
         if guard.is_none() {
-            return Err(redb::Error::Corrupted("store closed".into()));
+            // the file was closed to be reopened after a write error, and the reopen failed too
+            // (the disk is still full, or read-only): not corruption, and retried next flush
+            return Err(redb::Error::Io(std::io::Error::other(
+                "the file is not open: reopening it after the last write error failed",
+            )));
         }
         Ok(DbGuard(guard))
     }
@@ -488,6 +495,46 @@ impl UsageStore for EmbeddedStore {
             .map_err(|_| "store lock poisoned".to_string())?;
         slot.take(); // closes the file: the new process can open it now
         Ok(())
+    }
+
+    /// The last flush. The disk may be full or read-only right now, so it is tried again for a
+    /// few seconds; when it still fails, nothing on disk can keep the counts, and each group's
+    /// unsaved counts go to the log (`usage not saved`, target `vivgate::audit`) for billing to
+    /// add back by hand, and the stop ends with an error.
+    fn shutdown(&self) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 1..=FINAL_FLUSH_TRIES {
+            match self.flush() {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(
+                        "{e} (the last flush, attempt {attempt} of {FINAL_FLUSH_TRIES})"
+                    );
+                    last = e;
+                }
+            }
+            if attempt < FINAL_FLUSH_TRIES {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        let deltas = self.mem.take_deltas();
+        for d in &deltas {
+            let [calls, bytes, calls_overage, bytes_overage] = d.delta;
+            tracing::error!(
+                target: "vivgate::audit",
+                group = %d.group,
+                month = %d.month,
+                calls,
+                bytes,
+                calls_overage,
+                bytes_overage,
+                "usage not saved"
+            );
+        }
+        Err(format!(
+            "{last}; the unsaved counts of {} groups are in the log (\"usage not saved\")",
+            deltas.len()
+        ))
     }
 
     fn flush(&self) -> Result<usize, String> {

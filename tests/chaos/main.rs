@@ -13,4 +13,5 @@ mod common;
 mod support;
 
 mod backend_flapping;
+mod disk_full;
 mod reload_storm;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::support::*;
-use vivgate::keys::{format_key_hash, hash_key};
 
 const STORM: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(100);
@@ -19,18 +18,6 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn extra_groups(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "[[groups]]\nid = \"{:024x}\"\ntier = \"pro\"\nstatus = \"active\"\nkeys = [\"{}\"]\n\n",
-                0xb000_0000_0000u64 + i as u64,
-                format_key_hash(&hash_key(format!("storm-key-{i}").as_bytes()))
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "chaos: minutes long; .ci/run runs it with --ignored"]
 async fn a_reload_storm_fails_no_request_and_keeps_counts_and_memory() {
@@ -38,7 +25,7 @@ async fn a_reload_storm_fails_no_request_and_keeps_counts_and_memory() {
     let (port, admin_port) = two_ports().await;
     let tenants = h.dir.path().join("storm-tenants.toml");
     let base = tenants_toml();
-    let big = format!("{base}{}", extra_groups(1000));
+    let big = format!("{base}{}", extra_groups("storm-key", 1000));
     write_atomically(&tenants, &base);
     let config = gate_config(
         &h,

@@ -534,3 +534,22 @@ pub fn pct(part: u64, n: u64) -> f64 {
         part as f64 * 100.0 / n as f64
     }
 }
+
+/// The id of the `i`th group of [`extra_groups`].
+pub fn extra_group_id(i: usize) -> String {
+    format!("{:024x}", 0xb000_0000_0000u64 + i as u64)
+}
+
+/// `n` more groups for a tenants file, of the pro tier, the `i`th with the key `{key}-{i}`.
+pub fn extra_groups(key: &str, n: usize) -> String {
+    use vivgate::keys::{format_key_hash, hash_key};
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[groups]]\nid = \"{}\"\ntier = \"pro\"\nstatus = \"active\"\nkeys = [\"{}\"]\n\n",
+                extra_group_id(i),
+                format_key_hash(&hash_key(format!("{key}-{i}").as_bytes()))
+            )
+        })
+        .collect()
+}
