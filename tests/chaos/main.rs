@@ -14,4 +14,5 @@ mod support;
 
 mod backend_flapping;
 mod disk_full;
+mod redis_restarting;
 mod reload_storm;

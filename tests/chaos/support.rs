@@ -553,3 +553,94 @@ pub fn extra_groups(key: &str, n: usize) -> String {
         })
         .collect()
 }
+
+/// Instance `i` of a fleet sharing `redis_url` as its usage store: its config in a directory
+/// of its own (each instance keeps its own copies of the tenants and overrides there), the tiny
+/// tier's quota set to `quota`, `usage_extra` added to `[usage]`, and with `fleet_tenants` the
+/// tenants read from the same Redis. Returns the config and its (public, admin) ports.
+pub async fn fleet_config(
+    h: &Harness,
+    i: usize,
+    redis_url: &str,
+    fleet_tenants: bool,
+    quota: u64,
+    usage_extra: &str,
+) -> (PathBuf, u16, u16) {
+    let (port, admin_port) = two_ports().await;
+    std::fs::create_dir_all(h.dir.path().join(format!("i{i}"))).unwrap();
+    let tail = format!(
+        "[usage]\nstore = \"redis\"\nredis_url = \"{redis_url}\"\nflush_interval_ms = 200\nlease_idle_ms = 300\nlease_ttl_ms = 2000\n{usage_extra}\n"
+    );
+    let config = gate_config(
+        h,
+        &format!("i{i}/vivgate.toml"),
+        port,
+        admin_port,
+        "grace_period_seconds = 1",
+        &tail,
+    );
+    let mut text = edit(
+        &std::fs::read_to_string(&config).unwrap(),
+        "api_calls = 5",
+        &format!("api_calls = {quota}"),
+    );
+    if fleet_tenants {
+        text = edit(
+            &text,
+            "tenants = \"tenants.toml\"",
+            &format!("tenants = \"{redis_url}\""),
+        );
+    } else {
+        text = edit(
+            &text,
+            "tenants = \"tenants.toml\"",
+            "tenants = \"../tenants.toml\"",
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    (config, port, admin_port)
+}
+
+/// `vivgate tenants push`: the test groups into the Redis that `config` names.
+pub fn push_tenants(h: &Harness, config: &Path) {
+    let out = vivgate()
+        .args(["tenants", "push", "--config"])
+        .arg(config)
+        .arg("--file")
+        .arg(h.dir.path().join("tenants.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A group's usage hash in Redis this month: `calls`, `calls_overage`, `bytes`, `bytes_overage`
+/// and the per-instance fields.
+pub async fn redis_usage(url: &str, group: &str) -> std::collections::HashMap<String, String> {
+    let c = redis::Client::open(url).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(format!("vivgate:usage:{{{group}}}:{}", this_month()))
+        .query_async(&mut con)
+        .await
+        .unwrap()
+}
+
+/// A number field of [`redis_usage`] (0 when absent).
+pub fn field(h: &std::collections::HashMap<String, String>, name: &str) -> u64 {
+    h.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The status `addr` answers a GET of `key` with (0: no answer).
+pub async fn status_of(addr: SocketAddr, key: &str) -> u16 {
+    let mut c = Client::connect(addr).await;
+    c.try_request(
+        &format!("GET /tenant/integrationObjects?type=probe HTTP/1.1\nHost: t\nAuthorization: Bearer {key}\nConnection: close"),
+        b"",
+    )
+    .await
+    .map_or(0, |r| r.status)
+}
