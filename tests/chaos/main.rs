@@ -14,5 +14,6 @@ mod support;
 
 mod backend_flapping;
 mod disk_full;
+mod instances_dying;
 mod redis_restarting;
 mod reload_storm;
