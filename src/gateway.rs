@@ -177,30 +177,23 @@ impl Gateway {
         result
     }
 
-    /// [`Gateway::reload`] on a thread of its own at a low CPU priority (nice 10) and paced
-    /// ([`crate::pace`]: short bursts with rests between), so that compiling a large key set
-    /// neither takes much CPU time from the requests being served nor holds a core for a whole
-    /// scheduler slice at a time; the caller awaits the result.
+    /// [`Gateway::reload`] on the reload thread: one long-lived thread at a low CPU priority
+    /// (nice 10) and paced ([`crate::pace`]: short bursts with rests between), so that compiling
+    /// a large key set neither takes much CPU time from the requests being served nor holds a
+    /// core for a whole scheduler slice at a time; the caller awaits the result. One thread for
+    /// every reload (they run one at a time): each snapshot is built in the heap its
+    /// predecessor was freed to, where a thread per reload left each one's pages behind in an
+    /// abandoned heap (the soak's RSS crept up with every reload; benches/README.md, "Soak").
     pub async fn reload_in_background(self: Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("vivgate-reload".into())
-            .spawn(move || {
-                // Linux keeps the nice value per thread: this lowers this thread only
-                // SAFETY: gettid and setpriority take no pointers
-                unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-                }
-                crate::pace::enable();
-                let result = self.reload();
-                // the old snapshot is gone by now unless a request still holds it
-                crate::memory::return_freed_memory();
-                let _ = tx.send(result);
-            });
-        if let Err(e) = spawned {
-            return Err(ReloadError::CouldNotRun(e.to_string()));
-        }
+        let job: ReloadJob = Box::new(move || {
+            crate::pace::enable();
+            let result = self.reload();
+            // the old snapshot is gone by now unless a request still holds it
+            crate::memory::return_freed_memory();
+            let _ = tx.send(result);
+        });
+        reload_thread(job).map_err(ReloadError::CouldNotRun)?;
         rx.await
             .unwrap_or_else(|_| Err(ReloadError::CouldNotRun("the reload thread ended".into())))
     }
@@ -333,6 +326,44 @@ impl Gateway {
         retire(replaced);
         Ok(report)
     }
+}
+
+type ReloadJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the reload thread, started on first use (and again if it ever ended).
+fn reload_thread(job: ReloadJob) -> Result<(), String> {
+    static SENDER: std::sync::Mutex<Option<std::sync::mpsc::Sender<ReloadJob>>> =
+        std::sync::Mutex::new(None);
+    let mut sender = SENDER.lock().map_err(|_| "reload thread lock poisoned")?;
+    let job = match sender.as_ref() {
+        Some(s) => match s.send(job) {
+            Ok(()) => return Ok(()),
+            // the thread ended: a new one takes the job
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<ReloadJob>();
+    std::thread::Builder::new()
+        .name("vivgate-reload".into())
+        .spawn(move || {
+            // Linux keeps the nice value per thread: this lowers this thread only
+            // SAFETY: gettid and setpriority take no pointers
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+            for job in rx {
+                // a panicking reload answers its caller with an error (its sender is dropped)
+                // and the thread goes on
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    tx.send(job)
+        .map_err(|_| "the reload thread ended".to_string())?;
+    *sender = Some(tx);
+    Ok(())
 }
 
 /// Drops a replaced snapshot on the calling (reload) thread: waits, at most 10 s, until the

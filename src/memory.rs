@@ -21,11 +21,11 @@ pub fn lazy_memory_return() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0) };
 }
 
-/// Gives back what this thread's heap holds free, now: called by a reload thread before it ends.
-/// The old snapshot is freed on that thread, and mimalloc purges freed pages only on a later
-/// allocation of the same thread, which an ending thread never makes: without this, every
-/// reload left the RSS at the high-water mark of two snapshots (tests/chaos, the reload storm:
-/// +6.7 MiB after a storm of 1,000-group tables, back to within 1 MiB with it).
+/// Gives back what this thread's heap holds free, now: called on the reload thread after each
+/// reload. The old snapshot is freed on that thread, and mimalloc purges freed pages only at a
+/// later allocation of the same thread, which may not come before the next reload: without this
+/// the RSS stayed at the high-water mark of two snapshots (tests/chaos, the reload storm: +6.7
+/// MiB after a storm of 1,000-group tables, +2.3 MiB with it).
 pub fn return_freed_memory() {
     // SAFETY: mi_collect takes a flag
     unsafe { libmimalloc_sys::mi_collect(true) };

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::support::*;
 
+/// Where mounting is not possible: a failure with `VIVGATE_REQUIRE_MOUNT=1` (CI), else a loud
+/// skip.
+fn cannot_mount(what: &str) {
+    if std::env::var("VIVGATE_REQUIRE_MOUNT").as_deref() == Ok("1") {
+        panic!("VIVGATE_REQUIRE_MOUNT=1 but the test cannot mount {what} (it needs root)");
+    }
+    eprintln!("!!! SKIPPED: this machine does not let the test mount {what}");
+}
+
 /// A small tmpfs mounted by the test, unmounted when dropped.
 struct Mount(PathBuf);
 
@@ -26,7 +35,7 @@ impl Mount {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("!!! SKIPPED: this machine does not let the test mount a tmpfs");
+            cannot_mount("a tmpfs");
             return None;
         }
         Some(Mount(at.to_path_buf()))
@@ -47,7 +56,7 @@ impl Mount {
                 .status()
                 .is_ok_and(|s| s.success());
         if !made || !Self::mount_ext4(at, img) {
-            eprintln!("!!! SKIPPED: this machine does not let the test mount an ext4 image on a loop device");
+            cannot_mount("an ext4 image on a loop device");
             return None;
         }
         Some(Mount(at.to_path_buf()))

@@ -16,7 +16,6 @@ use crate::common::*;
 use vivgate::clock::{Clock, Month, SystemClock};
 
 /// The month the binaries count in (they run on the system clock).
-#[allow(dead_code)]
 pub fn this_month() -> String {
     Month::containing(SystemClock.now_ms()).to_string()
 }
@@ -523,16 +522,6 @@ pub fn gate_config(
         server_extra,
         &format!("{tail}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
     )
-}
-
-/// The share of `n` that is `part`, in per cent, for the reports.
-#[allow(dead_code)]
-pub fn pct(part: u64, n: u64) -> f64 {
-    if n == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / n as f64
-    }
 }
 
 /// The id of the `i`th group of [`extra_groups`].
