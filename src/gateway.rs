@@ -187,15 +187,41 @@ impl Gateway {
     pub async fn reload_in_background(self: Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: ReloadJob = Box::new(move || {
-            crate::pace::enable();
-            let result = self.reload();
-            // the old snapshot is gone by now unless a request still holds it
-            crate::memory::return_freed_memory();
-            let _ = tx.send(result);
+            // a caller that went away (an admin client that gave up) has nothing to wait for
+            if !tx.is_closed() {
+                let _ = tx.send(self.reload_here());
+            }
         });
         reload_thread(job).map_err(ReloadError::CouldNotRun)?;
         rx.await
             .unwrap_or_else(|_| Err(ReloadError::CouldNotRun("the reload thread ended".into())))
+    }
+
+    /// [`Gateway::reload_in_background`] for a caller on a thread of its own (the Redis tenants
+    /// follower): waits for the reload thread's answer.
+    pub fn reload_on_reload_thread(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gw = self.clone();
+        reload_thread(Box::new(move || {
+            let _ = tx.send(gw.reload_here());
+        }))
+        .map_err(ReloadError::CouldNotRun)?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(ReloadError::CouldNotRun("the reload thread ended".into())))
+    }
+
+    /// One reload on the reload thread: paced, a panic answered as an error, and what the old
+    /// snapshot held given back.
+    fn reload_here(&self) -> Result<ReloadReport, ReloadError> {
+        crate::pace::enable();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reload()))
+            .unwrap_or_else(|_| {
+                self.metrics.reloads.with_label_values(&["refused"]).inc();
+                Err(ReloadError::CouldNotRun("the reload panicked".into()))
+            });
+        // the old snapshot is gone by now unless a request still holds it
+        crate::memory::return_freed_memory();
+        result
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -239,7 +265,7 @@ impl Gateway {
             move || a.upgrade().and_then(|gw| gw.tenants_version()),
             move || {
                 if let Some(gw) = b.upgrade() {
-                    match gw.reload() {
+                    match gw.reload_on_reload_thread() {
                         Ok(r) => tracing::info!(
                             version = ?gw.tenants_version(),
                             changed = r.groups_changed.len() + r.groups_added.len() + r.groups_removed.len(),
@@ -354,8 +380,8 @@ fn reload_thread(job: ReloadJob) -> Result<(), String> {
                 libc::setpriority(libc::PRIO_PROCESS, tid, 10);
             }
             for job in rx {
-                // a panicking reload answers its caller with an error (its sender is dropped)
-                // and the thread goes on
+                // a reload's own panic is answered as an error (`reload_here`); this keeps
+                // the thread going after any other
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             }
         })

@@ -276,8 +276,10 @@ impl ProxyHttp for VivGate {
         let answered = session
             .response_written()
             .is_some_and(|r| !r.status.is_informational());
-        // the answer's head went out: the client sees the connection close mid-body
-        ctx.answer_cut |= answered && ctx.upstream_responded;
+        // the backend failed after the answer's head went out: the client sees the connection
+        // close mid-body (a client that resets its stream is not a cut answer)
+        ctx.answer_cut |=
+            answered && ctx.upstream_responded && *e.esource() == ErrorSource::Upstream;
         if let Some(err) = err {
             // a `100 Continue` we sent is not a final answer: the envelope still goes out
             if !answered {

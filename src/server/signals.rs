@@ -66,14 +66,20 @@ impl ShutdownSignalWatch for Signals {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => match self.0.clone().reload_in_background().await {
-                    Ok(r) => tracing::info!(
-                        target: "vivgate::audit",
-                        "SIGHUP: configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
-                        r.groups, r.keys, r.routes, r.certificates, r.certificates_new
-                    ),
-                    Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
-                },
+                // a task of its own: a stop or an upgrade signal is read while a reload runs
+                _ = hup.recv() => {
+                    let gw = self.0.clone();
+                    tokio::spawn(async move {
+                        match gw.reload_in_background().await {
+                            Ok(r) => tracing::info!(
+                                target: "vivgate::audit",
+                                "SIGHUP: configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
+                                r.groups, r.keys, r.routes, r.certificates, r.certificates_new
+                            ),
+                            Err(e) => tracing::error!(target: "vivgate::audit", "SIGHUP: reload refused, keeping the running configuration: {e}"),
+                        }
+                    });
+                }
                 _ = term.recv() => {
                     self.0.begin_stop();
                     return ShutdownSignal::GracefulTerminate;

@@ -302,6 +302,11 @@ impl EmbeddedStore {
             .read()
             .map_err(|_| redb::Error::Corrupted("store lock poisoned".into()))?;
         if guard.is_none() {
+            if self.released.load(Ordering::SeqCst) {
+                return Err(redb::Error::Io(std::io::Error::other(
+                    "the file was handed over to the new process (upgrade)",
+                )));
+            }
             // the file was closed to be reopened after a write error, and the reopen failed too
             // (the disk is still full, or read-only): not corruption, and retried next flush
             return Err(redb::Error::Io(std::io::Error::other(
@@ -517,6 +522,11 @@ impl UsageStore for EmbeddedStore {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
+        // under the flush lock: a flush still running cannot take these too
+        let _one_flush_at_a_time = self
+            .flushing
+            .lock()
+            .map_err(|_| "flush lock poisoned".to_string())?;
         let deltas = self.mem.take_deltas();
         for d in &deltas {
             let [calls, bytes, calls_overage, bytes_overage] = d.delta;

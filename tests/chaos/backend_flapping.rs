@@ -282,10 +282,11 @@ async fn a_flapping_backend_gets_envelopes_cuts_and_recovery_right() {
         "{}",
         tally.summary()
     );
-    // back within the health check interval (plus the probe's own round trip)
+    // back within the health check interval (twice it: a check may have just missed the
+    // return; plus the probe's own round trip)
     for r in &recoveries {
         assert!(
-            *r <= HEALTH_INTERVAL + Duration::from_millis(300),
+            *r <= 2 * HEALTH_INTERVAL + Duration::from_millis(300),
             "recovered after {r:?}"
         );
     }

@@ -104,16 +104,23 @@ async fn instances_killed_under_load_lose_at_most_a_lease_each() {
         // nothing counted twice, nothing counted that was not served
         assert!(stored <= served, "{key}: Redis {stored} > served {served}");
         let lost = served - stored;
-        // at most one settlement interval of the killed instance's traffic per kill (plus a
-        // request or two in flight): a hard-quota group's calls are counted when leased, and
-        // what the instance spent of its lease since its last settlement goes when the lease
-        // is reclaimed; an overage group's are counted locally and settled every interval
+        // what the killed instance served since its last settlement: one settlement interval of
+        // its traffic per kill, two when a settlement was late or in flight (the README's
+        // bound; measured: about half of one, see the report): a hard-quota group's calls are
+        // counted when leased, and what the instance spent of its lease since its last
+        // settlement goes when the lease is reclaimed; an overage group's are counted locally
+        // and settled every interval
         let per_s = match key {
             "key-pro" => PRO_PER_S,
             "key-tiny" => TINY_PER_S,
             _ => OVERAGE_PER_S,
         };
-        let bound = KILLS as u64 * (per_s * FLUSH_MS / 1000 + 2);
+        let interval = per_s * FLUSH_MS / 1000;
+        let bound = KILLS as u64 * (2 * interval + 2);
+        report.push(format!(
+            "{key}: {:.1} lost per kill, one settlement interval of an instance's traffic is {interval}",
+            lost as f64 / KILLS as f64
+        ));
         assert!(bound <= KILLS as u64 * LEASE_MAX);
         assert!(
             lost <= bound,

@@ -375,7 +375,7 @@ impl Gate {
         cmd.arg("--config").arg(config).stdout(out()).stderr(out());
         prepare(&mut cmd);
         let proc = Killer(cmd.spawn().unwrap());
-        let gate = Gate {
+        let mut gate = Gate {
             proc,
             port,
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
@@ -384,6 +384,12 @@ impl Gate {
         };
         let start = Instant::now();
         loop {
+            if let Ok(Some(status)) = gate.proc.0.try_wait() {
+                panic!(
+                    "the binary exited ({status}) before listening; its log:\n{}",
+                    gate.log_text()
+                );
+            }
             if TcpStream::connect(gate.addr()).await.is_ok()
                 && TcpStream::connect(gate.admin).await.is_ok()
             {
@@ -465,6 +471,19 @@ impl Gate {
             d["calls"].as_u64().unwrap_or(0),
             d["bytes"].as_u64().unwrap_or(0),
         )
+    }
+
+    /// Waits (at most 5 s) until [`Gate::usage`] of `group` is `want`, and returns the last value:
+    /// bytes are metered as a request ends, just after its client has the answer.
+    pub async fn usage_settled(&self, group: &str, want: (u64, u64)) -> (u64, u64) {
+        let start = Instant::now();
+        loop {
+            let got = self.usage(group).await;
+            if got == want || start.elapsed() > Duration::from_secs(5) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM, and the exit (a graceful stop) within 30 s.
