@@ -59,6 +59,11 @@ pub enum GatewayError {
     // The admin API's own refusals (its listener, its token):
     /// No admin token, or not the configured one.
     AdminUnauthorized,
+    /// A `Host` that is not the admin listener's own address, `localhost` or an `admin.hosts`
+    /// name (DNS rebinding).
+    AdminHostRefused,
+    /// A state-changing admin request from a page of another origin (cross-site request).
+    AdminOriginRefused,
     /// A stop or an upgrade began (`/healthz`).
     Stopping,
     /// An admin resource that does not exist; the message names it.
@@ -124,6 +129,7 @@ impl GatewayError {
             AuthBlocked(_) | BurstLimited(_) => 429,
             TooManyConnections | UsageUnavailable | UpstreamsDown(_) => 503,
             AdminUnauthorized => 401,
+            AdminHostRefused | AdminOriginRefused => 403,
             Stopping | ChangeOutcomeUnknown => 503,
             NotFound(_) => 404,
             Invalid(_) => 400,
@@ -189,6 +195,8 @@ impl GatewayError {
             CorsRefused => "cors_refused",
             UpstreamsDown(_) => "upstream_down",
             AdminUnauthorized => "admin_unauthorized",
+            AdminHostRefused => "admin_host_refused",
+            AdminOriginRefused => "admin_origin_refused",
             Stopping => "stopping",
             NotFound(_) => "not_found",
             Invalid(_) => "invalid",
@@ -249,6 +257,10 @@ impl GatewayError {
             CorsRefused => "CORS preflight refused: origin, method or headers not allowed".into(),
             UpstreamsDown(_) => "Service unavailable: no healthy upstream server".into(),
             AdminUnauthorized => "Missing or invalid admin token".into(),
+            AdminHostRefused => {
+                "This host name is not allowed for the admin API (see admin.hosts)".into()
+            }
+            AdminOriginRefused => "Cross-origin changes to the admin API are refused".into(),
             Stopping => "Stopping".into(),
             NotFound(what) => (*what).into(),
             Invalid(why) | ReloadWithoutFiles(why) => why.clone(),

@@ -129,7 +129,7 @@ pub fn push(url: &str, tenants: &TenantsFile) -> Result<u64, String> {
                 group_key(&g.id),
                 &[
                     ("tier", g.tier.clone()),
-                    ("status", status_str(g.status).to_string()),
+                    ("status", g.status.as_str().to_string()),
                     (
                         "overage_billing",
                         if g.overage_billing { "1" } else { "0" }.to_string(),
@@ -150,7 +150,7 @@ pub fn push(url: &str, tenants: &TenantsFile) -> Result<u64, String> {
 /// Sets one group's status (the admin API on any instance). Returns the new version.
 pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, String> {
     change_group(url, group, |pipe, key| {
-        pipe.hset(key, "status", status_str(status)).ignore();
+        pipe.hset(key, "status", status.as_str()).ignore();
         Ok(())
     })
 }
@@ -202,14 +202,6 @@ fn announce(con: &mut redis::Connection, version: u64) {
     let _: redis::RedisResult<u64> = con.publish(CHANNEL, version);
 }
 
-fn status_str(s: GroupStatus) -> &'static str {
-    match s {
-        GroupStatus::Active => "active",
-        GroupStatus::Frozen => "frozen",
-        GroupStatus::Deactivated => "deactivated",
-    }
-}
-
 /// The tenant table as a tenants file (`vivgate tenants export`).
 pub fn to_toml(tenants: &TenantsFile) -> String {
     let mut out = String::new();
@@ -219,7 +211,7 @@ pub fn to_toml(tenants: &TenantsFile) -> String {
             "[[groups]]\nid = {:?}\ntier = {:?}\nstatus = {:?}\noverage_billing = {}\nkeys = [{}]\n\n",
             g.id,
             g.tier,
-            status_str(g.status),
+            g.status.as_str(),
             g.overage_billing,
             keys.join(", ")
         ));

@@ -35,3 +35,20 @@ pub enum GroupStatus {
     Frozen,
     Deactivated,
 }
+
+impl GroupStatus {
+    /// The status as the tenants file and the admin API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStatus::Active => "active",
+            GroupStatus::Frozen => "frozen",
+            GroupStatus::Deactivated => "deactivated",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -32,7 +32,7 @@ async fn admin(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) 
     Client::connect(addr)
         .await
         .request(
-            &format!("{method} {path} HTTP/1.1\nHost: admin\nContent-Length: 0{auth}"),
+            &format!("{method} {path} HTTP/1.1\nHost: localhost\nContent-Length: 0{auth}"),
             b"",
         )
         .await
@@ -89,7 +89,7 @@ async fn usage_reports_exactly_what_was_served() {
     assert_eq!(
         tiny,
         serde_json::json!({"id": group_id("key-tiny"), "tier": "tiny", "status": "active",
-            "calls": 4, "calls_limit": 5, "bytes": 1234, "bytes_limit": 1500,
+            "overage_billing": false, "calls": 4, "calls_limit": 5, "bytes": 1234, "bytes_limit": 1500,
             "calls_overage": 0, "bytes_overage": 0})
     );
     let over = find(group_id("key-tiny-overage"));
@@ -125,6 +125,22 @@ async fn usage_reports_exactly_what_was_served() {
         400,
         "YYYY-MM",
     );
+    let one_past = assert_success(
+        &admin(
+            a,
+            "GET",
+            &format!("/usage/{}?month=2026-10", group_id("key-tiny")),
+            Some("admin-secret"),
+        )
+        .await,
+    );
+    assert_eq!(
+        (
+            one_past["month"].as_str(),
+            one_past["group"]["calls"].as_u64()
+        ),
+        (Some("2026-10"), Some(0))
+    );
     assert_envelope(
         &admin(a, "GET", "/usage/nope", Some("admin-secret")).await,
         404,
@@ -135,6 +151,89 @@ async fn usage_reports_exactly_what_was_served() {
         405,
         "Method not allowed",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_filtered_sorted_and_paged_by_the_server() {
+    let (h, a) = with_admin(false).await;
+    let p = "/tenant/integrationObjects?type=x";
+    for (key, n) in [("key-pro", 3), ("key-free", 5), ("key-tiny-overage", 1)] {
+        for _ in 0..n {
+            assert_eq!(h.get(p, Some(key)).await.status, 200);
+        }
+    }
+    let list = |q: String| async move {
+        let d = assert_success(&admin(a, "GET", &format!("/usage?{q}"), None).await);
+        let ids: Vec<String> = d["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect();
+        (d, ids)
+    };
+    let (pro, free, over) = (
+        group_id("key-pro"),
+        group_id("key-free"),
+        group_id("key-tiny-overage"),
+    );
+
+    // by calls, most first, two a page
+    let (d, ids) = list("sort=calls:desc&limit=2".into()).await;
+    assert_eq!(ids, [free, pro]);
+    assert_eq!(
+        (
+            d["total"].as_u64(),
+            d["offset"].as_u64(),
+            d["limit"].as_u64(),
+            d["sort"].as_str()
+        ),
+        (Some(6), Some(0), Some(2), Some("calls:desc"))
+    );
+    assert_eq!(d["groups"][0]["calls"], 5);
+    let (_, ids) = list("sort=calls:desc&limit=2&offset=2".into()).await;
+    assert_eq!(ids[0], over);
+    let (_, ids) = list("sort=calls:desc&limit=2&offset=6".into()).await;
+    assert!(ids.is_empty());
+
+    // every group once across the pages, in id order by default
+    let mut all = Vec::new();
+    for offset in [0, 4] {
+        all.extend(list(format!("limit=4&offset={offset}")).await.1);
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((all.len(), all.clone()), (6, sorted));
+
+    // the share of the quota used: tiny-overage (1 of 5) above pro (3 of a large limit)
+    let (_, ids) = list("sort=calls_used:desc&limit=1".into()).await;
+    assert_eq!(ids, [over]);
+
+    // filters: part of the id, the tier, the status in force
+    let (d, ids) = list(format!("q={}", pro[18..].to_uppercase())).await;
+    assert_eq!((d["total"].as_u64(), ids), (Some(1), vec![pro.to_string()]));
+    let mut tiny = vec![group_id("key-tiny"), group_id("key-tiny-overage")];
+    tiny.sort_unstable_by(|a, b| b.cmp(a));
+    let (_, ids) = list("tier=tiny&sort=id:desc".into()).await;
+    assert_eq!(ids, tiny);
+    let (_, ids) = list("status=deactivated".into()).await;
+    assert_eq!(ids, [group_id("key-deactivated")]);
+    let (_, ids) = list("status=frozen".into()).await;
+    assert_eq!(ids, [group_id("key-frozen")]);
+
+    for (q, why) in [
+        ("limit=501", "limit must be 1 to 500"),
+        ("sort=nope", "sort must be one of id, tier"),
+        ("status=paused", "status must be"),
+        ("page=2", "unknown parameter"),
+    ] {
+        assert_envelope(
+            &admin(a, "GET", &format!("/usage?{q}"), None).await,
+            400,
+            why,
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +357,7 @@ async fn admin_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> R
     Client::connect(addr)
         .await
         .request(
-            &format!("{method} {path} HTTP/1.1\nHost: admin\nContent-Type: application/json\nContent-Length: {}", body.len()),
+            &format!("{method} {path} HTTP/1.1\nHost: localhost\nContent-Type: application/json\nContent-Length: {}", body.len()),
             body.as_bytes(),
         )
         .await
@@ -280,7 +379,7 @@ async fn status_overrides_and_revocations_win_over_the_tenants_file() {
     .await;
     assert_eq!(
         assert_success(&r),
-        serde_json::json!({"group": pro, "status": "frozen"})
+        serde_json::json!({"group": pro, "status": "frozen", "override": true})
     );
     assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
     assert_eq!(
@@ -488,4 +587,171 @@ async fn metrics_count_answers_rejections_usage_and_reloads() {
             "missing {line:?} in:\n{text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_the_tenants_file_gives_removes_the_override() {
+    let (h, a) = with_admin(false).await;
+    let pro = group_id("key-pro");
+    let p = "/tenant/integrationObjects?type=x";
+    let put = |status: &'static str| async move {
+        admin_body(
+            a,
+            "PUT",
+            &format!("/groups/{pro}/status"),
+            &format!(r#"{{"status": "{status}"}}"#),
+        )
+        .await
+    };
+    assert_success(&put("frozen").await);
+    assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
+
+    // "active" is what the tenants file says: the override goes instead of pinning "active"
+    assert_eq!(
+        assert_success(&put("active").await),
+        serde_json::json!({"group": pro, "status": "active", "override": false})
+    );
+    assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+    assert_eq!(
+        assert_success(&admin(a, "GET", "/overrides", None).await),
+        serde_json::json!({"status": {}, "revoked_keys": []})
+    );
+
+    // so a later freeze in the tenants file is in force after a reload
+    let frozen = tenants_toml().replace(
+        &format!("id = \"{pro}\"\ntier = \"pro\"\nstatus = \"active\""),
+        &format!("id = \"{pro}\"\ntier = \"pro\"\nstatus = \"frozen\""),
+    );
+    assert_ne!(frozen, tenants_toml(), "the fixture's pro group is active");
+    h.write_tenants(&frozen);
+    assert_success(&admin(a, "POST", "/reload", None).await);
+    assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
+
+    // and PUT "active" now overrides the file; PUT "frozen" (the file's) removes that again
+    assert_eq!(assert_success(&put("active").await)["override"], true);
+    assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+    assert_eq!(assert_success(&put("frozen").await)["override"], false);
+    assert_envelope(&h.get(p, Some("key-pro")).await, 400, "frozen");
+
+    // every change is in the audit list, newest first
+    let audit = assert_success(&admin(a, "GET", "/audit", None).await);
+    assert_eq!(audit["instance"], "this instance");
+    let changes: Vec<String> = audit["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} | {}",
+                c["endpoint"].as_str().unwrap(),
+                c["change"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let status = format!("PUT /groups/{pro}/status");
+    assert_eq!(changes.len(), 5, "{changes:#?}");
+    assert_eq!(
+        changes[0],
+        format!("{status} | group {pro}: status frozen (the tenants file's: override removed)")
+    );
+    assert_eq!(
+        changes[1],
+        format!("{status} | group {pro}: status active (override)")
+    );
+    assert!(
+        changes[2].starts_with("POST /reload | configuration reloaded"),
+        "{}",
+        changes[2]
+    );
+    assert_eq!(
+        changes[4],
+        format!("{status} | group {pro}: status frozen (override)")
+    );
+    let first = &audit["changes"][4];
+    assert!(first["caller"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(first["ok"], true);
+    assert!(first["at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+}
+
+async fn admin_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Resp {
+    Client::connect(addr)
+        .await
+        .request(
+            &format!("{method} {path} HTTP/1.1\n{headers}\nContent-Length: 0"),
+            b"",
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_refuses_rebinding_and_cross_site_changes() {
+    let h = Harness::start_with(|c| {
+        c + "\n[admin]\nlisten = \"127.0.0.1:0\"\nhosts = [\"Admin.Internal\"]\n"
+    })
+    .await;
+    let a = h.admin_addr.unwrap();
+    let own = format!("Host: {a}");
+
+    // DNS rebinding: a page of another name pointed at 127.0.0.1 sends its own Host
+    for host in [
+        "evil.example",
+        &format!("evil.example:{}", a.port()),
+        "127.0.0.2",
+        "localhost.evil.example",
+    ] {
+        let r = admin_with(a, "GET", "/usage", &format!("Host: {host}")).await;
+        assert_envelope(&r, 403, "host name is not allowed for the admin API");
+    }
+    for host in [
+        own.as_str(),
+        "Host: localhost",
+        "Host: admin.internal:8443",
+        "Host: 127.0.0.1",
+    ] {
+        let r = admin_with(a, "GET", "/usage", host).await;
+        assert_success(&r);
+    }
+    // a health probe may send any name: /healthz tells nothing
+    assert_success(&admin_with(a, "GET", "/healthz", "Host: lb.internal").await);
+
+    // a cross-site form POST needs no preflight: refused when its Origin is not the listener
+    let pro = group_id("key-pro");
+    for (method, path) in [
+        ("POST", "/reload".to_string()),
+        ("DELETE", format!("/overrides/{pro}")),
+    ] {
+        for origin in [
+            "http://evil.example",
+            "null",
+            &format!("http://127.0.0.1:{}", a.port() + 1),
+        ] {
+            let r = admin_with(a, method, &path, &format!("{own}\nOrigin: {origin}")).await;
+            assert_envelope(&r, 403, "Cross-origin changes to the admin API are refused");
+        }
+    }
+    let r = Client::connect(a)
+        .await
+        .request(
+            &format!("PUT /groups/{pro}/status HTTP/1.1\n{own}\nOrigin: http://evil.example\nContent-Type: text/plain\nContent-Length: 20"),
+            br#"{"status": "frozen"}"#,
+        )
+        .await;
+    assert_envelope(&r, 403, "Cross-origin");
+    assert_eq!(
+        h.get("/tenant/integrationObjects?type=x", Some("key-pro"))
+            .await
+            .status,
+        200
+    );
+    // nothing was changed, so nothing is in the audit list
+    let audit = assert_success(&admin_with(a, "GET", "/audit", &own).await);
+    assert_eq!(audit["changes"], serde_json::json!([]));
+
+    // the console's own requests carry its origin
+    let r = admin_with(a, "POST", "/reload", &format!("{own}\nOrigin: http://{a}")).await;
+    assert_eq!(assert_success(&r)["reloaded"], true);
+    // and a script sends none
+    assert_success(&admin_with(a, "POST", "/reload", &own).await);
+    let audit = assert_success(&admin_with(a, "GET", "/audit", &own).await);
+    assert_eq!(audit["changes"].as_array().unwrap().len(), 2);
 }

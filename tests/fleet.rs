@@ -184,7 +184,7 @@ async fn a_change_on_one_instance_reaches_all_four_within_a_second() {
     let r = admin
         .request(
             &format!(
-                "DELETE /groups/{}/keys/{hash} HTTP/1.1\nHost: a",
+                "DELETE /groups/{}/keys/{hash} HTTP/1.1\nHost: localhost",
                 group_id("key-pro")
             ),
             b"",
@@ -202,7 +202,7 @@ async fn a_change_on_one_instance_reaches_all_four_within_a_second() {
     let r = admin
         .request(
             &format!(
-                "PUT /groups/{}/status HTTP/1.1\nHost: a\nContent-Length: {}",
+                "PUT /groups/{}/status HTTP/1.1\nHost: localhost\nContent-Length: {}",
                 group_id("key-free"),
                 body.len()
             ),

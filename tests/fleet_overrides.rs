@@ -62,7 +62,7 @@ impl Instance {
             .await
             .request(
                 &format!(
-                    "{method} {path} HTTP/1.1\nHost: admin\nContent-Length: {}",
+                    "{method} {path} HTTP/1.1\nHost: localhost\nContent-Length: {}",
                     body.len()
                 ),
                 body.as_bytes(),

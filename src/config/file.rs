@@ -207,6 +207,10 @@ pub struct AdminSection {
     pub listen: Option<String>,
     /// `sha256:<hex>` of the admin bearer token (from `vivgate hash-key`).
     pub token: Option<String>,
+    /// Host names the admin listener answers to besides its own address and `localhost`
+    /// (a name it is reached by through DNS or a proxy).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -295,6 +295,9 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// The admin bearer token's hash; `None`: the admin API is open (loopback only).
     pub admin_token: Option<KeyHash>,
+    /// `admin.hosts`, lowercase: names the admin listener answers to besides its own address
+    /// and `localhost`.
+    pub admin_hosts: Vec<Box<str>>,
     /// `[cors]`; `None`: no CORS handling.
     pub cors: Option<Cors>,
     /// `server.trusted_proxies`.

@@ -376,6 +376,29 @@ impl EmbeddedStore {
             .unwrap_or_default())
     }
 
+    /// `read_one` for many groups, in one read transaction.
+    fn read_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, redb::Error> {
+        let guard = self.open_db()?;
+        let db = guard.db();
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(USAGE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(vec![Usage::default(); groups.len()])
+            }
+            Err(e) => return Err(e.into()),
+        };
+        groups
+            .iter()
+            .map(|g| {
+                Ok(table
+                    .get((month.index(), *g))?
+                    .map(|v| usage_of(v.value()))
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+
     /// Adds the deltas and records the flush number, in one transaction.
     fn write(&self, deltas: &[Delta], seq: u64) -> Result<(), redb::Error> {
         let guard = self.open_db()?;
@@ -443,6 +466,17 @@ impl UsageStore for EmbeddedStore {
             return Ok(self.mem.get(group, month).unwrap_or_default());
         }
         self.read_one(group, month)
+            .map_err(|e| format!("usage store {}: {e}", self.path.display()))
+    }
+
+    fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {
+        if month.index() >= self.complete_from.load(Ordering::Acquire) {
+            return Ok(groups
+                .iter()
+                .map(|g| self.mem.get(g, month).unwrap_or_default())
+                .collect());
+        }
+        self.read_many(groups, month)
             .map_err(|e| format!("usage store {}: {e}", self.path.display()))
     }
 

@@ -89,6 +89,15 @@ pub trait UsageStore: Send + Sync + 'static {
         Ok(self.usage(group, month))
     }
 
+    /// `usage_checked` for many groups of one month at once (the operators' listing): a store
+    /// reads its durable storage in one pass or in pipelined batches, not once per group.
+    fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {
+        groups
+            .iter()
+            .map(|g| self.usage_checked(g, month))
+            .collect()
+    }
+
     /// Makes everything counted so far durable; a no-op for a store that is not. Called by a
     /// background task at the flush interval and once more when the gateway stops. Never
     /// called on the request path.
@@ -209,6 +218,10 @@ impl UsageStore for Store {
 
     fn usage_checked(&self, group: &str, month: Month) -> Result<Usage, String> {
         each!(self, s => s.usage_checked(group, month))
+    }
+
+    fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {
+        each!(self, s => s.usage_many(groups, month))
     }
 
     fn flush(&self) -> Result<usize, String> {

@@ -50,7 +50,7 @@ pub fn compile(
         None => None,
         Some(c) => Some(cors::cors(cfg, c)?),
     };
-    let (admin_listen, admin_token) = server::admin(cfg, &file.admin)?;
+    let admin = server::admin(cfg, &file.admin)?;
     let tiers = tiers::tiers(cfg, &file)?;
     let (upstreams, upstream_index) = upstreams::upstreams(cfg, &file)?;
     let routes = routes::compile_routes(cfg, &file, &upstream_index)?;
@@ -61,7 +61,7 @@ pub fn compile(
             threads: s.threads,
             grace_period_seconds: s.grace_period_seconds,
             usage,
-            admin_listen,
+            admin_listen: admin.listen,
             access_log,
             h2c: s.h2c,
             proxy_protocol: s.proxy_protocol,
@@ -77,7 +77,8 @@ pub fn compile(
         keys,
         routes,
         upstreams,
-        admin_token,
+        admin_token: admin.token,
+        admin_hosts: admin.hosts,
         cors,
         trusted_proxies,
         tls_certs: std::sync::Arc::new(tls_certs),

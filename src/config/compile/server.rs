@@ -87,11 +87,15 @@ pub(super) fn trusted_proxies(
     Ok(trusted_proxies)
 }
 
-/// `[admin]`: the listener (loopback only without a token) and the token's hash.
-pub(super) fn admin(
-    cfg: &Path,
-    a: &AdminSection,
-) -> Result<(Option<String>, Option<KeyHash>), ConfigError> {
+/// `[admin]`, checked.
+pub(super) struct Admin {
+    pub listen: Option<String>,
+    pub token: Option<KeyHash>,
+    pub hosts: Vec<Box<str>>,
+}
+
+/// `[admin]`: the listener (loopback only without a token), the token's hash, the host names.
+pub(super) fn admin(cfg: &Path, a: &AdminSection) -> Result<Admin, ConfigError> {
     let admin_token = match &a.token {
         None => None,
         Some(t) => Some(parse_key_hash(t).map_err(|m| err(cfg, "admin.token", m))?),
@@ -124,7 +128,27 @@ pub(super) fn admin(
         ));
     }
 
-    Ok((admin_listen, admin_token))
+    let mut hosts = Vec::new();
+    for h in &a.hosts {
+        // a name, without a port: the port is not what DNS rebinding changes
+        let valid = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+        if !valid {
+            return Err(err(
+                cfg,
+                "admin.hosts",
+                format!("{h:?} is not a host name (letters, digits, '.', '-'; no port)"),
+            ));
+        }
+        hosts.push(h.to_ascii_lowercase().into_boxed_str());
+    }
+    Ok(Admin {
+        listen: admin_listen,
+        token: admin_token,
+        hosts,
+    })
 }
 
 /// `[[server.tls]]`: one listener per address, each with its certificates in order.

@@ -468,6 +468,13 @@ impl UsageStore for SharedRedisStore {
             .unwrap_or_else(|| Err("redis did not answer in time".into()))
     }
 
+    fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        self.0
+            .run(move |s| Box::pin(async move { s.read_many(groups, month).await }))
+            .unwrap_or_else(|| Err("redis did not answer in time".into()))
+    }
+
     fn flush(&self) -> Result<usize, String> {
         let n = self
             .0

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::overrides_table::{read_copy, status_str, to_overrides, write_copy};
+use super::overrides_table::{read_copy, to_overrides, write_copy};
 use super::{cluster_nodes, Conn, RedisStore};
 use crate::overrides::{ChangeError, Changed, OverrideChange, Overrides};
 
@@ -171,7 +171,7 @@ impl RedisStore {
             .arg(CHANNEL)
             .arg(table.status.len());
         for (group, status) in &table.status {
-            cmd.arg(group).arg(status_str(*status));
+            cmd.arg(group).arg(status.as_str());
         }
         for (key, group) in &table.revoked {
             cmd.arg(key).arg(group);
@@ -356,7 +356,7 @@ impl RedisStore {
     ) -> Result<Changed, ChangeError> {
         let args: [String; 3] = match change {
             OverrideChange::Status { group, status } => {
-                ["status".into(), group.clone(), status_str(*status).into()]
+                ["status".into(), group.clone(), status.as_str().into()]
             }
             OverrideChange::Revoke { key, group } => ["revoke".into(), key.clone(), group.clone()],
             OverrideChange::Remove(id) => ["remove".into(), id.clone(), String::new()],

@@ -24,14 +24,6 @@ pub(super) fn parse_status(s: &str) -> Option<GroupStatus> {
     }
 }
 
-pub(super) fn status_str(s: GroupStatus) -> &'static str {
-    match s {
-        GroupStatus::Active => "active",
-        GroupStatus::Frozen => "frozen",
-        GroupStatus::Deactivated => "deactivated",
-    }
-}
-
 /// The table as Redis holds it. An entry that is not valid (a tool wrote a status vivgate does
 /// not know, or a malformed key hash) is left out and logged: the valid ones stay in force.
 pub(super) fn to_overrides(status: Vec<String>, revoked: Vec<String>) -> Overrides {

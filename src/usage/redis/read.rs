@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::conn::Conn;
 use super::{month_plus, RedisStore};
 use crate::clock::Month;
 use crate::usage::Usage;
@@ -60,17 +61,113 @@ impl RedisStore {
             .map_err(|_| "redis did not answer in time".to_string())?
             .map_err(|e| format!("redis: {e}"))?
             .map_err(|e| format!("redis: {e}"))?;
-        let Some(v) = v else {
-            return Ok(Usage::default());
-        };
-        let n: Vec<u64> = v.split(' ').filter_map(|x| x.parse().ok()).collect();
-        let g = |i: usize| n.get(i).copied().unwrap_or(0);
-        Ok(Usage {
-            calls: g(0),
-            bytes: g(1),
-            calls_overage: g(2),
-            bytes_overage: g(3),
-        })
+        Ok(archived(v.as_deref()))
+    }
+
+    /// `read` for many groups: the month's keys in pipelined batches (one Redis Cluster slot per
+    /// group, so there each batch's commands are sent concurrently instead), then the archive
+    /// for the groups whose key is gone.
+    pub(super) async fn read_many(
+        &self,
+        groups: Vec<String>,
+        month: Month,
+    ) -> Result<Vec<Usage>, String> {
+        const BATCH: usize = 1000;
+        let conn = self
+            .conn
+            .get()
+            .cloned()
+            .ok_or("redis cluster not connected yet")?;
+        let deadline = self.settings.timeout.max(Duration::from_millis(500)) * 10;
+        let keys: Vec<String> = groups.iter().map(|g| Self::key(g, month)).collect();
+        let task = self.handle.spawn(async move {
+            let mut out: Vec<Vec<(String, i64)>> = Vec::with_capacity(keys.len());
+            for batch in keys.chunks(BATCH) {
+                if let Conn::Cluster(c) = &conn {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, key) in batch.iter().enumerate() {
+                        let (mut c, key) = (c.clone(), key.clone());
+                        set.spawn(async move {
+                            let r = redis::cmd("HGETALL")
+                                .arg(key)
+                                .query_async::<Vec<(String, i64)>>(&mut c)
+                                .await;
+                            (i, r)
+                        });
+                    }
+                    let mut got = vec![Vec::new(); batch.len()];
+                    while let Some(done) = set.join_next().await {
+                        let (i, r) = done.map_err(|e| e.to_string())?;
+                        got[i] = r.map_err(|e| e.to_string())?;
+                    }
+                    out.extend(got);
+                } else {
+                    let mut pipe = redis::pipe();
+                    for key in batch {
+                        pipe.cmd("HGETALL").arg(key);
+                    }
+                    let mut c = conn.clone();
+                    let got: Vec<Vec<(String, i64)>> =
+                        pipe.query_async(&mut c).await.map_err(|e| e.to_string())?;
+                    out.extend(got);
+                }
+            }
+            Ok::<_, String>(out)
+        });
+        let all = tokio::time::timeout(deadline, task)
+            .await
+            .map_err(|_| "redis did not answer in time".to_string())?
+            .map_err(|e| format!("redis: {e}"))?
+            .map_err(|e| format!("redis: {e}"))?;
+        let mut usages: Vec<Usage> = all.iter().map(|f| served(f)).collect();
+        // a finished month's groups without a key: their key expired (the archive has them) or
+        // they had no usage
+        let missing: Vec<usize> = (0..all.len()).filter(|&i| all[i].is_empty()).collect();
+        if !missing.is_empty() && month.next().start_ms() <= self.clock.now_ms() {
+            let names: Vec<String> = missing.iter().map(|&i| groups[i].clone()).collect();
+            for (i, u) in missing
+                .into_iter()
+                .zip(self.read_archive_many(names, month).await?)
+            {
+                usages[i] = u;
+            }
+        }
+        Ok(usages)
+    }
+
+    /// `read_archive` for many groups: `HMGET`s of the month's archive hash, in batches.
+    async fn read_archive_many(
+        &self,
+        groups: Vec<String>,
+        month: Month,
+    ) -> Result<Vec<Usage>, String> {
+        let conn = self
+            .conn
+            .get()
+            .cloned()
+            .ok_or("redis cluster not connected yet")?;
+        let key = Self::archive_key(month);
+        let deadline = self.settings.timeout.max(Duration::from_millis(500)) * 10;
+        let task = self.handle.spawn(async move {
+            let mut out: Vec<Option<String>> = Vec::with_capacity(groups.len());
+            for batch in groups.chunks(1000) {
+                let mut c = conn.clone();
+                let got: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(batch)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                out.extend(got);
+            }
+            Ok::<_, String>(out)
+        });
+        let values = tokio::time::timeout(deadline, task)
+            .await
+            .map_err(|_| "redis did not answer in time".to_string())?
+            .map_err(|e| format!("redis: {e}"))?
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(values.iter().map(|v| archived(v.as_deref())).collect())
     }
 
     /// Reads one month's totals straight from Redis.
@@ -96,23 +193,43 @@ impl RedisStore {
         if fields.is_empty() {
             return self.read_archive(group, month).await;
         }
-        let get = |name: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == name)
-                .map_or(0, |(_, v)| (*v).max(0) as u64)
-        };
-        // `calls` holds leased calls not served yet: billing reads what was served
-        let leased: i64 = fields
+        Ok(served(&fields))
+    }
+}
+
+/// A month's totals from its hash: `calls` holds leased calls not served yet, and billing reads
+/// what was served.
+fn served(fields: &[(String, i64)]) -> Usage {
+    let get = |name: &str| {
+        fields
             .iter()
-            .filter(|(f, _)| f.starts_with("L:"))
-            .map(|(_, v)| *v)
-            .sum();
-        Ok(Usage {
-            calls: get("calls").saturating_sub(leased.max(0) as u64),
-            bytes: get("bytes"),
-            calls_overage: get("calls_overage"),
-            bytes_overage: get("bytes_overage"),
-        })
+            .find(|(f, _)| f == name)
+            .map_or(0, |(_, v)| (*v).max(0) as u64)
+    };
+    let leased: i64 = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("L:"))
+        .map(|(_, v)| *v)
+        .sum();
+    Usage {
+        calls: get("calls").saturating_sub(leased.max(0) as u64),
+        bytes: get("bytes"),
+        calls_overage: get("calls_overage"),
+        bytes_overage: get("bytes_overage"),
+    }
+}
+
+/// An archive entry, `calls bytes calls_overage bytes_overage` (zeros if there is none).
+fn archived(v: Option<&str>) -> Usage {
+    let Some(v) = v else {
+        return Usage::default();
+    };
+    let n: Vec<u64> = v.split(' ').filter_map(|x| x.parse().ok()).collect();
+    let g = |i: usize| n.get(i).copied().unwrap_or(0);
+    Usage {
+        calls: g(0),
+        bytes: g(1),
+        calls_overage: g(2),
+        bytes_overage: g(3),
     }
 }

@@ -20,13 +20,34 @@ use crate::overrides::{ChangeError, Changed, OverrideChange};
 use crate::respond::Reply;
 use crate::usage::UsageStore;
 
+mod audit;
+mod guard;
+mod listing;
+
+use audit::{AuditLog, Entry};
+
 pub struct AdminApp {
     gw: Arc<Gateway>,
+    audit: AuditLog,
 }
 
 impl AdminApp {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        AdminApp { gw }
+        AdminApp {
+            gw,
+            audit: AuditLog::default(),
+        }
+    }
+
+    /// Logs a change made through this listener and keeps it for `GET /audit`.
+    fn audit(&self, caller: &str, endpoint: impl Into<String>, change: String, ok: bool) {
+        self.audit.record(Entry {
+            at_ms: self.gw.clock().now_ms(),
+            caller: caller.to_string(),
+            endpoint: endpoint.into(),
+            change,
+            ok,
+        });
     }
 }
 
@@ -86,17 +107,7 @@ impl AdminApp {
     /// error (billing must never see zeros that are not).
     fn group_usage(&self, g: &Group, month: Month) -> Result<Value, String> {
         let u = self.gw.store().usage_checked(&g.id, month)?;
-        Ok(json!({
-            "id": &*g.id,
-            "tier": &*g.tier.name,
-            "status": self.gw.overrides().status_of(g),
-            "calls": u.calls,
-            "calls_limit": g.tier.api_calls,
-            "bytes": u.bytes,
-            "bytes_limit": g.tier.cdn_bytes,
-            "calls_overage": u.calls_overage,
-            "bytes_overage": u.bytes_overage,
-        }))
+        Ok(listing::row_json(g, self.gw.overrides().status_of(g), &u))
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -132,38 +143,48 @@ impl AdminApp {
                 ok(json!({"status": "serving"}))
             };
         }
+        let local = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        guard::check(
+            &method,
+            &req.uri,
+            &req.headers,
+            local,
+            &self.gw.snapshot().admin_hosts,
+        )?;
         if !self.authorized(session) {
             return Err(GatewayError::AdminUnauthorized);
         }
         let now = Month::containing(self.gw.clock().now_ms());
         match (method, path.as_str()) {
             (Method::GET, "/usage") => {
-                let month = match form_urlencoded::parse(query.as_bytes())
-                    .find(|(k, _)| k == "month")
-                {
-                    None => now,
-                    Some((_, v)) => match parse_month(&v) {
-                        Some(m) => m,
-                        None => return Err(GatewayError::Invalid("month must be YYYY-MM".into())),
-                    },
-                };
+                let listing = listing::Listing::parse(&query, now)?;
                 let snap = self.gw.snapshot();
-                let groups: Result<Vec<Value>, String> = tokio::task::block_in_place(|| {
-                    snap.groups
-                        .iter()
-                        .map(|g| self.group_usage(g, month))
-                        .collect()
-                });
-                match groups {
-                    Ok(groups) => ok(json!({"month": month.to_string(), "groups": groups})),
-                    Err(e) => Err(internal(&e)),
-                }
+                let overrides = self.gw.overrides();
+                tokio::task::block_in_place(|| {
+                    listing::list(&listing, &snap.groups, &overrides, self.gw.store())
+                })
+                .map(|data| Reply::success(&data))
+                .map_err(|e| internal(&e))
             }
             (Method::GET, p) if p.starts_with("/usage/") => {
+                let mut month = now;
+                for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                    match &*k {
+                        "month" => {
+                            month = parse_month(&v).ok_or_else(|| {
+                                GatewayError::Invalid("month must be YYYY-MM".into())
+                            })?
+                        }
+                        _ => return Err(GatewayError::Invalid(format!("unknown parameter {k:?}"))),
+                    }
+                }
                 let snap = self.gw.snapshot();
                 match snap.group(&p["/usage/".len()..]) {
-                    Some(g) => match self.group_usage(g, now) {
-                        Ok(u) => ok(json!({"month": now.to_string(), "group": u})),
+                    Some(g) => match tokio::task::block_in_place(|| self.group_usage(g, month)) {
+                        Ok(u) => ok(json!({"month": month.to_string(), "group": u})),
                         Err(e) => Err(internal(&e)),
                     },
                     None => Err(GatewayError::NotFound("Unknown group")),
@@ -171,21 +192,28 @@ impl AdminApp {
             }
             (Method::POST, "/reload") => match self.gw.clone().reload_in_background().await {
                 Ok(report) => {
-                    tracing::info!(
-                        target: "vivgate::audit",
-                        endpoint = "POST /reload",
-                        %caller,
-                        "configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
-                        report.groups,
-                        report.keys,
-                        report.routes,
-                        report.certificates,
-                        report.certificates_new
+                    self.audit(
+                        &caller,
+                        "POST /reload",
+                        format!(
+                            "configuration reloaded: groups {:?}, keys {:?}, routes {:?}, TLS certificates {:?} ({} new)",
+                            report.groups,
+                            report.keys,
+                            report.routes,
+                            report.certificates,
+                            report.certificates_new
+                        ),
+                        true,
                     );
                     ok(json!({"reloaded": true, "changes": report}))
                 }
                 Err(e @ (ReloadError::Invalid(_) | ReloadError::NeedsRestart(_))) => {
-                    tracing::warn!(target: "vivgate::audit", endpoint = "POST /reload", %caller, "reload refused: {e}");
+                    self.audit(
+                        &caller,
+                        "POST /reload",
+                        format!("reload refused: {e}"),
+                        false,
+                    );
                     Err(GatewayError::Invalid(format!("Reload refused: {e}")))
                 }
                 Err(e @ ReloadError::NoSource) => Err(GatewayError::ReloadWithoutFiles(format!(
@@ -226,6 +254,11 @@ impl AdminApp {
                     text.into_bytes(),
                 ))
             }
+            (Method::GET, "/audit") => ok(json!({
+                "instance": "this instance",
+                "kept": audit::KEPT,
+                "changes": self.audit.newest_first(),
+            })),
             (Method::GET, "/overrides") => {
                 let o = self.gw.overrides();
                 let revoked: Vec<Value> = o
@@ -256,7 +289,12 @@ impl AdminApp {
                 };
                 match self.change_overrides(&OverrideChange::Remove(id.clone())) {
                     Ok(c) if c.found => {
-                        tracing::info!(target: "vivgate::audit", endpoint = "DELETE /overrides", %caller, "override removed: {shown}");
+                        self.audit(
+                            &caller,
+                            "DELETE /overrides",
+                            format!("override removed: {shown}"),
+                            true,
+                        );
                         ok(with_version(json!({"removed": id}), &c))
                     }
                     Ok(_) => Err(GatewayError::NotFound("No such override")),
@@ -266,7 +304,9 @@ impl AdminApp {
             (m, p) if p.starts_with("/groups/") => {
                 self.group_change(m, &p["/groups/".len()..], body, &caller)
             }
-            (_, "/usage") | (_, "/overrides") => Err(GatewayError::MethodNotAllowed("GET".into())),
+            (_, "/usage") | (_, "/overrides") | (_, "/audit") => {
+                Err(GatewayError::MethodNotAllowed("GET".into()))
+            }
             (_, "/reload") => Err(GatewayError::MethodNotAllowed("POST".into())),
             _ => Err(GatewayError::NoRoute),
         }
@@ -320,21 +360,41 @@ impl AdminApp {
                     // fleet tenants: the change goes to Redis, and every instance applies it
                     return match crate::fleet::set_status(url, id, status) {
                         Ok(version) => {
-                            tracing::info!(target: "vivgate::audit", %caller, group = id, version, "PUT /groups/{id}/status: {status:?} (in Redis)");
+                            self.audit(
+                                caller,
+                                format!("PUT /groups/{id}/status"),
+                                format!("group {id}: status {status} in the fleet's tenants (Redis version {version})"),
+                                true,
+                            );
                             self.apply_fleet_change();
                             ok(json!({"group": id, "status": status, "version": version}))
                         }
                         Err(e) => Err(fleet_not_saved(&e)),
                     };
                 }
-                let change = OverrideChange::Status {
-                    group: id.to_string(),
-                    status,
+                // the status the tenants file gives: no override (a later change of the file
+                // decides again), rather than one that pins it
+                let from_file = status == group.status;
+                let change = if from_file {
+                    OverrideChange::Remove(id.to_string())
+                } else {
+                    OverrideChange::Status {
+                        group: id.to_string(),
+                        status,
+                    }
                 };
                 match self.change_overrides(&change) {
                     Ok(c) => {
-                        tracing::info!(target: "vivgate::audit", %caller, group = id, "PUT /groups/{id}/status: {status:?}");
-                        ok(with_version(json!({"group": id, "status": status}), &c))
+                        let what = if from_file {
+                            format!("group {id}: status {status} (the tenants file's: override removed)")
+                        } else {
+                            format!("group {id}: status {status} (override)")
+                        };
+                        self.audit(caller, format!("PUT /groups/{id}/status"), what, true);
+                        ok(with_version(
+                            json!({"group": id, "status": status, "override": !from_file}),
+                            &c,
+                        ))
                     }
                     Err(e) => Err(change_failed(e)),
                 }
@@ -357,7 +417,12 @@ impl AdminApp {
                 if let Some(url) = &snap.tenants_url {
                     return match crate::fleet::revoke_key(url, id, &text) {
                         Ok(version) => {
-                            tracing::info!(target: "vivgate::audit", %caller, group = id, version, "DELETE /groups/{id}/keys: key {} revoked (in Redis)", crate::keys::fingerprint(&hash));
+                            self.audit(
+                                caller,
+                                format!("DELETE /groups/{id}/keys"),
+                                format!("group {id}: key {} revoked in the fleet's tenants (Redis version {version})", crate::keys::fingerprint(&hash)),
+                                true,
+                            );
                             self.apply_fleet_change();
                             ok(json!({"group": id, "revoked": text, "version": version}))
                         }
@@ -370,7 +435,15 @@ impl AdminApp {
                 };
                 match self.change_overrides(&change) {
                     Ok(c) => {
-                        tracing::info!(target: "vivgate::audit", %caller, group = id, "DELETE /groups/{id}/keys: key {} revoked", crate::keys::fingerprint(&hash));
+                        self.audit(
+                            caller,
+                            format!("DELETE /groups/{id}/keys"),
+                            format!(
+                                "group {id}: key {} revoked",
+                                crate::keys::fingerprint(&hash)
+                            ),
+                            true,
+                        );
                         ok(with_version(json!({"group": id, "revoked": text}), &c))
                     }
                     Err(e) => Err(change_failed(e)),
