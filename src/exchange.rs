@@ -234,7 +234,11 @@ impl Exchange {
         self.upstream_responded = true;
         if let Some(t) = self.upstream_started {
             let secs = t.elapsed().as_secs_f64();
-            gw.metrics().upstream_seconds.observe(secs);
+            if let Some(r) = &self.p.route {
+                r.upstream_seconds
+                    .get_or_init(|| gw.metrics().upstream_seconds.with_label_values(&[&r.name]))
+                    .observe(secs);
+            }
             self.upstream_ms = Some(secs * 1000.0);
         }
     }

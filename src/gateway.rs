@@ -73,6 +73,7 @@ impl Gateway {
         source: Option<PathBuf>,
     ) -> Self {
         let store = store.into();
+        store.set_clock(clock.clone());
         let metrics = Metrics::new();
         store.register_metrics(metrics.registry());
         let access_log = snapshot.startup.access_log.as_ref().and_then(|a| {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -14,8 +14,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Requests the gateway answered itself, by reason.
     pub rejections: IntCounterVec,
-    /// Time from choosing an upstream server to its response head.
-    pub upstream_seconds: Histogram,
+    /// Time from choosing an upstream server to its response head, by route.
+    pub upstream_seconds: HistogramVec,
     /// Reloads by result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     pub flush_failures: IntCounter,
@@ -61,15 +61,16 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
-        let upstream_seconds = Histogram::with_opts(
+        let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "upstream_response_seconds",
-                "Upstream response head latency",
+                "Upstream response head latency, by route",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
             ]),
+            &["route"],
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(

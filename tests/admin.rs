@@ -562,7 +562,8 @@ async fn metrics_count_answers_rejections_usage_and_reloads() {
         "vivgate_rejections_total{reason=\"quota_calls\"} 1",
         "vivgate_rejections_total{reason=\"missing_key\"} 1",
         "vivgate_rejections_total{reason=\"no_route\"} 1",
-        "vivgate_upstream_response_seconds_count 6",
+        "vivgate_upstream_response_seconds_count{route=\"/cdn/\"} 1",
+        "vivgate_upstream_response_seconds_count{route=\"/tenant/integrationObjects\"} 5",
         "vivgate_usage_calls{tier=\"tiny\"} 5",
         "vivgate_usage_calls{tier=\"pro\"} 1",
         "vivgate_usage_bytes{tier=\"pro\"} 300",
@@ -754,4 +755,119 @@ async fn the_admin_listener_refuses_rebinding_and_cross_site_changes() {
     assert_success(&admin_with(a, "POST", "/reload", &own).await);
     let audit = assert_success(&admin_with(a, "GET", "/audit", &own).await);
     assert_eq!(audit["changes"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_bytes_are_kept_per_day_for_each_group_and_the_gateway() {
+    use vivgate::usage::UsageStore;
+    let (h, a) = with_admin(false).await;
+    let (tiny, pro) = (group_id("key-tiny"), group_id("key-pro"));
+    let p = "/tenant/integrationObjects?type=x";
+    // the harness's clock: 2026-11-15
+    for _ in 0..3 {
+        assert_eq!(h.get(p, Some("key-tiny")).await.status, 200);
+    }
+    assert_eq!(
+        h.get("/cdn/x?size=1234", Some("key-tiny")).await.status,
+        200
+    );
+    h.wait_bytes("key-tiny", 1234).await;
+    h.gw.store().flush().unwrap();
+    h.clock
+        .set(vivgate::clock::utc_ms(2026, 11, 16, 9, 0, 0, 0));
+    for _ in 0..2 {
+        assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+    }
+    h.gw.store().flush().unwrap();
+
+    let day = |days: &serde_json::Value, d: usize| {
+        let v = &days[d - 1];
+        assert_eq!(v["day"], d);
+        (v["calls"].as_u64().unwrap(), v["bytes"].as_u64().unwrap())
+    };
+    let d = assert_success(&admin(a, "GET", &format!("/usage/{tiny}?by=day"), None).await);
+    assert_eq!(d["month"], "2026-11");
+    assert_eq!(d["group"]["calls"], 4);
+    let days = &d["days"];
+    assert_eq!(days.as_array().unwrap().len(), 30);
+    assert_eq!(
+        (day(days, 15), day(days, 16), day(days, 14)),
+        ((4, 1234), (0, 0), (0, 0))
+    );
+    let d = assert_success(&admin(a, "GET", &format!("/usage/{pro}?by=day"), None).await);
+    assert_eq!((day(&d["days"], 15), day(&d["days"], 16)), ((0, 0), (2, 0)));
+    // without by=day, no days
+    let d = assert_success(&admin(a, "GET", &format!("/usage/{pro}"), None).await);
+    assert!(d.get("days").is_none());
+
+    // the whole gateway
+    let d = assert_success(&admin(a, "GET", "/days", None).await);
+    assert_eq!(
+        (day(&d["days"], 15), day(&d["days"], 16)),
+        ((4, 1234), (2, 0))
+    );
+    // the previous month's days are kept (none here); older months have none
+    let d = assert_success(&admin(a, "GET", "/days?month=2026-10", None).await);
+    assert_eq!(d["days"].as_array().unwrap().len(), 31);
+    let d = assert_success(
+        &admin(
+            a,
+            "GET",
+            &format!("/usage/{pro}?month=2026-09&by=day"),
+            None,
+        )
+        .await,
+    );
+    assert!(d["days"].is_null());
+    assert_envelope(
+        &admin(a, "GET", &format!("/usage/{pro}?by=week"), None).await,
+        400,
+        "by must be day",
+    );
+    assert_envelope(
+        &admin(a, "POST", "/days", None).await,
+        405,
+        "Method not allowed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shows_the_last_minutes_from_the_counters() {
+    let (h, a) = with_admin(false).await;
+    let p = "/tenant/integrationObjects?type=x";
+    for _ in 0..3 {
+        assert_eq!(h.get(p, Some("key-pro")).await.status, 200);
+    }
+    assert_envelope(&h.get(p, Some("nope")).await, 401, "Invalid or revoked");
+    let mut d = serde_json::Value::Null;
+    for _ in 0..100 {
+        d = assert_success(&admin(a, "GET", "/traffic", None).await);
+        if d["current"]["requests"].as_u64() >= Some(4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (d["interval_seconds"].as_u64(), d["kept"].as_u64()),
+        (Some(5), Some(180))
+    );
+    assert!(d["samples"].is_array());
+    let now = &d["current"];
+    assert_eq!(now["requests"], 4, "{now}");
+    assert_eq!(now["rejections"]["invalid_key"], 1, "{now}");
+    let route = &now["routes"]["/tenant/integrationObjects"];
+    assert_eq!(
+        (
+            route["requests"].as_u64(),
+            route["errors"].as_u64(),
+            route["upstream"].as_u64()
+        ),
+        (Some(3), Some(0), Some(3)),
+        "{now}"
+    );
+    let (p50, p99) = (
+        route["p50_ms"].as_f64().unwrap(),
+        route["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{now}");
 }

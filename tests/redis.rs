@@ -321,6 +321,43 @@ async fn the_month_rolls_over_on_every_instance() {
         40
     );
     assert_eq!(fleet.h.backend.total(), 80);
+    // the days: the group's in its month key, the gateway's in the month's days hash
+    assert_eq!(
+        redis
+            .hget(&fleet.key(Month::from_ym(2026, 11)), "d:15:calls")
+            .await,
+        40
+    );
+    assert_eq!(
+        redis
+            .hget(&fleet.key(Month::from_ym(2026, 12)), "d:1:calls")
+            .await,
+        40
+    );
+    assert_eq!(
+        redis.hget("vivgate:usage-days:2026-11", "15:calls").await,
+        40
+    );
+    assert_eq!(
+        redis.hget("vivgate:usage-days:2026-12", "1:calls").await,
+        40
+    );
+    // as the store reads them back
+    let store = fleet.gws[1].clone();
+    let (group_days, gateway_days) = tokio::task::block_in_place(|| {
+        (
+            store
+                .store()
+                .days(group_id(TINY), Month::from_ym(2026, 11))
+                .unwrap(),
+            store.store().days("", Month::from_ym(2026, 12)).unwrap(),
+        )
+    });
+    assert_eq!(
+        (group_days.len(), group_days[14], group_days[13]),
+        (30, [40, 0], [0, 0])
+    );
+    assert_eq!((gateway_days.len(), gateway_days[0]), (31, [40, 0]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,6 +814,22 @@ async fn a_settlement_whose_reply_is_lost_is_applied_once() {
     assert_eq!(fleet.h.backend.total_for(group), 20);
     assert_eq!(redis.hget(&key, "calls").await, 20, "calls applied once");
     assert_eq!(redis.hget(&key, "bytes").await, 6_000, "bytes applied once");
+    assert_eq!(
+        redis.hget(&key, "d:15:bytes").await,
+        6_000,
+        "the day's bytes applied once"
+    );
+    assert_eq!(redis.hget(&key, "d:15:calls").await, 20);
+    // the batch whose answer was lost joined the gateway's day once, when it was re-sent
+    let pro = format!("vivgate:usage:{{{}}}:2026-11", group_id("key-pro"));
+    assert_eq!(
+        redis.hget("vivgate:usage-days:2026-11", "15:calls").await,
+        20 + redis.hget(&pro, "calls").await
+    );
+    assert_eq!(
+        redis.hget("vivgate:usage-days:2026-11", "15:bytes").await,
+        6_000
+    );
     assert_eq!(
         redis.hget(&key, "bytes_overage").await,
         4_500,

@@ -23,12 +23,21 @@ use crate::usage::UsageStore;
 mod audit;
 mod guard;
 mod listing;
+pub mod traffic;
 
 use audit::{AuditLog, Entry};
 
 pub struct AdminApp {
     gw: Arc<Gateway>,
     audit: AuditLog,
+    traffic: Arc<traffic::Traffic>,
+}
+
+/// Wall-clock milliseconds (the traffic view is about real time, whatever clock months use).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl AdminApp {
@@ -36,6 +45,28 @@ impl AdminApp {
         AdminApp {
             gw,
             audit: AuditLog::default(),
+            traffic: Default::default(),
+        }
+    }
+
+    /// Samples the gateway's counters every [`traffic::INTERVAL`] until `stop` turns true.
+    pub fn sample_traffic(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (gw, traffic) = (self.gw.clone(), self.traffic.clone());
+        async move {
+            let mut tick = tokio::time::interval(traffic::INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => traffic.sample(gw.metrics(), wall_ms()),
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -92,6 +123,23 @@ fn fleet_not_saved(cause: &str) -> GatewayError {
     GatewayError::ChangeNotSaved { shared: true }
 }
 
+/// `month=YYYY-MM` (default: `now`) and `by=day` of a usage query.
+fn month_and_by(query: &str, now: Month) -> Result<(Month, bool), GatewayError> {
+    let (mut month, mut by_day) = (now, false);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match (&*k, &*v) {
+            ("month", v) => {
+                month = parse_month(v)
+                    .ok_or_else(|| GatewayError::Invalid("month must be YYYY-MM".into()))?
+            }
+            ("by", "day") => by_day = true,
+            ("by", _) => return Err(GatewayError::Invalid("by must be day".into())),
+            _ => return Err(GatewayError::Invalid(format!("unknown parameter {k:?}"))),
+        }
+    }
+    Ok((month, by_day))
+}
+
 /// `YYYY-MM`
 fn parse_month(s: &str) -> Option<Month> {
     let (y, m) = s.split_once('-')?;
@@ -108,6 +156,20 @@ impl AdminApp {
     fn group_usage(&self, g: &Group, month: Month) -> Result<Value, String> {
         let u = self.gw.store().usage_checked(&g.id, month)?;
         Ok(listing::row_json(g, self.gw.overrides().status_of(g), &u))
+    }
+
+    /// A group's (or the gateway's) calls and bytes per day: `[{"day", "calls", "bytes"}]`;
+    /// `null` for a month whose days are no longer kept (before the previous one).
+    fn days_of(&self, group: &str, month: Month, now: Month) -> Result<Value, String> {
+        if month < now.prev() {
+            return Ok(Value::Null);
+        }
+        let days = self.gw.store().days(group, month)?;
+        Ok(days
+            .iter()
+            .enumerate()
+            .map(|(i, [calls, bytes])| json!({"day": i + 1, "calls": calls, "bytes": bytes}))
+            .collect())
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -170,25 +232,29 @@ impl AdminApp {
                 .map_err(|e| internal(&e))
             }
             (Method::GET, p) if p.starts_with("/usage/") => {
-                let mut month = now;
-                for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-                    match &*k {
-                        "month" => {
-                            month = parse_month(&v).ok_or_else(|| {
-                                GatewayError::Invalid("month must be YYYY-MM".into())
-                            })?
-                        }
-                        _ => return Err(GatewayError::Invalid(format!("unknown parameter {k:?}"))),
-                    }
-                }
+                let (month, by_day) = month_and_by(&query, now)?;
                 let snap = self.gw.snapshot();
-                match snap.group(&p["/usage/".len()..]) {
-                    Some(g) => match tokio::task::block_in_place(|| self.group_usage(g, month)) {
-                        Ok(u) => ok(json!({"month": month.to_string(), "group": u})),
-                        Err(e) => Err(internal(&e)),
-                    },
-                    None => Err(GatewayError::NotFound("Unknown group")),
-                }
+                let Some(g) = snap.group(&p["/usage/".len()..]) else {
+                    return Err(GatewayError::NotFound("Unknown group"));
+                };
+                tokio::task::block_in_place(|| {
+                    let mut data =
+                        json!({"month": month.to_string(), "group": self.group_usage(g, month)?});
+                    if by_day {
+                        data["days"] = self.days_of(&g.id, month, now)?;
+                    }
+                    Ok::<_, String>(data)
+                })
+                .map(|d| Reply::success(&d))
+                .map_err(|e| internal(&e))
+            }
+            (Method::GET, "/days") => {
+                let (month, _) = month_and_by(&query, now)?;
+                tokio::task::block_in_place(|| {
+                    self.days_of(crate::usage::days::GATEWAY, month, now)
+                })
+                .map(|days| Reply::success(&json!({"month": month.to_string(), "days": days})))
+                .map_err(|e| internal(&e))
             }
             (Method::POST, "/reload") => match self.gw.clone().reload_in_background().await {
                 Ok(report) => {
@@ -254,6 +320,15 @@ impl AdminApp {
                     text.into_bytes(),
                 ))
             }
+            (Method::GET, "/traffic") => {
+                let (samples, current) = self.traffic.view(self.gw.metrics(), wall_ms());
+                ok(json!({
+                    "interval_seconds": traffic::INTERVAL.as_secs(),
+                    "kept": traffic::KEPT,
+                    "samples": samples,
+                    "current": current,
+                }))
+            }
             (Method::GET, "/audit") => ok(json!({
                 "instance": "this instance",
                 "kept": audit::KEPT,
@@ -304,7 +379,7 @@ impl AdminApp {
             (m, p) if p.starts_with("/groups/") => {
                 self.group_change(m, &p["/groups/".len()..], body, &caller)
             }
-            (_, "/usage") | (_, "/overrides") | (_, "/audit") => {
+            (_, "/usage") | (_, "/overrides") | (_, "/audit") | (_, "/days") | (_, "/traffic") => {
                 Err(GatewayError::MethodNotAllowed("GET".into()))
             }
             (_, "/reload") => Err(GatewayError::MethodNotAllowed("POST".into())),

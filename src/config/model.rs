@@ -147,6 +147,8 @@ pub struct Route {
     /// This route's `requests_total{status="200"}` counter, looked up once (the label lookup
     /// hashes both labels under a lock on every request otherwise).
     pub ok_requests: std::sync::OnceLock<prometheus::IntCounter>,
+    /// Its series of `vivgate_upstream_response_seconds`, resolved once.
+    pub upstream_seconds: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// All routes of one exact path or prefix, by method.

@@ -72,6 +72,7 @@ mod tests {
             json_body: false,
             upgrade: false,
             ok_requests: Default::default(),
+            upstream_seconds: Default::default(),
         }
     }
 

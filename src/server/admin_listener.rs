@@ -66,7 +66,9 @@ pub(super) fn start(
                     tracing::error!("admin listener could not start");
                     return;
                 };
-                let app = Arc::new(HttpServer::new_app(AdminApp::new(gw)));
+                let admin = AdminApp::new(gw);
+                tokio::spawn(admin.sample_traffic(stop.clone()));
+                let app = Arc::new(HttpServer::new_app(admin));
                 serve(listener, app, stop).await;
             });
             // connections still open end with the runtime

@@ -183,7 +183,7 @@ fn open_store(usage: &UsageSettings, clock: &dyn Clock, upgrade: bool) -> Result
     match &usage.path {
         None => {
             tracing::warn!("usage store is \"memory\": counts are lost when the gateway stops");
-            Ok(MemoryStore::new().into())
+            Ok(MemoryStore::counting_days().into())
         }
         Some(path) => {
             let now = Month::containing(clock.now_ms());

@@ -15,9 +15,13 @@ use std::sync::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::clock::Month;
+use crate::usage::days::{self, DayClock, Days};
 use crate::usage::{Delta, GroupId, MemoryStore, Take, Usage, UsageStore};
 
 const USAGE: TableDefinition<(u32, &str), (u64, u64, u64, u64)> = TableDefinition::new("usage");
+/// Calls and bytes per day: key `(month index, group id, day of the month)`, the whole gateway
+/// under the group id `""` (see [`crate::usage::days`]); written in the flush's transaction.
+const DAYS: TableDefinition<(u32, &str, u8), (u64, u64)> = TableDefinition::new("days");
 /// Small named values: `overrides` (the admin overrides, JSON), `flush_seq` (the number of the
 /// last flush written), `last_month` (the newest month the store has seen, as an index).
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -37,6 +41,10 @@ pub struct EmbeddedStore {
     flushing: Mutex<u64>,
     /// Set once an upgrade has taken the file over: flushes go to handover files instead.
     released: std::sync::atomic::AtomicBool,
+    /// The clock days are credited by.
+    day_clock: DayClock,
+    /// Days of months before this index have been deleted.
+    days_kept_from: AtomicU32,
 }
 
 /// A read hold on the open database.
@@ -144,6 +152,8 @@ impl EmbeddedStore {
             complete_from: AtomicU32::new(now.minus(1).index()),
             flushing: Mutex::new(seq),
             released: std::sync::atomic::AtomicBool::new(false),
+            day_clock: DayClock::default(),
+            days_kept_from: AtomicU32::new(0),
         };
         store
             .start_txn(keep_from, trusted)
@@ -242,6 +252,11 @@ impl EmbeddedStore {
                         let new = add4(old, d.d);
                         table.insert(key, new)?;
                     }
+                    // the old process wrote no days for what it handed over
+                    let rows = deltas
+                        .iter()
+                        .map(|d| (d.g.as_str(), Month::from_index(d.m), [d.d[0], d.d[1]]));
+                    self.add_days(&txn, rows)?;
                 }
                 txn.commit()?;
                 Ok(true)
@@ -412,11 +427,75 @@ impl EmbeddedStore {
                 let new = add4(old, d.delta);
                 table.insert(key, new)?;
             }
+            let rows = deltas
+                .iter()
+                .map(|d| (&*d.group, d.month, days::day_delta(d)));
+            self.add_days(&txn, rows)?;
             let mut meta = txn.open_table(META)?;
             meta.insert("flush_seq", seq.to_string().as_str())?;
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Credits a flush's counts to today, per group and for the gateway, in its transaction;
+    /// deletes the days of months before the previous one.
+    fn add_days<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        rows: impl Iterator<Item = (&'a str, Month, [i64; 2])>,
+    ) -> Result<(), redb::Error> {
+        let now = self.day_clock.now_ms();
+        let mut table = txn.open_table(DAYS)?;
+        let mut gateway: std::collections::BTreeMap<(u32, u8), [i64; 2]> = Default::default();
+        for (group, month, [calls, bytes]) in rows {
+            if calls == 0 && bytes == 0 {
+                continue;
+            }
+            let day = days::day_for(month, now);
+            let key = (month.index(), group, day);
+            let (c, b) = table.get(key)?.map(|v| v.value()).unwrap_or((0, 0));
+            let (nc, nb) = (add(c, calls), add(b, bytes));
+            table.insert(key, (nc, nb))?;
+            // the gateway's day moves as the group's did (a refund stops at zero)
+            let total = gateway.entry((month.index(), day)).or_default();
+            total[0] += nc as i64 - c as i64;
+            total[1] += nb as i64 - b as i64;
+        }
+        for ((month, day), [calls, bytes]) in gateway {
+            let key = (month, days::GATEWAY, day);
+            let (c, b) = table.get(key)?.map(|v| v.value()).unwrap_or((0, 0));
+            table.insert(key, (add(c, calls), add(b, bytes)))?;
+        }
+        let keep_from = Month::containing(now).prev().index();
+        if self.days_kept_from.load(Ordering::Acquire) < keep_from {
+            table.retain_in((0, "", 0)..(keep_from, "", 0), |_, _| false)?;
+            self.days_kept_from.store(keep_from, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// A group's days of a month (the gateway's under [`days::GATEWAY`]).
+    fn read_days(&self, group: &str, month: Month) -> Result<Days, redb::Error> {
+        let mut out = vec![[0, 0]; days::days_in(month)];
+        let guard = self.open_db()?;
+        let db = guard.db();
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(DAYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        let m = month.index();
+        for row in table.range((m, group, 0)..=(m, group, u8::MAX))? {
+            let (k, v) = row?;
+            let (_, _, day) = k.value();
+            if let Some(slot) = out.get_mut(usize::from(day).wrapping_sub(1)) {
+                let (c, b) = v.value();
+                *slot = [c, b];
+            }
+        }
+        Ok(out)
     }
 
     /// The flush number the file holds (after a reopen: did the failed write land?).
@@ -478,6 +557,15 @@ impl UsageStore for EmbeddedStore {
         }
         self.read_many(groups, month)
             .map_err(|e| format!("usage store {}: {e}", self.path.display()))
+    }
+
+    fn days(&self, group: &str, month: Month) -> Result<Days, String> {
+        self.read_days(group, month)
+            .map_err(|e| format!("usage store {}: {e}", self.path.display()))
+    }
+
+    fn set_clock(&self, clock: std::sync::Arc<dyn crate::clock::Clock>) {
+        self.day_clock.set(clock);
     }
 
     fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {

@@ -179,3 +179,61 @@ fn a_corrupt_file_is_an_error_not_a_reset() {
         "{e}"
     );
 }
+
+#[test]
+fn days_are_credited_at_flush_kept_with_the_counts_and_pruned_after_the_previous_month() {
+    use crate::clock::{utc_ms, ManualClock};
+    use crate::usage::days::GATEWAY;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.redb");
+    let nov = Month::from_ym(2026, 11);
+    let clock = std::sync::Arc::new(ManualClock::new(utc_ms(2026, 11, 2, 23, 0, 0, 0)));
+    {
+        let s = EmbeddedStore::open(&path, nov, 13).unwrap();
+        s.set_clock(clock.clone());
+        for _ in 0..3 {
+            s.mem.take_call_now(&g("a"), nov, 100, false);
+        }
+        s.mem.take_call_now(&g("b"), nov, 100, false);
+        s.add_bytes(&g("a"), nov, 500, 10_000, false);
+        s.flush().unwrap();
+        // the next day: a refund of a call flushed the day before, and new calls
+        clock.set(utc_ms(2026, 11, 3, 0, 0, 1, 0));
+        s.refund_call(
+            &g("a"),
+            nov,
+            Take::Admitted {
+                remaining: 0,
+                overage: false,
+            },
+        );
+        for _ in 0..2 {
+            s.mem.take_call_now(&g("b"), nov, 100, false);
+        }
+        s.flush().unwrap();
+        let a = s.days("a", nov).unwrap();
+        assert_eq!((a.len(), a[1], a[2]), (30, [3, 500], [0, 0]));
+        assert_eq!(s.days("b", nov).unwrap()[1..3], [[1, 0], [2, 0]]);
+        assert_eq!(
+            s.days(GATEWAY, nov).unwrap()[1..3],
+            [[4, 500], [2, 0]],
+            "the sum of the groups' days"
+        );
+        // not flushed: not in the days (nor in the file)
+        s.mem.take_call_now(&g("b"), nov, 100, false);
+    }
+    // the days are in the file, with the counts
+    let s = EmbeddedStore::open(&path, nov, 13).unwrap();
+    assert_eq!(s.days(GATEWAY, nov).unwrap()[1..3], [[4, 500], [2, 0]]);
+    assert_eq!(s.usage("b", nov).calls, 3);
+    // the first flush in January deletes November's days (two months back); its totals stay
+    let jan = Month::from_ym(2027, 1);
+    s.set_clock(std::sync::Arc::new(ManualClock::new(utc_ms(
+        2027, 1, 1, 0, 0, 0, 0,
+    ))));
+    s.mem.take_call_now(&g("a"), jan, 100, false);
+    s.flush().unwrap();
+    assert_eq!(s.days(GATEWAY, nov).unwrap(), vec![[0, 0]; 30]);
+    assert_eq!(s.days("a", jan).unwrap()[0], [1, 0]);
+    assert_eq!(s.usage_checked("a", nov).unwrap().calls, 2);
+}

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use dashmap::DashMap;
 
+use super::days::{DayBook, DayClock, Days};
 use super::{GroupId, Take, Usage, UsageStore};
 use crate::clock::Month;
 
@@ -51,6 +52,8 @@ pub struct MemoryStore {
     /// Cells changed since the last [`MemoryStore::take_deltas`], each listed once; `None` when
     /// nothing flushes this store.
     journal: Option<Mutex<Vec<(GroupId, Month)>>>,
+    /// The days, for a store that keeps them itself (`store = "memory"`); credited at flush.
+    days: Option<(DayBook, DayClock)>,
 }
 
 impl MemoryStore {
@@ -63,6 +66,16 @@ impl MemoryStore {
         MemoryStore {
             cells: DashMap::default(),
             journal: Some(Mutex::new(Vec::new())),
+            days: None,
+        }
+    }
+
+    /// The store of `store = "memory"`: it journals what changed, and each flush credits it to
+    /// the day (see [`super::days`]).
+    pub fn counting_days() -> Self {
+        MemoryStore {
+            days: Some(Default::default()),
+            ..Self::journaled()
         }
     }
 
@@ -82,7 +95,8 @@ impl MemoryStore {
     /// Journals a changed cell, once per flush.
     fn mark(&self, cell: &Cell, key: &(GroupId, Month)) {
         if let Some(journal) = &self.journal {
-            if !cell.dirty.swap(true, Ordering::AcqRel) {
+            // a load first: a cell counted again before the next flush is only read
+            if !cell.dirty.load(Ordering::Acquire) && !cell.dirty.swap(true, Ordering::AcqRel) {
                 if let Ok(mut j) = journal.lock() {
                     j.push(key.clone());
                 }
@@ -297,6 +311,29 @@ impl UsageStore for MemoryStore {
                 }
             }
         });
+    }
+
+    fn days(&self, group: &str, month: Month) -> Result<Days, String> {
+        Ok(match &self.days {
+            Some((book, _)) => book.get(group, month),
+            None => vec![[0, 0]; super::days::days_in(month)],
+        })
+    }
+
+    fn set_clock(&self, clock: std::sync::Arc<dyn crate::clock::Clock>) {
+        if let Some((_, c)) = &self.days {
+            c.set(clock);
+        }
+    }
+
+    fn flush(&self) -> Result<usize, String> {
+        let Some((book, clock)) = &self.days else {
+            return Ok(0);
+        };
+        let deltas = self.take_deltas();
+        book.add(&deltas, clock.now_ms());
+        self.confirm(&deltas);
+        Ok(deltas.len())
     }
 
     fn usage(&self, group: &str, month: Month) -> Usage {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::clock::Month;
 
+pub mod days;
 pub mod embedded;
 mod memory;
 pub mod redis;
@@ -97,6 +98,15 @@ pub trait UsageStore: Send + Sync + 'static {
             .map(|g| self.usage_checked(g, month))
             .collect()
     }
+
+    /// Calls and bytes per day of `month` for `group` ([`days::GATEWAY`]: the whole gateway),
+    /// as credited at flushes; zeros for a month whose days are no longer kept.
+    fn days(&self, _group: &str, month: Month) -> Result<days::Days, String> {
+        Ok(vec![[0, 0]; days::days_in(month)])
+    }
+
+    /// The clock the store credits days by (the gateway's).
+    fn set_clock(&self, _clock: Arc<dyn crate::clock::Clock>) {}
 
     /// Makes everything counted so far durable; a no-op for a store that is not. Called by a
     /// background task at the flush interval and once more when the gateway stops. Never
@@ -222,6 +232,14 @@ impl UsageStore for Store {
 
     fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {
         each!(self, s => s.usage_many(groups, month))
+    }
+
+    fn days(&self, group: &str, month: Month) -> Result<days::Days, String> {
+        each!(self, s => s.days(group, month))
+    }
+
+    fn set_clock(&self, clock: Arc<dyn crate::clock::Clock>) {
+        each!(self, s => s.set_clock(clock))
     }
 
     fn flush(&self) -> Result<usize, String> {

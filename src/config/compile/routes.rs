@@ -133,6 +133,7 @@ pub(super) fn compile_routes(
             json_body: r.json_body,
             upgrade: r.upgrade,
             ok_requests: Default::default(),
+            upstream_seconds: Default::default(),
         });
         let entry = table.entry((is_prefix, path.clone())).or_default();
         for m in methods {

@@ -81,6 +81,9 @@ const SETTLE_SCRIPT: &str = include_str!("settle.lua");
 #[derive(Debug, Clone, Copy, Default)]
 struct Batch {
     seq: u64,
+    /// The day of the month its counts are credited to (fixed with the batch: a re-sent batch
+    /// credits the same day).
+    day: u8,
     lease_used: u64,
     lease_returned: u64,
     direct: i64,
@@ -145,6 +148,11 @@ pub struct RedisStore {
     down_until_ms: AtomicI64,
     down_since: Mutex<Option<Instant>>,
     metrics: StoreMetrics,
+    /// The clock days are credited by (the gateway's).
+    day_clock: crate::usage::days::DayClock,
+    /// The whole gateway's day counts settled by this instance and not yet added to the
+    /// month's days hash: (month, day) → calls, bytes.
+    gateway_days: Mutex<std::collections::BTreeMap<(Month, u8), [i64; 2]>>,
     /// The fleet's admin overrides (see [`overrides`]).
     overrides: overrides::SharedOverrides,
     /// The store's own runtime, where the connection lives and settlements run (dropped in
@@ -211,6 +219,8 @@ impl RedisStore {
             down_until_ms: AtomicI64::new(0),
             down_since: Mutex::new(None),
             metrics: StoreMetrics::new(),
+            day_clock: Default::default(),
+            gateway_days: Default::default(),
             overrides: overrides::SharedOverrides::new(),
             rt: Some(rt),
             handle,
@@ -269,6 +279,11 @@ impl RedisStore {
     /// the retention period after the month's own keys expired.
     fn archive_key(month: Month) -> String {
         format!("vivgate:usage-archive:{month}")
+    }
+
+    /// The whole gateway's days of a month: fields `<day>:calls`, `<day>:bytes`.
+    fn days_key(month: Month) -> String {
+        format!("vivgate:usage-days:{month}")
     }
 
     fn expire_at(month: Month) -> i64 {
@@ -466,6 +481,17 @@ impl UsageStore for SharedRedisStore {
         self.0
             .run(move |s| Box::pin(async move { s.read(&group, month).await }))
             .unwrap_or_else(|| Err("redis did not answer in time".into()))
+    }
+
+    fn days(&self, group: &str, month: Month) -> Result<crate::usage::days::Days, String> {
+        let group = group.to_string();
+        self.0
+            .run(move |s| Box::pin(async move { s.read_days(&group, month).await }))
+            .unwrap_or_else(|| Err("redis did not answer in time".into()))
+    }
+
+    fn set_clock(&self, clock: Arc<dyn Clock>) {
+        self.0.day_clock.set(clock);
     }
 
     fn usage_many(&self, groups: &[&str], month: Month) -> Result<Vec<Usage>, String> {

@@ -170,6 +170,45 @@ impl RedisStore {
         Ok(values.iter().map(|v| archived(v.as_deref())).collect())
     }
 
+    /// A group's days of a month (fields `d:<day>:calls|bytes` of its month key), or the whole
+    /// gateway's (its days hash).
+    pub(super) async fn read_days(
+        &self,
+        group: &str,
+        month: Month,
+    ) -> Result<crate::usage::days::Days, String> {
+        use crate::usage::days;
+        let mut conn = self
+            .conn
+            .get()
+            .cloned()
+            .ok_or("redis cluster not connected yet")?;
+        let n = days::days_in(month);
+        let (key, prefix) = if group == days::GATEWAY {
+            (Self::days_key(month), "")
+        } else {
+            (Self::key(group, month), "d:")
+        };
+        let fields: Vec<String> = (1..=n)
+            .flat_map(|d| [format!("{prefix}{d}:calls"), format!("{prefix}{d}:bytes")])
+            .collect();
+        let task = self.handle.spawn(async move {
+            redis::cmd("HMGET")
+                .arg(key)
+                .arg(fields)
+                .query_async::<Vec<Option<i64>>>(&mut conn)
+                .await
+        });
+        let values =
+            tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
+                .await
+                .map_err(|_| "redis did not answer in time".to_string())?
+                .map_err(|e| format!("redis: {e}"))?
+                .map_err(|e| format!("redis: {e}"))?;
+        let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok((0..n).map(|d| [v(2 * d), v(2 * d + 1)]).collect())
+    }
+
     /// Reads one month's totals straight from Redis.
     pub(super) async fn read(&self, group: &str, month: Month) -> Result<Usage, String> {
         let mut conn = self

@@ -19,6 +19,10 @@ if ARGV[13] ~= '' then
 end
 local applied = tonumber(redis.call('HGET', key, 'S:' .. inst) or '0')
 if seq > applied then
+  -- the day's counts (fields d:<day>:calls, d:<day>:bytes), credited to the batch's day
+  local served = lease_used + direct
+  if served ~= 0 then redis.call('HINCRBY', key, 'd:' .. ARGV[15] .. ':calls', served) end
+  if bytes ~= 0 then redis.call('HINCRBY', key, 'd:' .. ARGV[15] .. ':bytes', bytes) end
   local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
   local settled = math.min(l, lease_used + lease_returned)
   -- leases that expired and were reclaimed meanwhile are already out of `calls`: what was

@@ -85,11 +85,62 @@ impl RedisStore {
                 || c.lease_returned.load(Ordering::Relaxed) != 0
                 || c.grants_sent.load(Ordering::Relaxed) > c.reconciled.load(Ordering::Relaxed)
         });
+        self.add_gateway_days().await;
         // up again only on an answer: a settlement that went through, or a probe
         if settled > 0 || self.ping().await {
             self.mark_up();
         }
         settled
+    }
+
+    /// Adds the gateway's day counts settled since the last time to the months' days hashes
+    /// (kept for the next settlement if Redis does not take them).
+    async fn add_gateway_days(&self) {
+        let pending = match self.gateway_days.lock() {
+            Ok(mut d) if !d.is_empty() => std::mem::take(&mut *d),
+            _ => return,
+        };
+        let Some(mut conn) = self.conn.get().cloned() else {
+            self.keep_gateway_days(pending);
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for (&(month, day), [calls, bytes]) in &pending {
+            let key = Self::days_key(month);
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg(format!("{day}:calls"))
+                .arg(calls)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg(format!("{day}:bytes"))
+                .arg(bytes)
+                .ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(Self::expire_at(month))
+                .ignore();
+        }
+        let task = self
+            .handle
+            .spawn(async move { pipe.query_async::<()>(&mut conn).await });
+        if !matches!(
+            tokio::time::timeout(self.settings.timeout, task).await,
+            Ok(Ok(Ok(())))
+        ) {
+            self.keep_gateway_days(pending);
+        }
+    }
+
+    fn keep_gateway_days(&self, pending: std::collections::BTreeMap<(Month, u8), [i64; 2]>) {
+        if let Ok(mut d) = self.gateway_days.lock() {
+            for (k, [c, b]) in pending {
+                let e = d.entry(k).or_default();
+                e[0] += c;
+                e[1] += b;
+            }
+        }
     }
 
     /// Whether every count and lease has been settled.
@@ -143,6 +194,7 @@ impl RedisStore {
                 None => {
                     let b = Batch {
                         seq: 0,
+                        day: crate::usage::days::day_for(month, self.day_clock.now_ms()),
                         lease_used: cell.lease_used.swap(0, Ordering::AcqRel),
                         lease_returned: cell.lease_returned.swap(0, Ordering::AcqRel),
                         direct: cell.direct.swap(0, Ordering::AcqRel),
@@ -195,6 +247,7 @@ impl RedisStore {
                     .to_string(),
                     reconcile.map_or(String::new(), |(received, _)| received.to_string()),
                     reconcile.map_or(String::new(), |(_, sent)| sent.to_string()),
+                    batch.day.to_string(),
                 ],
             )
             .await;
@@ -203,6 +256,16 @@ impl RedisStore {
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok((calls, bytes, calls_over, bytes_over, _leased))) => {
+                // the batch is applied, now or by an earlier send whose answer was lost (a
+                // cell's batches go one at a time): its counts join the gateway's day once
+                let served = batch.lease_used as i64 + batch.direct;
+                if served != 0 || batch.bytes != 0 {
+                    if let Ok(mut days) = self.gateway_days.lock() {
+                        let d = days.entry((month, batch.day)).or_default();
+                        d[0] += served;
+                        d[1] += batch.bytes;
+                    }
+                }
                 if let Ok(mut inflight) = cell.inflight.lock() {
                     // only the batch this answer is for
                     if inflight.is_some_and(|b| b.seq == batch.seq) {
