@@ -14,7 +14,7 @@ use crate::config;
 use crate::gateway::Gateway;
 use crate::keys::{format_key_hash, hash_key};
 use crate::server::{health_checks, proxy_app, serve};
-use crate::usage::MemoryStore;
+use crate::usage::{MemoryStore, UsageStore};
 
 /// A demo group: (plaintext key, group id, tier, status, overage billing, what it shows).
 pub const DEMO_GROUPS: [(&str, &str, &str, &str, bool, &str); 7] = [
@@ -100,8 +100,22 @@ pub fn demo_tenants() -> String {
     out
 }
 
-/// Runs the demo until Ctrl-C.
-pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+/// A fresh admin token: 32 bytes from the OS's random source, in hex.
+fn new_token() -> Result<String, Box<dyn std::error::Error>> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| format!("no random bytes for the admin token: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Runs the demo until Ctrl-C: the gateway on `listen`, the admin API and console on `admin`.
+pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    if !admin.ip().is_loopback() {
+        return Err(format!(
+            "--admin {admin}: the demo's admin listener must be a loopback address"
+        )
+        .into());
+    }
+    let token = new_token()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -114,15 +128,20 @@ pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         let backend_addr = backend_listener.local_addr()?;
         // a loopback port where nothing listens, for the 502 example
         let offline_addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let config = format!(
+            "{}\n[admin]\nlisten = \"{admin}\"\ntoken = \"{}\"\n",
+            demo_config(listen, backend_addr, offline_addr),
+            format_key_hash(&hash_key(token.as_bytes()))
+        );
         let snap = config::load_from_str(
             Path::new("<demo>/vivgate.toml"),
-            &demo_config(listen, backend_addr, offline_addr),
+            &config,
             Path::new("<demo>/tenants.toml"),
             &demo_tenants(),
         )?;
         let gw = Arc::new(Gateway::new(
             snap,
-            MemoryStore::new(),
+            MemoryStore::counting_days(),
             Arc::new(SystemClock),
             None,
         ));
@@ -130,21 +149,41 @@ pub fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         let backend = Arc::new(HttpServer::new_app(Backend::new()));
         tokio::spawn(serve(backend_listener, backend, stop_rx.clone()));
         tokio::spawn(health_checks(gw.clone(), stop_rx.clone()));
+        // the memory store credits its days at each flush, as the runner's flush task does
+        let flusher = gw.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let gw = flusher.clone();
+                let _ = tokio::task::spawn_blocking(move || gw.store().flush()).await;
+            }
+        });
+        let (admin_addr, admin_thread) = crate::server::admin_listener::start(
+            &admin.to_string(),
+            gw.clone(),
+            false,
+            stop_rx.clone(),
+        )
+        .map_err(|e| format!("the demo's admin listener: {e}"))?;
+        let admin_addr = admin_addr.unwrap_or(admin);
         let gateway = tokio::spawn(serve(gw_listener, proxy_app(gw), stop_rx));
-        println!("{}", instructions(listen, backend_addr));
+        println!("{}", instructions(listen, backend_addr, admin_addr, &token));
         tokio::signal::ctrl_c().await?;
         let _ = stop_tx.send(true);
         let _ = gateway.await;
+        let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         println!("vivgate demo stopped");
         Ok::<_, Box<dyn std::error::Error>>(())
     })
 }
 
-fn instructions(listen: SocketAddr, backend: SocketAddr) -> String {
+fn instructions(listen: SocketAddr, backend: SocketAddr, admin: SocketAddr, token: &str) -> String {
     let base = format!("http://{listen}");
     let id = "651f0c2ab4e8a90012345678";
     let mut s = format!(
-        "vivgate demo: gateway on {base}, demo backend on http://{backend}\n\nDemo keys:\n"
+        "vivgate demo: gateway on {base}, demo backend on http://{backend}\n\
+         console and admin API on http://{admin}/ (admin token, new at every start: {token})\n\nDemo keys:\n"
     );
     for (key, id, tier, status, overage, what) in DEMO_GROUPS {
         s.push_str(&format!(
@@ -173,6 +212,19 @@ fn instructions(listen: SocketAddr, backend: SocketAddr) -> String {
     ];
     s.push_str("\nTry:\n");
     for (what, cmd) in rows {
+        s.push_str(&format!("  # {what}\n  {cmd}\n"));
+    }
+    let auth = format!("-H 'Authorization: Bearer {token}'");
+    let a = format!("http://{admin}");
+    let admin_rows = [
+        ("the console: open it in a browser and paste the token", format!("{a}/")),
+        ("usage of every group this month, most calls first", format!("curl -s {auth} '{a}/usage?sort=calls:desc&limit=10'")),
+        ("freeze the basic group (its key then gets 400 frozen)", format!("curl -s -X PUT {auth} -d '{{\"status\": \"frozen\"}}' '{a}/groups/000000000000000000000b01/status'")),
+        ("unfreeze it (the tenants say active: the override goes)", format!("curl -s -X PUT {auth} -d '{{\"status\": \"active\"}}' '{a}/groups/000000000000000000000b01/status'")),
+        ("Prometheus metrics", format!("curl -s {auth} '{a}/metrics' | grep vivgate_requests_total")),
+    ];
+    s.push_str("\nAdmin API:\n");
+    for (what, cmd) in admin_rows {
         s.push_str(&format!("  # {what}\n  {cmd}\n"));
     }
     s.push_str("\nCtrl-C stops the demo.");

@@ -71,6 +71,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The admin API and console (loopback, with a token printed at start).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin: SocketAddr,
     },
 }
 
@@ -217,9 +220,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
             println!("{}", vivgate::keys::hash_key_input(&input)?);
         }
         Some(Command::Tenants { command }) => tenants(command)?,
-        Some(Command::Demo { listen }) => {
+        Some(Command::Demo { listen, admin }) => {
             init_logging();
-            vivgate::demo::run(listen).map_err(|e| e.to_string())?;
+            vivgate::demo::run(listen, admin).map_err(|e| e.to_string())?;
         }
         None => {
             let config = cli.config.expect("checked in main");

@@ -166,15 +166,50 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_its_keys_and_prints_curl_commands() {
-    let port = free_port().await;
+    let (port, admin_port) = (free_port().await, free_port().await);
     let child = vivgate()
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut child = Killer(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // the first lines name the console's address and the admin token
+    let stdout = child.0.stdout.take().unwrap();
+    let (head, rest) = tokio::task::spawn_blocking(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        let mut head = String::new();
+        while !head.contains("admin token") {
+            assert_ne!(
+                std::io::BufRead::read_line(&mut r, &mut head).unwrap(),
+                0,
+                "{head}"
+            );
+        }
+        (head, r)
+    })
+    .await
+    .unwrap();
+    let token = head
+        .split("admin token, new at every start: ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .expect("the token is printed")
+        .to_string();
+    assert_eq!(token.len(), 64, "{head}");
+    assert!(
+        head.contains(&format!(
+            "console and admin API on http://127.0.0.1:{admin_port}/"
+        )),
+        "{head}"
+    );
     wait_for("the demo to listen", || async {
         tokio::net::TcpStream::connect(addr).await.is_ok()
     })
@@ -218,10 +253,82 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
         "quota",
     );
 
+    // the admin API and the console, with the printed token
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let call = |method: &'static str, path: String, token: Option<String>, body: &'static str| async move {
+        let auth = token
+            .map(|t| format!("\nAuthorization: Bearer {t}"))
+            .unwrap_or_default();
+        Client::connect(admin)
+            .await
+            .request(
+                &format!(
+                    "{method} {path} HTTP/1.1\nHost: localhost\nContent-Length: {}{auth}",
+                    body.len()
+                ),
+                body.as_bytes(),
+            )
+            .await
+    };
+    let page = call("GET", "/".into(), None, "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("vivgate console"));
+    assert_envelope(
+        &call("GET", "/usage".into(), None, "").await,
+        401,
+        "admin token",
+    );
+    let usage = call(
+        "GET",
+        "/usage?sort=calls:desc&limit=1".into(),
+        Some(token.clone()),
+        "",
+    )
+    .await;
+    assert_eq!(usage.status, 200, "{}", usage.text());
+    assert_eq!(
+        usage.json()["data"]["groups"][0]["calls"],
+        3,
+        "the tiny group's 3 calls (the refused 4th is free)"
+    );
+    let basic = "000000000000000000000b01";
+    let r = call(
+        "PUT",
+        format!("/groups/{basic}/status"),
+        Some(token.clone()),
+        r#"{"status": "frozen"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_envelope(
+        &get("/tenant/siteDetails?siteId=x", "demo-basic-key").await,
+        400,
+        "frozen",
+    );
+    // the demo flushes every second: the day's calls of the pro group appear
+    wait_for("the day's calls", || {
+        let (call, token) = (&call, token.clone());
+        async move {
+            let d = call(
+                "GET",
+                "/usage/000000000000000000000a01?by=day".into(),
+                Some(token),
+                "",
+            )
+            .await
+            .json();
+            d["data"]["days"]
+                .as_array()
+                .is_some_and(|days| days.iter().any(|x| x["calls"] == 1))
+        }
+    })
+    .await;
+
     // Ctrl-C stops the demo
     wait_exit(&mut child, Some(libc::SIGINT), Duration::from_secs(10)).await;
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut out).unwrap();
+    let mut out = head;
+    let mut rest = rest;
+    std::io::Read::read_to_string(&mut rest, &mut out).unwrap();
     for needle in [
         "demo-pro-key",
         "demo-frozen-key",
@@ -229,6 +336,8 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
         "402",
         "504",
         "502",
+        "Admin API:",
+        "/usage?sort=calls:desc",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }

@@ -160,21 +160,24 @@ impl Listing {
 struct Row<'a> {
     group: &'a Group,
     status: GroupStatus,
+    /// The status comes from an admin override, not the tenants.
+    overridden: bool,
     usage: Usage,
 }
 
 impl Row<'_> {
     fn json(&self) -> Value {
-        row_json(self.group, self.status, &self.usage)
+        row_json(self.group, self.status, self.overridden, &self.usage)
     }
 }
 
 /// One group's usage and limits as the admin API shows it.
-pub(super) fn row_json(g: &Group, status: GroupStatus, u: &Usage) -> Value {
+pub(super) fn row_json(g: &Group, status: GroupStatus, overridden: bool, u: &Usage) -> Value {
     json!({
         "id": &*g.id,
         "tier": &*g.tier.name,
         "status": status,
+        "status_override": overridden,
         "overage_billing": g.overage_billing,
         "calls": u.calls,
         "calls_limit": g.tier.api_calls,
@@ -225,9 +228,10 @@ fn compare(a: &Row, b: &Row, by: Column, desc: bool) -> Ordering {
     })
 }
 
-/// The listing's answer: `{"month", "total", "offset", "limit", "sort", "groups": […]}`.
+/// The listing's answer: `{"month", "total", "offset", "limit", "sort", "tiers", "groups": […]}`.
 pub(super) fn list(
     l: &Listing,
+    tiers: Vec<&str>,
     groups: &[Group],
     overrides: &Overrides,
     store: &impl UsageStore,
@@ -242,6 +246,7 @@ pub(super) fn list(
         .map(|g| Row {
             group: g,
             status: overrides.status_of(g),
+            overridden: overrides.status.contains_key(&*g.id),
             usage: Usage::default(),
         })
         .filter(|r| l.status.is_none_or(|s| r.status == s))
@@ -279,6 +284,7 @@ pub(super) fn list(
         "offset": l.offset,
         "limit": l.limit,
         "sort": format!("{}:{}", l.sort.name(), if l.desc { "desc" } else { "asc" }),
+        "tiers": tiers,
         "groups": page.iter().map(Row::json).collect::<Vec<_>>(),
     }))
 }

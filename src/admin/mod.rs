@@ -21,6 +21,7 @@ use crate::respond::Reply;
 use crate::usage::UsageStore;
 
 mod audit;
+mod console;
 mod guard;
 mod listing;
 pub mod traffic;
@@ -155,7 +156,13 @@ impl AdminApp {
     /// error (billing must never see zeros that are not).
     fn group_usage(&self, g: &Group, month: Month) -> Result<Value, String> {
         let u = self.gw.store().usage_checked(&g.id, month)?;
-        Ok(listing::row_json(g, self.gw.overrides().status_of(g), &u))
+        let o = self.gw.overrides();
+        Ok(listing::row_json(
+            g,
+            o.status_of(g),
+            o.status.contains_key(&*g.id),
+            &u,
+        ))
     }
 
     /// A group's (or the gateway's) calls and bytes per day: `[{"day", "calls", "bytes"}]`;
@@ -216,6 +223,12 @@ impl AdminApp {
             local,
             &self.gw.snapshot().admin_hosts,
         )?;
+        // the console's files hold no data: the page asks for the token
+        if matches!(method, Method::GET | Method::HEAD) {
+            if let Some(file) = console::file(&path) {
+                return Ok(file);
+            }
+        }
         if !self.authorized(session) {
             return Err(GatewayError::AdminUnauthorized);
         }
@@ -226,7 +239,8 @@ impl AdminApp {
                 let snap = self.gw.snapshot();
                 let overrides = self.gw.overrides();
                 tokio::task::block_in_place(|| {
-                    listing::list(&listing, &snap.groups, &overrides, self.gw.store())
+                    let tiers = snap.tiers.keys().map(String::as_str).collect();
+                    listing::list(&listing, tiers, &snap.groups, &overrides, self.gw.store())
                 })
                 .map(|data| Reply::success(&data))
                 .map_err(|e| internal(&e))
@@ -553,6 +567,7 @@ impl ServeHttp for AdminApp {
             self.route(session, &body).await
         };
         let mut reply = answer.unwrap_or_else(|e| Reply::error(&e, || 0));
+        console::strict_headers(&mut reply);
         reply
             .headers
             .push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));

@@ -25,7 +25,7 @@ fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
 ///
 /// When taking over from an old process (`upgrade`), the old one still holds the admin port
 /// until it exits: the port is then retried in the background instead of failing the start.
-pub(super) fn start(
+pub(crate) fn start(
     addr: &str,
     gw: Arc<Gateway>,
     upgrade: bool,

@@ -10,7 +10,7 @@
 //!
 //! [`serve`] is vivgate's own accept loop, for the demo and for the tests' extra listeners.
 
-mod admin_listener;
+pub(crate) mod admin_listener;
 mod serve;
 mod services;
 mod signals;
