@@ -66,6 +66,18 @@ impl FailedAuth {
         until.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
+    /// How many addresses are blocked at `now` (for the metrics; walks the tracked addresses,
+    /// at most `MAX_TRACKED`, only while some are blocked).
+    pub fn blocked_count(&self, now: Instant) -> usize {
+        if self.blocked.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.by_addr
+            .iter()
+            .filter(|e| e.blocked_until.is_some_and(|until| until > now))
+            .count()
+    }
+
     /// Records a failed authentication from `addr`; true when it starts a block.
     pub fn record(&self, addr: IpAddr, now: Instant, limit: FailedAuthLimit) -> bool {
         let addr = client_unit(addr);

@@ -260,7 +260,7 @@ impl GatewayError {
             AdminHostRefused => {
                 "This host name is not allowed for the admin API (see admin.hosts)".into()
             }
-            AdminOriginRefused => "Cross-origin changes to the admin API are refused".into(),
+            AdminOriginRefused => "Cross-site requests to the admin API are refused".into(),
             Stopping => "Stopping".into(),
             NotFound(what) => (*what).into(),
             Invalid(why) | ReloadWithoutFiles(why) => why.clone(),

@@ -292,6 +292,11 @@ impl Gateway {
     }
 
     /// Counts a client connection open until the guard drops; `None` when `max` are open.
+    /// Client connections open now.
+    pub fn connections_open(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn open_connection(&self, max: usize) -> Option<ConnectionGuard<'_>> {
         use std::sync::atomic::Ordering;
         let prev = self.connections.fetch_add(1, Ordering::AcqRel);

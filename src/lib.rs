@@ -21,7 +21,7 @@ pub mod gateway;
 pub mod health;
 pub mod keys;
 pub(crate) mod memory;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod overrides;
 pub(crate) mod pace;
 pub mod pipeline;

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub tenants_from_copy: prometheus::IntGauge,
     /// The Redis tenants version served (0 for a tenants file).
     pub tenants_version: prometheus::IntGauge,
+    /// Client connections open, and `limits.max_connections` (set at scrape time).
+    pub connections_open: prometheus::IntGauge,
+    pub connections_max: prometheus::IntGauge,
+    /// Client addresses the failed-authentication limiter blocks now (set at scrape time).
+    pub failed_auth_blocked: prometheus::IntGauge,
+    /// Groups at or past 80 % and 100 % of a quota this month, by tier and meter (counts, set
+    /// at scrape time: no series per group).
+    pub groups_at_quota: IntGaugeVec,
     flush_age: prometheus::Gauge,
     last_flush_ms: AtomicI64,
 }
@@ -118,23 +126,28 @@ impl Metrics {
             "The Redis tenants version served (0 for a tenants file)",
         )
         .expect("valid metric");
-        for c in [
-            Box::new(tenants_from_copy.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(tenants_version.clone()),
-            Box::new(requests.clone()),
-            Box::new(rejections.clone()),
-            Box::new(upstream_seconds.clone()),
-            Box::new(reloads.clone()),
-            Box::new(flush_failures.clone()),
-            Box::new(answers_cut.clone()),
-            Box::new(servers_marked_down.clone()),
-            Box::new(usage_calls.clone()),
-            Box::new(usage_bytes.clone()),
-            Box::new(flush_age.clone()),
-        ] {
-            let _ = registry.register(c);
-        }
-        Metrics {
+        let connections_open =
+            prometheus::IntGauge::new("connections_open", "Client connections open now")
+                .expect("valid metric");
+        let connections_max = prometheus::IntGauge::new(
+            "connections_max",
+            "limits.max_connections: more connections are answered 503",
+        )
+        .expect("valid metric");
+        let failed_auth_blocked = prometheus::IntGauge::new(
+            "failed_auth_blocked_addresses",
+            "Client addresses blocked now after too many failed authentications",
+        )
+        .expect("valid metric");
+        let groups_at_quota = IntGaugeVec::new(
+            Opts::new(
+                "groups_at_quota",
+                "Groups at or past a share of a monthly quota this month (threshold 0.8 or 1)",
+            ),
+            &["tier", "meter", "threshold"],
+        )
+        .expect("valid metric");
+        let m = Metrics {
             registry,
             requests,
             rejections,
@@ -147,9 +160,55 @@ impl Metrics {
             usage_bytes,
             tenants_from_copy,
             tenants_version,
+            connections_open,
+            connections_max,
+            failed_auth_blocked,
+            groups_at_quota,
             flush_age,
             last_flush_ms: AtomicI64::new(0),
+        };
+        for c in m.collectors() {
+            let _ = m.registry.register(c);
         }
+        m
+    }
+
+    /// Every metric family the gateway can export, prefixed (a scrape omits a family with no
+    /// sample yet): its own and the Redis store's.
+    pub fn family_names() -> Vec<String> {
+        let m = Metrics::new();
+        let mut names: Vec<String> = m
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .chain(crate::usage::redis::metric_family_names())
+            .map(|n| format!("vivgate_{n}"))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.tenants_from_copy.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connections_max.clone()),
+            Box::new(self.failed_auth_blocked.clone()),
+            Box::new(self.groups_at_quota.clone()),
+            Box::new(self.tenants_version.clone()),
+            Box::new(self.requests.clone()),
+            Box::new(self.rejections.clone()),
+            Box::new(self.upstream_seconds.clone()),
+            Box::new(self.reloads.clone()),
+            Box::new(self.flush_failures.clone()),
+            Box::new(self.answers_cut.clone()),
+            Box::new(self.servers_marked_down.clone()),
+            Box::new(self.usage_calls.clone()),
+            Box::new(self.usage_bytes.clone()),
+            Box::new(self.flush_age.clone()),
+        ]
     }
 
     pub fn flushed(&self, now_ms: i64, ok: bool) {

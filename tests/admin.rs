@@ -727,7 +727,7 @@ async fn the_admin_listener_refuses_rebinding_and_cross_site_changes() {
             &format!("http://127.0.0.1:{}", a.port() + 1),
         ] {
             let r = admin_with(a, method, &path, &format!("{own}\nOrigin: {origin}")).await;
-            assert_envelope(&r, 403, "Cross-origin changes to the admin API are refused");
+            assert_envelope(&r, 403, "Cross-site requests to the admin API are refused");
         }
     }
     let r = Client::connect(a)
@@ -737,7 +737,7 @@ async fn the_admin_listener_refuses_rebinding_and_cross_site_changes() {
             br#"{"status": "frozen"}"#,
         )
         .await;
-    assert_envelope(&r, 403, "Cross-origin");
+    assert_envelope(&r, 403, "Cross-site");
     assert_eq!(
         h.get("/tenant/integrationObjects?type=x", Some("key-pro"))
             .await

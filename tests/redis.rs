@@ -321,27 +321,34 @@ async fn the_month_rolls_over_on_every_instance() {
         40
     );
     assert_eq!(fleet.h.backend.total(), 80);
-    // the days: the group's in its month key, the gateway's in the month's days hash
+    // the days: the group's beside its month key, the gateway's as each instance's totals
+    let tiny = group_id(TINY);
     assert_eq!(
         redis
-            .hget(&fleet.key(Month::from_ym(2026, 11)), "d:15:calls")
+            .hget(
+                &format!("vivgate:usage-days:{{{tiny}}}:2026-11"),
+                "15:calls"
+            )
             .await,
         40
     );
     assert_eq!(
         redis
-            .hget(&fleet.key(Month::from_ym(2026, 12)), "d:1:calls")
+            .hget(&format!("vivgate:usage-days:{{{tiny}}}:2026-12"), "1:calls")
             .await,
         40
     );
-    assert_eq!(
-        redis.hget("vivgate:usage-days:2026-11", "15:calls").await,
-        40
-    );
-    assert_eq!(
-        redis.hget("vivgate:usage-days:2026-12", "1:calls").await,
-        40
-    );
+    assert_eq!(gateway_day(&redis, "2026-11", 15, "calls").await, 40);
+    assert_eq!(gateway_day(&redis, "2026-12", 1, "calls").await, 40);
+    // the day fields stay out of the month key (its grants read it whole)
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(fleet.key(Month::from_ym(2026, 11)))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(fields.iter().all(|f| !f.contains(":calls")), "{fields:?}");
     // as the store reads them back
     let store = fleet.gws[1].clone();
     let (group_days, gateway_days) = tokio::task::block_in_place(|| {
@@ -537,6 +544,19 @@ async fn a_redis_cluster_url_works_the_same() {
         .unwrap()
     };
     assert_eq!(usage.calls, 200, "read back through the cluster");
+    // the days too: the group's beside its key, the gateway's summed over both instances
+    let gw = gws[1].clone();
+    let (group_days, gateway_days) = tokio::task::spawn_blocking(move || {
+        let nov = Month::from_ym(2026, 11);
+        (
+            gw.store().days(group_id(TINY), nov).unwrap(),
+            gw.store().days("", nov).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(group_days[14], [200, 0]);
+    assert_eq!(gateway_days[14], [200, 0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,6 +620,22 @@ async fn a_finished_month_stays_readable_from_its_archive() {
 }
 
 /// Every `L:` (a lease Redis thinks an instance holds) left in a usage hash.
+/// The whole gateway's `what` (calls, bytes) on `day` of `month`: every instance's total.
+async fn gateway_day(redis: &RedisServer, month: &str, day: u32, what: &str) -> u64 {
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
+        .arg(format!("vivgate:gateway-days:{month}"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    fields
+        .iter()
+        .filter(|(f, _)| f.starts_with(&format!("{day}:")) && f.ends_with(&format!(":{what}")))
+        .map(|(_, v)| v)
+        .sum::<i64>() as u64
+}
+
 async fn lease_fields(redis: &RedisServer, key: &str) -> Vec<(String, String)> {
     let c = redis::Client::open(redis.url()).unwrap();
     let mut con = c.get_multiplexed_async_connection().await.unwrap();
@@ -814,22 +850,20 @@ async fn a_settlement_whose_reply_is_lost_is_applied_once() {
     assert_eq!(fleet.h.backend.total_for(group), 20);
     assert_eq!(redis.hget(&key, "calls").await, 20, "calls applied once");
     assert_eq!(redis.hget(&key, "bytes").await, 6_000, "bytes applied once");
+    let days = format!("vivgate:usage-days:{{{group}}}:2026-11");
     assert_eq!(
-        redis.hget(&key, "d:15:bytes").await,
+        redis.hget(&days, "15:bytes").await,
         6_000,
         "the day's bytes applied once"
     );
-    assert_eq!(redis.hget(&key, "d:15:calls").await, 20);
+    assert_eq!(redis.hget(&days, "15:calls").await, 20);
     // the batch whose answer was lost joined the gateway's day once, when it was re-sent
     let pro = format!("vivgate:usage:{{{}}}:2026-11", group_id("key-pro"));
     assert_eq!(
-        redis.hget("vivgate:usage-days:2026-11", "15:calls").await,
+        gateway_day(&redis, "2026-11", 15, "calls").await,
         20 + redis.hget(&pro, "calls").await
     );
-    assert_eq!(
-        redis.hget("vivgate:usage-days:2026-11", "15:bytes").await,
-        6_000
-    );
+    assert_eq!(gateway_day(&redis, "2026-11", 15, "bytes").await, 6_000);
     assert_eq!(
         redis.hget(&key, "bytes_overage").await,
         4_500,

@@ -8,8 +8,11 @@
 //! - **Cross-site requests.** A page of any origin can send a form `POST` (no preflight) to
 //!   the admin API; with no token in the way it would reload or unfreeze. A state-changing
 //!   request (`POST`, `PUT`, `PATCH`, `DELETE`) with an `Origin` is refused unless the origin
-//!   is the admin listener itself (`Origin` equal to `http(s)://` + `Host`). A request without
-//!   an `Origin` (curl, scripts) is not a browser's cross-site request.
+//!   is the admin listener itself: `http(s)://` + its `Host`, or a name of `admin.hosts` (behind
+//!   a proxy that sends its own `Host`). A request without an `Origin` (curl, scripts) is not a
+//!   browser's cross-site request. And any request a browser marks `Sec-Fetch-Site:
+//!   cross-site` is refused, reads included (a page elsewhere has no business setting off even
+//!   a listing of every group).
 
 use std::net::IpAddr;
 
@@ -72,6 +75,13 @@ pub(super) fn check(
     local: Option<IpAddr>,
     allowed: &[Box<str>],
 ) -> Result<(), GatewayError> {
+    if headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Err(GatewayError::AdminOriginRefused);
+    }
     let host = host_of(headers, uri)?;
     if let Some(host) = &host {
         match name_of(host) {
@@ -87,14 +97,16 @@ pub(super) fn check(
     if !changes {
         return Ok(());
     }
+    let authority = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+    });
     let same = origins.next().is_none()
-        && match (origin.to_str(), &host) {
-            (Ok(origin), Some(host)) => origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|authority| authority.eq_ignore_ascii_case(host)),
-            _ => false,
-        };
+        && authority.is_some_and(|authority| {
+            host.as_deref()
+                .is_some_and(|host| authority.eq_ignore_ascii_case(host))
+                || name_of(authority).is_some_and(|n| allowed.iter().any(|a| **a == *n))
+        });
     if same {
         Ok(())
     } else {

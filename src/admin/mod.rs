@@ -305,27 +305,69 @@ impl AdminApp {
                 let snap = self.gw.snapshot();
                 let metrics = self.gw.metrics();
                 tokio::task::block_in_place(|| {
-                    let mut per_tier: std::collections::BTreeMap<&str, (u64, u64)> =
-                        Default::default();
-                    for t in snap.tiers.values() {
-                        per_tier.insert(&t.name, (0, 0));
+                    // per tier: calls, bytes, and the groups at 80 % / 100 % of each quota
+                    #[derive(Default)]
+                    struct Tier {
+                        calls: u64,
+                        bytes: u64,
+                        at: [[i64; 2]; 2],
                     }
+                    let mut per_tier: std::collections::BTreeMap<&str, Tier> = Default::default();
+                    for t in snap.tiers.values() {
+                        per_tier.insert(&t.name, Tier::default());
+                    }
+                    let share_at = |used: u64, limit: u64| {
+                        let at = |num: u64, den: u64| {
+                            limit > 0
+                                && (used as u128) * den as u128 >= (limit as u128) * num as u128
+                        };
+                        [i64::from(at(4, 5)), i64::from(at(1, 1))]
+                    };
                     for g in &snap.groups {
                         let u = self.gw.store().usage(&g.id, now);
                         let e = per_tier.entry(&g.tier.name).or_default();
-                        e.0 += u.calls;
-                        e.1 += u.bytes;
+                        e.calls += u.calls;
+                        e.bytes += u.bytes;
+                        for (meter, (used, limit)) in
+                            [(u.calls, g.tier.api_calls), (u.bytes, g.tier.cdn_bytes)]
+                                .into_iter()
+                                .enumerate()
+                        {
+                            let [eighty, full] = share_at(used, limit);
+                            e.at[meter][0] += eighty;
+                            e.at[meter][1] += full;
+                        }
                     }
-                    for (tier, (calls, bytes)) in per_tier {
+                    for (tier, t) in per_tier {
                         metrics
                             .usage_calls
                             .with_label_values(&[tier])
-                            .set(calls as i64);
+                            .set(t.calls as i64);
                         metrics
                             .usage_bytes
                             .with_label_values(&[tier])
-                            .set(bytes as i64);
+                            .set(t.bytes as i64);
+                        for (meter, name) in ["calls", "bytes"].into_iter().enumerate() {
+                            for (i, threshold) in ["0.8", "1"].into_iter().enumerate() {
+                                metrics
+                                    .groups_at_quota
+                                    .with_label_values(&[tier, name, threshold])
+                                    .set(t.at[meter][i]);
+                            }
+                        }
                     }
+                    metrics
+                        .connections_open
+                        .set(self.gw.connections_open() as i64);
+                    metrics
+                        .connections_max
+                        .set(snap.limits.max_connections as i64);
+                    metrics.failed_auth_blocked.set(
+                        self.gw
+                            .failed_auth()
+                            .blocked_count(std::time::Instant::now())
+                            as i64,
+                    );
                 });
                 let text = metrics.render(self.gw.clock().now_ms());
                 Ok(Reply::other(

@@ -77,6 +77,8 @@ fn apply(v: &mut u64, d: i64) {
 #[derive(Debug, Default)]
 pub struct DayBook {
     days: Mutex<HashMap<(GroupId, Month), Days>>,
+    /// Days of months before this index are gone.
+    kept_from: std::sync::atomic::AtomicU32,
 }
 
 impl DayBook {
@@ -107,9 +109,13 @@ impl DayBook {
             apply(&mut total[day][0], moved[0]);
             apply(&mut total[day][1], moved[1]);
         }
-        // the current and the previous month are kept
+        // the current and the previous month are kept (looked at when the month changes)
         let keep_from = Month::containing(now_ms).prev();
-        days.retain(|(_, m), _| *m >= keep_from);
+        let kept_from = &self.kept_from;
+        if kept_from.load(std::sync::atomic::Ordering::Relaxed) < keep_from.index() {
+            days.retain(|(_, m), _| *m >= keep_from);
+            kept_from.store(keep_from.index(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn get(&self, group: &str, month: Month) -> Days {

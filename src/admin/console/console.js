@@ -276,9 +276,12 @@ async function loadGroups() {
   state.total = d.total;
   $('#groups-month').textContent = d.month;
   $('#month').value = d.month;
+  // the tiers in force (a reload may change them)
   const tier = $('#tier');
-  if (tier.options.length === 1) {
-    for (const t of d.tiers) tier.append(h('option', { text: t }));
+  const shown = Array.from(tier.options).slice(1).map((o) => o.value);
+  if (shown.join('\n') !== d.tiers.join('\n')) {
+    tier.replaceChildren(h('option', { value: '', text: 'all' }), ...d.tiers.map((t) => h('option', { text: t })));
+    tier.value = d.tiers.includes(state.tier) ? state.tier : '';
   }
   $('#groups tbody').replaceChildren(...d.groups.map(groupRow));
   if (!d.groups.length) {
@@ -419,8 +422,9 @@ async function loadTraffic() {
   svg.append(s('text', { x: 0, y: H - bottom, text: '0' }));
   svg.append(s('text', { x: left, y: H - 6, text: '15 min ago' }));
   svg.append(s('text', { x: W - 30, y: H - 6, text: 'now' }));
-  const step = (W - left) / (d.kept - 1);
-  const start = d.kept - points.length;
+  const slots = Math.max(d.kept, points.length);
+  const step = (W - left) / (slots - 1);
+  const start = slots - points.length;
   const xy = rps.map((v, i) => `${(left + (start + i) * step).toFixed(1)},${(H - bottom - (v / max) * (H - bottom - top)).toFixed(1)}`);
   svg.append(s('polyline', { points: xy.join(' ') }));
   for (const [i, p] of xy.entries()) {

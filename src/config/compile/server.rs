@@ -142,7 +142,12 @@ pub(super) fn admin(cfg: &Path, a: &AdminSection) -> Result<Admin, ConfigError> 
                 format!("{h:?} is not a host name (letters, digits, '.', '-'; no port)"),
             ));
         }
-        hosts.push(h.to_ascii_lowercase().into_boxed_str());
+        // as the request side is compared: lowercase, without a final dot
+        hosts.push(
+            h.trim_end_matches('.')
+                .to_ascii_lowercase()
+                .into_boxed_str(),
+        );
     }
     Ok(Admin {
         listen: admin_listen,

@@ -97,7 +97,7 @@ impl RedisStore {
         let result = self
             .script::<(i64, u64)>(
                 &self.lease,
-                Self::key(group, month),
+                vec![Self::key(group, month)],
                 vec![
                     limit.to_string(),
                     want.to_string(),

@@ -70,11 +70,19 @@ const RECONCILE_LUA: &str = include_str!("reconcile.lua");
 /// grant number. Returns `{granted, calls}`; `{-1, 0}` for a stale grant.
 const LEASE_SCRIPT: &str = include_str!("lease.lua");
 
-/// ARGV: instance, sequence number, (unused), ttl, key expiry, lease used, lease returned,
-/// direct calls, bytes, calls limit, bytes limit, overage ('1'), received ('': not now, a grant
-/// is in flight) and the last grant number sent (see [`RECONCILE_LUA`]). Returns `{calls, bytes,
+/// KEYS: the group's month key and its days key. ARGV: instance, sequence number, (unused),
+/// ttl, key expiry, lease used, lease returned, direct calls, bytes, calls limit, bytes limit,
+/// overage ('1'), received ('': not now, a grant is in flight), the last grant number sent (see
+/// [`RECONCILE_LUA`]) and the day the batch is credited to. Returns `{calls, bytes,
 /// calls_overage, bytes_overage, leased}`.
 const SETTLE_SCRIPT: &str = include_str!("settle.lua");
+
+/// This instance's running day totals (see [`RedisStore::gateway_days_key`]).
+#[derive(Default)]
+struct GatewayDays {
+    totals: std::collections::BTreeMap<(Month, u8), [i64; 2]>,
+    unwritten: std::collections::BTreeSet<Month>,
+}
 
 /// One settlement, kept as sent until Redis confirms it, so a retry is the same batch with the
 /// same sequence number (applied once).
@@ -150,9 +158,9 @@ pub struct RedisStore {
     metrics: StoreMetrics,
     /// The clock days are credited by (the gateway's).
     day_clock: crate::usage::days::DayClock,
-    /// The whole gateway's day counts settled by this instance and not yet added to the
-    /// month's days hash: (month, day) → calls, bytes.
-    gateway_days: Mutex<std::collections::BTreeMap<(Month, u8), [i64; 2]>>,
+    /// What this instance settled per day, for the gateway's days hash: (month, day) →
+    /// calls, bytes (running totals), and the months changed since they were last written.
+    gateway_days: Mutex<GatewayDays>,
     /// The fleet's admin overrides (see [`overrides`]).
     overrides: overrides::SharedOverrides,
     /// The store's own runtime, where the connection lives and settlements run (dropped in
@@ -281,9 +289,16 @@ impl RedisStore {
         format!("vivgate:usage-archive:{month}")
     }
 
-    /// The whole gateway's days of a month: fields `<day>:calls`, `<day>:bytes`.
-    fn days_key(month: Month) -> String {
-        format!("vivgate:usage-days:{month}")
+    /// A group's days of a month, beside its month key (same hash tag, so the settlement
+    /// script writes both): fields `<day>:calls`, `<day>:bytes`.
+    fn days_key(group: &str, month: Month) -> String {
+        format!("vivgate:usage-days:{{{group}}}:{month}")
+    }
+
+    /// The whole gateway's days of a month: fields `<day>:<instance>:calls|bytes`, each
+    /// instance's running total of what it settled (written whole, so a repeat is harmless).
+    fn gateway_days_key(month: Month) -> String {
+        format!("vivgate:gateway-days:{month}")
     }
 
     fn expire_at(month: Month) -> i64 {
@@ -345,7 +360,7 @@ impl RedisStore {
     async fn script<T: redis::FromRedisValue + Send + 'static>(
         &self,
         script: &redis::Script,
-        key: String,
+        keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<redis::RedisResult<T>, ()> {
         let Some(mut conn) = self.conn.get().cloned() else {
@@ -354,7 +369,9 @@ impl RedisStore {
         let script = script.clone();
         let mut task = self.handle.spawn(async move {
             let mut inv = script.prepare_invoke();
-            inv.key(key);
+            for key in keys {
+                inv.key(key);
+            }
             for a in args {
                 inv.arg(a);
             }
@@ -386,6 +403,35 @@ impl RedisStore {
         });
         rx.recv_timeout(Duration::from_secs(10)).ok()
     }
+}
+
+/// The store's metrics: its own and the fleet overrides'.
+fn collectors(
+    m: &StoreMetrics,
+    o: &overrides::SharedOverrides,
+) -> Vec<Box<dyn prometheus::core::Collector>> {
+    vec![
+        Box::new(m.lease_grants.clone()),
+        Box::new(m.leased_calls.clone()),
+        Box::new(m.latency.clone()),
+        Box::new(m.unavailable_seconds.clone()),
+        Box::new(m.unavailable.clone()),
+        Box::new(m.replayed_calls.clone()),
+        Box::new(m.outage_admitted.clone()),
+        Box::new(m.outage_bound.clone()),
+        Box::new(o.from_copy.clone()),
+        Box::new(o.version_gauge.clone()),
+        Box::new(o.restored.clone()),
+    ]
+}
+
+/// The names of the metric families this store adds (without the `vivgate_` prefix).
+pub fn metric_family_names() -> Vec<String> {
+    collectors(&StoreMetrics::new(), &overrides::SharedOverrides::new())
+        .iter()
+        .flat_map(|c| c.desc())
+        .map(|d| d.fq_name.clone())
+        .collect()
 }
 
 /// A finished month is archived this long after it ends (settlements of its last second are in).
@@ -534,19 +580,9 @@ impl UsageStore for SharedRedisStore {
     }
 
     fn register_metrics(&self, registry: &prometheus::Registry) {
-        let m = &self.0.metrics;
-        let _ = registry.register(Box::new(m.lease_grants.clone()));
-        let _ = registry.register(Box::new(m.leased_calls.clone()));
-        let _ = registry.register(Box::new(m.latency.clone()));
-        let _ = registry.register(Box::new(m.unavailable_seconds.clone()));
-        let _ = registry.register(Box::new(m.unavailable.clone()));
-        let _ = registry.register(Box::new(m.replayed_calls.clone()));
-        let _ = registry.register(Box::new(m.outage_admitted.clone()));
-        let _ = registry.register(Box::new(m.outage_bound.clone()));
-        let o = &self.0.overrides;
-        let _ = registry.register(Box::new(o.from_copy.clone()));
-        let _ = registry.register(Box::new(o.version_gauge.clone()));
-        let _ = registry.register(Box::new(o.restored.clone()));
+        for c in collectors(&self.0.metrics, &self.0.overrides) {
+            let _ = registry.register(c);
+        }
     }
 
     fn load_overrides(&self) -> Result<crate::overrides::Overrides, String> {

@@ -184,13 +184,48 @@ impl RedisStore {
             .cloned()
             .ok_or("redis cluster not connected yet")?;
         let n = days::days_in(month);
-        let (key, prefix) = if group == days::GATEWAY {
-            (Self::days_key(month), "")
-        } else {
-            (Self::key(group, month), "d:")
-        };
+        if group == days::GATEWAY {
+            // every instance's running totals, summed per day
+            let key = Self::gateway_days_key(month);
+            let task = self.handle.spawn(async move {
+                redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async::<Vec<(String, i64)>>(&mut conn)
+                    .await
+            });
+            let fields =
+                tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
+                    .await
+                    .map_err(|_| "redis did not answer in time".to_string())?
+                    .map_err(|e| format!("redis: {e}"))?
+                    .map_err(|e| format!("redis: {e}"))?;
+            let mut sums = vec![[0i64; 2]; n];
+            for (field, v) in fields {
+                let mut parts = field.split(':');
+                let (Some(day), Some(what)) = (parts.next(), parts.next_back()) else {
+                    continue;
+                };
+                let Some(slot) = day
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|d| sums.get_mut(d.wrapping_sub(1)))
+                else {
+                    continue;
+                };
+                match what {
+                    "calls" => slot[0] += v,
+                    "bytes" => slot[1] += v,
+                    _ => {}
+                }
+            }
+            return Ok(sums
+                .iter()
+                .map(|[c, b]| [(*c).max(0) as u64, (*b).max(0) as u64])
+                .collect());
+        }
+        let key = Self::days_key(group, month);
         let fields: Vec<String> = (1..=n)
-            .flat_map(|d| [format!("{prefix}{d}:calls"), format!("{prefix}{d}:bytes")])
+            .flat_map(|d| [format!("{d}:calls"), format!("{d}:bytes")])
             .collect();
         let task = self.handle.spawn(async move {
             redis::cmd("HMGET")

@@ -19,10 +19,16 @@ if ARGV[13] ~= '' then
 end
 local applied = tonumber(redis.call('HGET', key, 'S:' .. inst) or '0')
 if seq > applied then
-  -- the day's counts (fields d:<day>:calls, d:<day>:bytes), credited to the batch's day
+  -- the day's counts (KEYS[2], fields <day>:calls and <day>:bytes), credited to the batch's
+  -- day; a refund stops at zero
   local served = lease_used + direct
-  if served ~= 0 then redis.call('HINCRBY', key, 'd:' .. ARGV[15] .. ':calls', served) end
-  if bytes ~= 0 then redis.call('HINCRBY', key, 'd:' .. ARGV[15] .. ':bytes', bytes) end
+  for field, n in pairs({calls = served, bytes = bytes}) do
+    if n ~= 0 then
+      local f = ARGV[15] .. ':' .. field
+      if redis.call('HINCRBY', KEYS[2], f, n) < 0 then redis.call('HSET', KEYS[2], f, 0) end
+    end
+  end
+  redis.call('PEXPIREAT', KEYS[2], expire_at)
   local l = tonumber(redis.call('HGET', key, 'L:' .. inst) or '0')
   local settled = math.min(l, lease_used + lease_returned)
   -- leases that expired and were reclaimed meanwhile are already out of `calls`: what was

@@ -93,67 +93,80 @@ impl RedisStore {
         settled
     }
 
-    /// Adds the gateway's day counts settled since the last time to the months' days hashes
-    /// (kept for the next settlement if Redis does not take them).
+    /// Writes this instance's running day totals of the months changed since the last time to
+    /// the gateway's days hashes, one key (one Redis Cluster slot) at a time. The totals are
+    /// written whole, so a write that timed out but landed does no harm when it is repeated.
     async fn add_gateway_days(&self) {
-        let pending = match self.gateway_days.lock() {
-            Ok(mut d) if !d.is_empty() => std::mem::take(&mut *d),
-            _ => return,
+        let writes: Vec<(Month, Vec<(String, i64)>)> = {
+            let Ok(mut days) = self.gateway_days.lock() else {
+                return;
+            };
+            // the current and the previous month are kept
+            let keep_from = Month::containing(self.day_clock.now_ms()).prev();
+            days.totals.retain(|(m, _), _| *m >= keep_from);
+            let months: Vec<Month> = std::mem::take(&mut days.unwritten).into_iter().collect();
+            months
+                .into_iter()
+                .map(|month| {
+                    let fields = days
+                        .totals
+                        .range((month, 0)..=(month, u8::MAX))
+                        .flat_map(|((_, day), [calls, bytes])| {
+                            [
+                                (format!("{day}:{}:calls", self.instance), *calls),
+                                (format!("{day}:{}:bytes", self.instance), *bytes),
+                            ]
+                        })
+                        .collect();
+                    (month, fields)
+                })
+                .collect()
         };
-        let Some(mut conn) = self.conn.get().cloned() else {
-            self.keep_gateway_days(pending);
-            return;
-        };
-        let mut pipe = redis::pipe();
-        for (&(month, day), [calls, bytes]) in &pending {
-            let key = Self::days_key(month);
-            pipe.cmd("HINCRBY")
-                .arg(&key)
-                .arg(format!("{day}:calls"))
-                .arg(calls)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(&key)
-                .arg(format!("{day}:bytes"))
-                .arg(bytes)
-                .ignore();
-            pipe.cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(Self::expire_at(month))
-                .ignore();
-        }
-        let task = self
-            .handle
-            .spawn(async move { pipe.query_async::<()>(&mut conn).await });
-        if !matches!(
-            tokio::time::timeout(self.settings.timeout, task).await,
-            Ok(Ok(Ok(())))
-        ) {
-            self.keep_gateway_days(pending);
-        }
-    }
-
-    fn keep_gateway_days(&self, pending: std::collections::BTreeMap<(Month, u8), [i64; 2]>) {
-        if let Ok(mut d) = self.gateway_days.lock() {
-            for (k, [c, b]) in pending {
-                let e = d.entry(k).or_default();
-                e[0] += c;
-                e[1] += b;
+        for (month, fields) in writes {
+            let written = match self.conn.get().cloned() {
+                None => false,
+                Some(mut conn) => {
+                    let key = Self::gateway_days_key(month);
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("HSET").arg(&key).arg(fields).ignore();
+                    pipe.cmd("PEXPIREAT")
+                        .arg(&key)
+                        .arg(Self::expire_at(month))
+                        .ignore();
+                    let task = self
+                        .handle
+                        .spawn(async move { pipe.query_async::<()>(&mut conn).await });
+                    matches!(
+                        tokio::time::timeout(self.settings.timeout, task).await,
+                        Ok(Ok(Ok(())))
+                    )
+                }
+            };
+            if !written {
+                if let Ok(mut days) = self.gateway_days.lock() {
+                    days.unwritten.insert(month);
+                }
             }
         }
     }
 
     /// Whether every count and lease has been settled.
     pub(super) fn nothing_pending(&self) -> bool {
-        self.cells.iter().all(|c| {
-            c.inflight.lock().map(|i| i.is_none()).unwrap_or(false)
-                && c.direct.load(Ordering::Acquire) == 0
-                && c.bytes.load(Ordering::Acquire) == 0
-                && c.lease.load(Ordering::Acquire) == 0
-                && c.lease_used.load(Ordering::Acquire) == 0
-                && c.lease_returned.load(Ordering::Acquire) == 0
-                && c.grants_sent.load(Ordering::Acquire) <= c.reconciled.load(Ordering::Acquire)
-        })
+        let days_written = self
+            .gateway_days
+            .lock()
+            .map(|d| d.unwritten.is_empty())
+            .unwrap_or(false);
+        days_written
+            && self.cells.iter().all(|c| {
+                c.inflight.lock().map(|i| i.is_none()).unwrap_or(false)
+                    && c.direct.load(Ordering::Acquire) == 0
+                    && c.bytes.load(Ordering::Acquire) == 0
+                    && c.lease.load(Ordering::Acquire) == 0
+                    && c.lease_used.load(Ordering::Acquire) == 0
+                    && c.lease_returned.load(Ordering::Acquire) == 0
+                    && c.grants_sent.load(Ordering::Acquire) <= c.reconciled.load(Ordering::Acquire)
+            })
     }
 
     /// Whether Redis answers a PING within the store timeout (asked only while it is down).
@@ -226,7 +239,7 @@ impl RedisStore {
         let result = self
             .script::<(u64, u64, u64, u64, u64)>(
                 &self.settle,
-                Self::key(group, month),
+                vec![Self::key(group, month), Self::days_key(group, month)],
                 vec![
                     self.instance.clone(),
                     batch.seq.to_string(),
@@ -261,9 +274,10 @@ impl RedisStore {
                 let served = batch.lease_used as i64 + batch.direct;
                 if served != 0 || batch.bytes != 0 {
                     if let Ok(mut days) = self.gateway_days.lock() {
-                        let d = days.entry((month, batch.day)).or_default();
+                        let d = days.totals.entry((month, batch.day)).or_default();
                         d[0] += served;
                         d[1] += batch.bytes;
+                        days.unwritten.insert(month);
                     }
                 }
                 if let Ok(mut inflight) = cell.inflight.lock() {

@@ -1,0 +1,140 @@
+//! The deployment artefacts under `deploy/`: the Prometheus alert rules (checked and
+//! unit-tested with `promtool`) and the Grafana dashboard (valid JSON that names only metric
+//! families vivgate registers: compared with the registry's descriptors, since a scrape omits a
+//! family with no sample yet).
+
+use std::path::Path;
+use std::process::Command;
+
+use vivgate::metrics::Metrics;
+
+fn deploy(path: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy")
+            .join(path),
+    )
+    .unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+/// The `vivgate_…` metric names in `text`, as families (`_bucket`, `_sum` and `_count` are a
+/// histogram's series).
+fn families_named(text: &str) -> Vec<String> {
+    let known = Metrics::family_names();
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("vivgate_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        i = end;
+        if name == "vivgate_" {
+            continue;
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|base| known.iter().any(|k| k == base))
+            })
+            .unwrap_or(name);
+        out.push(family.to_string());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn the_registry_names_the_families_the_rules_and_the_dashboard_need() {
+    let known = Metrics::family_names();
+    for name in [
+        "vivgate_requests_total",
+        "vivgate_upstream_response_seconds",
+        "vivgate_connections_open",
+        "vivgate_connections_max",
+        "vivgate_failed_auth_blocked_addresses",
+        "vivgate_groups_at_quota",
+        "vivgate_redis_unavailable",
+        "vivgate_overrides_version",
+    ] {
+        assert!(known.iter().any(|k| k == name), "{name} not in {known:?}");
+    }
+}
+
+#[test]
+fn the_dashboard_is_json_over_registered_families_only() {
+    let text = deploy("grafana/vivgate.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(dash["uid"], "vivgate");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(p["title"].is_string() && p["gridPos"].is_object(), "{p}");
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("an expr").to_string());
+        }
+    }
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let known = Metrics::family_names();
+    let named = families_named(&exprs.join("\n"));
+    let unknown: Vec<&String> = named.iter().filter(|n| !known.contains(n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard names unknown families: {unknown:?}"
+    );
+    // it covers traffic, rejections, backends, usage by tier and Redis
+    for family in [
+        "vivgate_requests_total",
+        "vivgate_rejections_total",
+        "vivgate_upstream_response_seconds",
+        "vivgate_usage_calls",
+        "vivgate_usage_bytes",
+        "vivgate_redis_unavailable",
+    ] {
+        assert!(named.iter().any(|n| n == family), "no panel shows {family}");
+    }
+}
+
+#[test]
+fn the_alert_rules_name_registered_families_only_and_pass_promtool() {
+    let rules = deploy("prometheus/vivgate.rules.yml");
+    let known = Metrics::family_names();
+    let named = families_named(&rules);
+    let unknown: Vec<&String> = named.iter().filter(|n| !known.contains(n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the rules name unknown families: {unknown:?}"
+    );
+    assert!(named.len() >= 10, "{named:?}");
+
+    if Command::new("promtool").arg("--version").output().is_err() {
+        if std::env::var("VIVGATE_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
+            panic!("VIVGATE_REQUIRE_PROMTOOL=1 but promtool is not installed (apt-get install prometheus)");
+        }
+        eprintln!("!!! SKIPPED: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "vivgate.rules.yml"][..],
+        &["test", "rules", "vivgate.rules.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{text}");
+        assert!(text.contains("SUCCESS"), "promtool {args:?}:\n{text}");
+    }
+}
