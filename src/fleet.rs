@@ -155,6 +155,28 @@ pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, St
     })
 }
 
+/// Adds one key hash to a group (`vivgate keys new --config`), in one transaction, announced.
+pub fn add_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
+    crate::keys::parse_key_hash(key_hash)?;
+    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+    let keys: Option<String> = con
+        .hget(group_key(group), "keys")
+        .map_err(|e| format!("redis {url}: {e}"))?;
+    let keys = keys.ok_or_else(|| format!("unknown group {group:?}"))?;
+    if keys.split_whitespace().any(|k| k == key_hash) {
+        return Err(format!("group {group:?} already has this key"));
+    }
+    let all = if keys.trim().is_empty() {
+        key_hash.to_string()
+    } else {
+        format!("{} {key_hash}", keys.trim())
+    };
+    change_group(url, group, move |pipe, key| {
+        pipe.hset(key, "keys", &all).ignore();
+        Ok(())
+    })
+}
+
 /// Removes one key hash from its group (the admin API on any instance).
 pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
     let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;

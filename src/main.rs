@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// API keys: mint one for a group, or check one offline.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run the gateway with a built-in backend and demo groups.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -94,7 +99,123 @@ enum TenantsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Mint a key for a group: 256 random bits from the OS, a prefix and a checksum. Prints the
+    /// key (once: vivgate keeps only its hash) and its sha256: hash.
+    New {
+        /// The group the key is for.
+        #[arg(long)]
+        group: String,
+        /// The key's prefix (default: the config's first checksum prefix, or vgk_).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Add the hash to the group in this tenants file (TOML or .tsv, written atomically).
+        #[arg(long, conflicts_with = "config")]
+        tenants: Option<PathBuf>,
+        /// Add the hash where this config keeps its tenants: its tenants file, or the fleet's
+        /// table in Redis (one transaction, announced to every instance).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Read a key on standard input (never the command line, which other users can see) and
+    /// tell, offline, whether it is a well-formed vivgate key.
+    Check {
+        /// Take the checksum prefixes from this config (default: vgk_).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+}
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn keys(command: KeysCommand) -> Result<(), Error> {
+    use vivgate::keys::checksum::{self, Verdict};
+    use vivgate::keys::enroll::{self, Target};
+    match command {
+        KeysCommand::New {
+            group,
+            prefix,
+            tenants,
+            config,
+        } => {
+            let from_config = config.as_deref().map(enroll::config_tenants).transpose()?;
+            let prefix = prefix
+                .or_else(|| {
+                    from_config
+                        .as_ref()
+                        .and_then(|c| c.checksum_prefixes.first().cloned())
+                })
+                .unwrap_or_else(|| checksum::DEFAULT_PREFIX.to_string());
+            if !checksum::valid_prefix(&prefix) {
+                return Err(format!(
+                    "--prefix {prefix:?}: 2 to 16 letters, digits, '_', '-' or '.'"
+                )
+                .into());
+            }
+            if let Some(c) = &from_config {
+                if !c.checksum_prefixes.contains(&prefix) {
+                    eprintln!("warning: {prefix:?} is not in the config's keys.checksum_prefixes: the gateway will not check this key's checksum");
+                }
+            }
+            let key = checksum::mint(&prefix)?;
+            let hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(key.as_bytes()));
+            let target = match (tenants, from_config) {
+                (Some(path), _) => Some(Target::File(path)),
+                (None, Some(c)) => Some(c.target),
+                (None, None) => None,
+            };
+            // the tenants first: a key is printed only once it is on its way to the gateway
+            match &target {
+                Some(Target::File(path)) => {
+                    enroll::add_to_file(path, &group, &hash)?;
+                    eprintln!(
+                        "added to group {group} in {}: run `vivgate check`, then reload (SIGHUP or POST /reload)",
+                        path.display()
+                    );
+                }
+                Some(Target::Redis(url)) => {
+                    let version = vivgate::fleet::add_key(url, &group, &hash)?;
+                    eprintln!("added to group {group} in the fleet's tenants (version {version}): every instance accepts it within a second");
+                }
+                None => eprintln!(
+                    "add the hash to group {group}'s keys in the tenants file, then reload"
+                ),
+            }
+            println!("{key}\n{hash}");
+            eprintln!("the key is shown once: hand it over now; vivgate keeps only its hash");
+        }
+        KeysCommand::Check { config } => {
+            let prefixes: Vec<String> = match config {
+                Some(c) => enroll::config_tenants(&c)?.checksum_prefixes,
+                None => vec![checksum::DEFAULT_PREFIX.to_string()],
+            };
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            let key = input
+                .strip_suffix(b"\r\n")
+                .or_else(|| input.strip_suffix(b"\n"))
+                .unwrap_or(&input);
+            let bytes: Vec<Box<[u8]>> = prefixes.iter().map(|p| p.as_bytes().into()).collect();
+            match checksum::verify(key, &bytes) {
+                Verdict::Valid => {
+                    println!("valid: a well-formed vivgate key (prefix and checksum)")
+                }
+                Verdict::Invalid(why) => return Err(format!("invalid: {why}").into()),
+                Verdict::NotChecked => {
+                    return Err(format!(
+                        "not a vivgate key: it has no checksum prefix ({})",
+                        prefixes.join(", ")
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 fn tenants(command: TenantsCommand) -> Result<(), Error> {
     match command {
@@ -220,6 +341,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             println!("{}", vivgate::keys::hash_key_input(&input)?);
         }
         Some(Command::Tenants { command }) => tenants(command)?,
+        Some(Command::Keys { command }) => keys(command)?,
         Some(Command::Demo { listen, admin }) => {
             init_logging();
             vivgate::demo::run(listen, admin).map_err(|e| e.to_string())?;

@@ -104,6 +104,126 @@ fn hash_key_prints_the_stored_form() {
     assert!(!ok && out.is_empty() && err.contains("empty key"), "{err}");
     let (ok, _, err) = hash_key(b"");
     assert!(!ok && err.contains("empty key"));
+    // input that could never authenticate is refused, not hashed
+    for bad in [&b"my key with space"[..], b"secret\n\n", b"tab\there"] {
+        let (ok, out, err) = hash_key(bad);
+        assert!(
+            !ok && out.is_empty() && err.contains("not a valid API key"),
+            "{err}"
+        );
+    }
+}
+
+/// `vivgate keys <args>` with `stdin`: success, stdout, stderr.
+fn keys(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    let mut child = vivgate()
+        .arg("keys")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_key_goes_into_the_tenants_file_and_works_after_a_reload() {
+    let h = Harness::start().await;
+    let tenants = h.dir.path().join("tenants.toml");
+    let before = std::fs::read_to_string(&tenants).unwrap();
+    let pro = group_id("key-pro");
+    let (ok, out, err) = keys(
+        &[
+            "new",
+            "--group",
+            pro,
+            "--tenants",
+            tenants.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    let (key, hash) = (lines.next().unwrap().to_string(), lines.next().unwrap());
+    assert!(key.starts_with("vgk_") && key.len() == 53, "{key}");
+    assert_eq!(
+        hash,
+        vivgate::keys::format_key_hash(&vivgate::keys::hash_key(key.as_bytes()))
+    );
+    assert!(err.contains("shown once"), "{err}");
+    let after = std::fs::read_to_string(&tenants).unwrap();
+    assert!(after.contains(hash) && after.len() > before.len());
+    // only that group changed
+    assert_eq!(after.replace(&format!(", \"{hash}\""), ""), before);
+
+    // the key works after a reload, and is checked offline
+    let p = "/tenant/integrationObjects?type=x";
+    assert_envelope(&h.get(p, Some(&key)).await, 401, "Invalid or revoked");
+    h.gw.reload().unwrap();
+    assert_eq!(h.get(p, Some(&key)).await.status, 200);
+    let (ok, out, _) = keys(&["check"], format!("{key}\n").as_bytes());
+    assert!(ok && out.contains("valid"), "{out}");
+
+    // a typo is refused offline and by the gateway alike
+    let mut typo = key.clone().into_bytes();
+    typo[20] = if typo[20] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).unwrap();
+    let (ok, _, err) = keys(&["check"], typo.as_bytes());
+    assert!(!ok && err.contains("invalid: bad checksum"), "{err}");
+    assert_envelope(&h.get(p, Some(&typo)).await, 401, "Invalid or revoked");
+    let (ok, _, err) = keys(&["check"], b"key-pro");
+    assert!(!ok && err.contains("not a vivgate key"), "{err}");
+
+    // refusals: an unknown group, a key already there
+    let (ok, _, err) = keys(
+        &[
+            "new",
+            "--group",
+            "nope",
+            "--tenants",
+            tenants.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!ok && err.contains("no group \"nope\""), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&tenants).unwrap(),
+        after,
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checksum_key_with_a_bad_checksum_is_refused_before_the_lookup() {
+    // a key with the checksum prefix whose hash IS in the tenants file, but whose checksum is
+    // wrong: refused as an unknown key, so the check comes before the hash lookup
+    let forged = format!("vgk_{}", "A".repeat(49));
+    let hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(forged.as_bytes()));
+    let h = Harness::start().await;
+    let pro = group_id("key-pro");
+    let text = std::fs::read_to_string(h.dir.path().join("tenants.toml")).unwrap();
+    let pro_hash = vivgate::keys::format_key_hash(&vivgate::keys::hash_key(b"key-pro"));
+    h.write_tenants(&text.replace(
+        &format!("\"{pro_hash}\""),
+        &format!("\"{pro_hash}\", \"{hash}\""),
+    ));
+    h.gw.reload().unwrap();
+    let p = "/tenant/integrationObjects?type=x";
+    assert_envelope(&h.get(p, Some(&forged)).await, 401, "Invalid or revoked");
+    assert_eq!(h.get(p, Some("key-pro")).await.status, 200, "{pro}");
+    // with the prefix out of keys.checksum_prefixes, the same key is looked up as it is
+    let config =
+        h.config_text() + "\n[keys]\nchecksum_prefixes = [\"acme_\"]\n" + common::HARNESS_STORE;
+    h.write_config(&config);
+    h.gw.reload().unwrap();
+    assert_eq!(h.get(p, Some(&forged)).await.status, 200);
 }
 
 #[test]

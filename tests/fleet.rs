@@ -118,6 +118,54 @@ async fn until_all(instances: &[Instance], key: &str, status: u16) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_minted_with_a_fleet_config_goes_into_redis() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    push(&config, &h.dir.path().join("tenants.toml"));
+    let (before, version) = vivgate::fleet::read(&redis.url()).unwrap();
+    let pro = group_id("key-pro");
+    let out = cli(&[
+        "keys",
+        "new",
+        "--group",
+        pro,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("fleet's tenants"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let (key, hash) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(key.starts_with("vgk_"));
+    let (after, new_version) = vivgate::fleet::read(&redis.url()).unwrap();
+    assert_eq!(
+        new_version,
+        version + 1,
+        "one change, announced with a new version"
+    );
+    let keys_of = |t: &TenantsFile| t.groups.iter().find(|g| g.id == pro).unwrap().keys.clone();
+    let mut expected = keys_of(&before);
+    expected.push(hash.to_string());
+    assert_eq!(keys_of(&after), expected);
+    // an unknown group changes nothing
+    let out = cli(&[
+        "keys",
+        "new",
+        "--group",
+        "nope",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(vivgate::fleet::read(&redis.url()).unwrap().1, new_version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_export_gives_the_same_tenants() {
     let Some(redis) = RedisServer::start().await else {
         return;

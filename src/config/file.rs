@@ -18,6 +18,8 @@ pub struct ConfigFile {
     pub usage: UsageSection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub keys: KeysSection,
     /// Browser clients: answered preflights and CORS headers. Absent: no CORS handling.
     pub cors: Option<CorsSection>,
     /// One JSON line per request. Absent: no access log.
@@ -198,6 +200,28 @@ pub struct CorsSection {
 
 fn default_cors_max_age() -> u64 {
     600
+}
+
+/// API keys minted by `vivgate keys new`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Prefixes whose keys carry a checksum: a key with one and a wrong checksum is refused
+    /// (401) before any lookup. `[]`: no key is checked.
+    #[serde(default = "default_checksum_prefixes")]
+    pub checksum_prefixes: Vec<String>,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            checksum_prefixes: default_checksum_prefixes(),
+        }
+    }
+}
+
+fn default_checksum_prefixes() -> Vec<String> {
+    vec![crate::keys::checksum::DEFAULT_PREFIX.to_string()]
 }
 
 /// The operator API. No `listen`: no admin listener.

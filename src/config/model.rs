@@ -297,6 +297,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// The admin bearer token's hash; `None`: the admin API is open (loopback only).
     pub admin_token: Option<KeyHash>,
+    /// `keys.checksum_prefixes`: keys with one of these prefixes must carry a valid checksum.
+    pub key_prefixes: Vec<Box<[u8]>>,
     /// `admin.hosts`, lowercase: names the admin listener answers to besides its own address
     /// and `localhost`.
     pub admin_hosts: Vec<Box<str>>,

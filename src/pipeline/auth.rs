@@ -14,6 +14,7 @@ use super::{Admitted, Refused};
 use crate::abuse::FailedAuth;
 use crate::config::{Group, GroupStatus, Snapshot};
 use crate::error::GatewayError;
+use crate::keys::checksum::{self, Verdict};
 use crate::keys::{hash_key, KeyHash};
 use crate::overrides::Overrides;
 
@@ -44,9 +45,10 @@ pub fn count_failure(
 }
 
 /// Step 1: `Authorization: Bearer <key>` (scheme case-insensitive, one space, a token68 key),
-/// exactly one such header, and a key whose SHA-256 is known. A missing header is `MissingKey`;
-/// anything else that fails (another scheme, a malformed value, two headers, an unknown key) is
-/// `InvalidKey`.
+/// exactly one such header, a valid checksum when the key has a checksum prefix (refused before
+/// hashing), and a key whose SHA-256 is known. A missing header is `MissingKey`; anything else
+/// that fails (another scheme, a malformed value, two headers, a bad checksum, an unknown key)
+/// is `InvalidKey`.
 pub fn authenticate<'s>(
     snap: &'s Snapshot,
     headers: &HeaderMap,
@@ -57,6 +59,9 @@ pub fn authenticate<'s>(
         return Err(GatewayError::InvalidKey);
     }
     let key = bearer_token(value.as_bytes()).ok_or(GatewayError::InvalidKey)?;
+    if let Verdict::Invalid(_) = checksum::verify(key, &snap.key_prefixes) {
+        return Err(GatewayError::InvalidKey);
+    }
     let hash = hash_key(key);
     let group = snap.group_for(&hash).ok_or(GatewayError::InvalidKey)?;
     Ok((group, hash))

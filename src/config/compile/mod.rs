@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::file::{ConfigFile, TenantsFile};
-use super::{ConfigError, Snapshot, StartupSettings};
+use super::{err, ConfigError, Snapshot, StartupSettings};
 
 mod cors;
 mod limits;
@@ -78,12 +78,39 @@ pub fn compile(
         routes,
         upstreams,
         admin_token: admin.token,
+        key_prefixes: key_prefixes(cfg, &file.keys)?,
         admin_hosts: admin.hosts,
         cors,
         trusted_proxies,
         tls_certs: std::sync::Arc::new(tls_certs),
     })
 }
+/// `[keys] checksum_prefixes`.
+fn key_prefixes(cfg: &Path, k: &super::file::KeysSection) -> Result<Vec<Box<[u8]>>, ConfigError> {
+    let mut out: Vec<Box<[u8]>> = Vec::new();
+    for p in &k.checksum_prefixes {
+        if !crate::keys::checksum::valid_prefix(p) {
+            return Err(err(
+                cfg,
+                "keys.checksum_prefixes",
+                format!("{p:?}: a prefix is 2 to 16 letters, digits, '_', '-' or '.'"),
+            ));
+        }
+        if out
+            .iter()
+            .any(|o| o.starts_with(p.as_bytes()) || p.as_bytes().starts_with(o))
+        {
+            return Err(err(
+                cfg,
+                "keys.checksum_prefixes",
+                format!("{p:?} overlaps another prefix"),
+            ));
+        }
+        out.push(p.as_bytes().into());
+    }
+    Ok(out)
+}
+
 pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()

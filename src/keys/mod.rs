@@ -2,6 +2,9 @@
 
 use sha2::{Digest, Sha256};
 
+pub mod checksum;
+pub mod enroll;
+
 pub type KeyHash = [u8; 32];
 
 /// The first 16 bytes of a key hash: what the in-memory key map stores (20 bytes an entry
@@ -84,6 +87,12 @@ pub fn hash_key_input(input: &[u8]) -> Result<String, &'static str> {
     if key.is_empty() {
         return Err("empty key: write the API key on standard input");
     }
+    // a key that is not a bearer token could never authenticate: its hash would be dead weight
+    let mut header = b"Bearer ".to_vec();
+    header.extend_from_slice(key);
+    if vivgate_parse::auth::bearer_token(&header).is_none() {
+        return Err("not a valid API key: a key is a bearer token (token68: letters, digits and                     - . _ ~ + /, optionally ending in =), on one line");
+    }
     Ok(format_key_hash(&hash_key(key)))
 }
 
@@ -96,7 +105,10 @@ mod tests {
         let a = hash_key_input(b"secret\n").unwrap();
         assert_eq!(a, hash_key_input(b"secret").unwrap());
         assert_eq!(a, hash_key_input(b"secret\r\n").unwrap());
-        assert_ne!(a, hash_key_input(b"secret\n\n").unwrap());
+        // a second newline, a space: not a key that could ever authenticate
+        assert!(hash_key_input(b"secret\n\n").is_err());
+        assert!(hash_key_input(b"my key with space").is_err());
+        assert!(hash_key_input(b"abc==").is_ok());
         // sha256("secret")
         assert_eq!(
             a,
