@@ -256,8 +256,16 @@ fn init_logging() {
     const CAPPED: [&str; 4] = ["pingora", "h2", "rustls", "tokio_rustls"];
     let pingora_cap = tracing_subscriber::filter::filter_fn(|m| {
         // pingora_core::apps logs one ERROR line per failed HTTP/2 handshake (a client that
-        // offers h2 and goes silent): client noise, and a cheap way to flood the log
-        if m.target() == "pingora_core::apps" {
+        // offers h2 and goes silent): client noise, and a cheap way to flood the log. Its
+        // http_app (the admin listener, the demo's backend) logs a client that left with the
+        // request's method, path and query ("… GET /slow/report?ms=3000"): no query value goes
+        // to the log, so those go too
+        if m.target() == "pingora_core::apps" || m.target() == "pingora_core::apps::http_app" {
+            return false;
+        }
+        // pingora_load_balancing logs a server's health flip with the connect error, which
+        // dumps the peer's options (~1.5 KB); vivgate logs the flip in one line itself
+        if m.target() == "pingora_load_balancing" && *m.level() > tracing::Level::ERROR {
             return false;
         }
         *m.level() <= tracing::Level::INFO

@@ -142,3 +142,29 @@ async fn no_key_or_query_value_reaches_the_log() {
         assert!(hits.is_empty(), "{secret:?} is in the log: {hits:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_down_is_logged_in_one_line() {
+    let h = Harness::start().await;
+    let port = free_port().await;
+    let config = h.binary_config("health.toml", port, "grace_period_seconds = 0", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let checked = text.replace(
+        "connect_timeout_ms = 300\nhealth_check_interval_ms = 0",
+        "connect_timeout_ms = 300\nhealth_check_interval_ms = 100",
+    );
+    assert_ne!(checked, text, "the fixture's dead upstream");
+    std::fs::write(&config, checked).unwrap();
+    let log = h.dir.path().join("health.log");
+    let mut child = spawn_binary_logging(&config, &[], &[], port, Some(&log)).await;
+    wait_for("the health check's line", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("server down"))
+    })
+    .await;
+    wait_exit(&mut child, Some(libc::SIGTERM), std::time::Duration::from_secs(10)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains("server down")).unwrap();
+    assert!(line.contains("upstream=dead") && line.contains("server=127.0.0.1:"), "{line}");
+    assert!(!text.contains("PeerOptions") && !text.contains("BasicPeer"), "{text}");
+    assert!(text.lines().all(|l| l.len() < 400), "{text}");
+}

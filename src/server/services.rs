@@ -38,8 +38,13 @@ pub(crate) async fn health_checks(gw: Arc<Gateway>, mut shutdown: ShutdownWatch)
             up.lb.backends().run_health_check(true).await;
             for b in up.lb.backends().get_backend().iter() {
                 if let Some(addr) = b.addr.as_inet() {
-                    if up.health.checked(addr, up.lb.backends().ready(b)) {
+                    let (ready, was_failing) =
+                        (up.lb.backends().ready(b), up.health.check_failing(addr));
+                    if up.health.checked(addr, ready) {
                         tracing::info!(upstream = %up.name, server = %addr, "server back up after a successful health check");
+                    } else if !ready && !was_failing {
+                        // one line (pingora's own says it with a dump of the peer's options)
+                        tracing::warn!(upstream = %up.name, server = %addr, "server down: its active health check failed");
                     }
                 }
             }

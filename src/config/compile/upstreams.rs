@@ -94,7 +94,10 @@ pub(super) fn upstreams(
             let mut hc = TcpHealthCheck::new();
             hc.peer_template.options.connection_timeout =
                 Some(Duration::from_millis(u.connect_timeout_ms));
-            lb.set_health_check(hc);
+            lb.set_health_check(Box::new(crate::health::NamedTcpCheck {
+                upstream: name.clone(),
+                inner: hc,
+            }));
             Duration::from_millis(u.health_check_interval_ms)
         });
         upstream_index.insert(name.clone(), upstreams.len());
