@@ -13,7 +13,7 @@ use crate::clock::SystemClock;
 use crate::config;
 use crate::gateway::Gateway;
 use crate::keys::{format_key_hash, hash_key};
-use crate::server::{health_checks, proxy_app, serve};
+use crate::server::{health_checks, proxy_app, serve_counted};
 use crate::usage::{MemoryStore, UsageStore};
 
 /// A demo group: (plaintext key, group id, tier, status, overage billing, what it shows).
@@ -147,7 +147,15 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), Box<dyn std::err
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let backend = Arc::new(HttpServer::new_app(Backend::new()));
-        tokio::spawn(serve(backend_listener, backend, stop_rx.clone()));
+        // the demo stops as the gateway does: no new connections, the requests in flight
+        // answered (at most the runner's default grace period)
+        let (backend_open, gateway_open) = (Arc::default(), Arc::default());
+        tokio::spawn(serve_counted(
+            backend_listener,
+            backend,
+            stop_rx.clone(),
+            Arc::clone(&backend_open),
+        ));
         tokio::spawn(health_checks(gw.clone(), stop_rx.clone()));
         // the memory store credits its days at each flush, as the runner's flush task does
         let flusher = gw.clone();
@@ -167,11 +175,24 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), Box<dyn std::err
         )
         .map_err(|e| format!("the demo's admin listener: {e}"))?;
         let admin_addr = admin_addr.unwrap_or(admin);
-        let gateway = tokio::spawn(serve(gw_listener, proxy_app(gw), stop_rx));
+        let gateway = tokio::spawn(serve_counted(
+            gw_listener,
+            proxy_app(gw),
+            stop_rx,
+            Arc::clone(&gateway_open),
+        ));
         println!("{}", instructions(listen, backend_addr, admin_addr, &token));
         tokio::signal::ctrl_c().await?;
         let _ = stop_tx.send(true);
         let _ = gateway.await;
+        let open =
+            |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while (open(&gateway_open) > 0 || open(&backend_open) > 0)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         println!("vivgate demo stopped");
         Ok::<_, Box<dyn std::error::Error>>(())

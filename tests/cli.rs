@@ -444,8 +444,19 @@ async fn the_demo_serves_its_keys_and_prints_curl_commands() {
     })
     .await;
 
-    // Ctrl-C stops the demo
+    // Ctrl-C stops the demo as the gateway stops: a request in flight is answered
+    let slow = tokio::spawn(async move {
+        Client::connect(addr)
+            .await
+            .get("/slow/report?ms=400", Some("demo-pro-key"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
     wait_exit(&mut child, Some(libc::SIGINT), Duration::from_secs(10)).await;
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
     let mut out = head;
     let mut rest = rest;
     std::io::Read::read_to_string(&mut rest, &mut out).unwrap();

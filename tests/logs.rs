@@ -161,10 +161,21 @@ async fn a_server_that_goes_down_is_logged_in_one_line() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("server down"))
     })
     .await;
-    wait_exit(&mut child, Some(libc::SIGTERM), std::time::Duration::from_secs(10)).await;
+    wait_exit(
+        &mut child,
+        Some(libc::SIGTERM),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text.lines().find(|l| l.contains("server down")).unwrap();
-    assert!(line.contains("upstream=dead") && line.contains("server=127.0.0.1:"), "{line}");
-    assert!(!text.contains("PeerOptions") && !text.contains("BasicPeer"), "{text}");
+    assert!(
+        line.contains("upstream=dead") && line.contains("server=127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        !text.contains("PeerOptions") && !text.contains("BasicPeer"),
+        "{text}"
+    );
     assert!(text.lines().all(|l| l.len() < 400), "{text}");
 }

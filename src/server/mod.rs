@@ -34,7 +34,7 @@ use crate::usage::embedded::EmbeddedStore;
 use crate::usage::{MemoryStore, Store, UsageStore};
 
 use serve::tls_acceptor;
-pub use serve::{listener_app, proxy_app, serve};
+pub use serve::{listener_app, proxy_app, serve, serve_counted};
 pub(crate) use services::health_checks;
 pub use signals::Shutdown;
 

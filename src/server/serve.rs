@@ -63,10 +63,31 @@ pub(super) fn new_proxy(conf: &Arc<ServerConf>, gw: &Arc<Gateway>) -> Arc<HttpPr
 
 /// Accepts connections on `listener` and hands each to `app` until `shutdown` turns true.
 /// Connections already accepted finish on their own tasks.
-pub async fn serve<A>(listener: TcpListener, app: Arc<A>, mut shutdown: ShutdownWatch)
+pub async fn serve<A>(listener: TcpListener, app: Arc<A>, shutdown: ShutdownWatch)
 where
     A: ServerApp + Send + Sync + 'static,
 {
+    serve_counted(listener, app, shutdown, Default::default()).await
+}
+
+/// Like [`serve`]; `open` counts the connections being served, so that a stop can wait for
+/// the requests in flight. Once `shutdown` is true, a connection ends after its current
+/// request instead of waiting for another.
+pub async fn serve_counted<A>(
+    listener: TcpListener,
+    app: Arc<A>,
+    mut shutdown: ShutdownWatch,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    use std::sync::atomic::Ordering;
+    struct Open(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -78,10 +99,16 @@ where
                 let stream: Stream = Box::new(l4);
                 let app = app.clone();
                 let shutdown = shutdown.clone();
+                open.fetch_add(1, Ordering::AcqRel);
+                let counted = Open(open.clone());
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let mut next = Some(stream);
                     while let Some(s) = next {
                         next = app.process_new(s, &shutdown).await;
+                        if *shutdown.borrow() {
+                            break;
+                        }
                     }
                 });
             }
