@@ -186,6 +186,33 @@ impl ServerHealth {
     }
 }
 
+/// pingora's TCP health check, named: when a server's health flips, pingora logs the check's
+/// summary of it, which by default is the whole `Backend` debug dump (peer options and all,
+/// ~1.5 KB); this one says which upstream and address.
+pub struct NamedTcpCheck {
+    pub upstream: String,
+    pub inner: Box<pingora::lb::health_check::TcpHealthCheck>,
+}
+
+#[async_trait::async_trait]
+impl pingora::lb::health_check::HealthCheck for NamedTcpCheck {
+    async fn check(&self, target: &pingora::lb::Backend) -> pingora::Result<()> {
+        self.inner.check(target).await
+    }
+
+    async fn health_status_change(&self, target: &pingora::lb::Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &pingora::lb::Backend) -> String {
+        format!("upstream {} server {}", self.upstream, target.addr)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,32 +287,5 @@ mod tests {
             ServerHealth::new(vec![id(a, None)], 1, Some(Duration::from_millis(100)));
         passive_only.adopt(&old);
         assert!(!passive_only.is_down(&a));
-    }
-}
-
-/// pingora's TCP health check, named: when a server's health flips, pingora logs the check's
-/// summary of it, which by default is the whole `Backend` debug dump (peer options and all,
-/// ~1.5 KB); this one says which upstream and address.
-pub struct NamedTcpCheck {
-    pub upstream: String,
-    pub inner: Box<pingora::lb::health_check::TcpHealthCheck>,
-}
-
-#[async_trait::async_trait]
-impl pingora::lb::health_check::HealthCheck for NamedTcpCheck {
-    async fn check(&self, target: &pingora::lb::Backend) -> pingora::Result<()> {
-        self.inner.check(target).await
-    }
-
-    async fn health_status_change(&self, target: &pingora::lb::Backend, healthy: bool) {
-        self.inner.health_status_change(target, healthy).await
-    }
-
-    fn backend_summary(&self, target: &pingora::lb::Backend) -> String {
-        format!("upstream {} server {}", self.upstream, target.addr)
-    }
-
-    fn health_threshold(&self, success: bool) -> usize {
-        self.inner.health_threshold(success)
     }
 }
