@@ -19,6 +19,7 @@ pub(crate) mod forward;
 pub mod front;
 pub mod gateway;
 pub mod health;
+pub mod healthz;
 pub mod keys;
 pub(crate) mod memory;
 pub mod metrics;

@@ -67,6 +67,15 @@ enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Is the gateway of this config serving? Asks the admin listener's /healthz (exit 0 when
+    /// serving, 1 otherwise); for a container's health check.
+    Healthz {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// API keys: mint one for a group, or check one offline.
     Keys {
         #[command(subcommand)]
@@ -350,6 +359,11 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Tenants { command }) => tenants(command)?,
         Some(Command::Keys { command }) => keys(command)?,
+        Some(Command::Healthz { config, timeout_ms }) => {
+            let seen =
+                vivgate::healthz::probe(&config, std::time::Duration::from_millis(timeout_ms))?;
+            println!("{seen}");
+        }
         Some(Command::Demo { listen, admin }) => {
             init_logging();
             vivgate::demo::run(listen, admin).map_err(|e| e.to_string())?;

@@ -511,3 +511,63 @@ async fn months_are_utc_whatever_the_host_time_zone() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_asks_the_admin_listener() {
+    let h = Harness::start().await;
+    let (port, admin_port) = (free_port().await, free_port().await);
+    let config = h.binary_config(
+        "healthz.toml",
+        port,
+        "grace_period_seconds = 2",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+    );
+    let healthz = |config: &std::path::Path| {
+        let out = vivgate()
+            .args(["healthz", "--timeout-ms", "1000", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = healthz(&config);
+    assert!(
+        !ok && text.contains("admin listener"),
+        "nothing runs yet: {text}"
+    );
+    let mut child = spawn_binary(&config, &[], &[], port).await;
+    wait_for("the admin listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (ok, text) = healthz(&config);
+    assert!(ok && text.contains("serving"), "{text}");
+    // a stop began: 503 until the process is gone
+    signal(&child.0, libc::SIGTERM);
+    wait_for("healthz to fail", || {
+        let config = config.clone();
+        async move { !healthz(&config).0 }
+    })
+    .await;
+    let (_, text) = healthz(&config);
+    assert!(
+        text.contains("503") || text.contains("admin listener"),
+        "{text}"
+    );
+    wait_exit(&mut child, None, Duration::from_secs(10)).await;
+    // without an admin listener, whether the listener accepts
+    let plain = h.binary_config("plain.toml", port, "grace_period_seconds = 0", "");
+    let mut child = spawn_binary(&plain, &[], &[], port).await;
+    let (ok, text) = healthz(&plain);
+    assert!(ok && text.contains("accepting connections"), "{text}");
+    wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(10)).await;
+}

@@ -138,3 +138,115 @@ fn the_alert_rules_name_registered_families_only_and_pass_promtool() {
         assert!(text.contains("SUCCESS"), "promtool {args:?}:\n{text}");
     }
 }
+
+/// The Containerfile's instructions, continuation lines joined.
+fn containerfile() -> Vec<String> {
+    let text = deploy("container/Containerfile");
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_containerfile_pins_its_bases_runs_as_a_user_checks_health_and_copies_no_secret() {
+    let lines = containerfile();
+    let froms: Vec<&String> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "a multi-stage build: {froms:?}");
+    for from in &froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty()
+                && tag != "latest"
+                && tag.chars().next().unwrap().is_ascii_digit()
+                && tag.contains('.'),
+            "{from}: a base image pinned to a release"
+        );
+    }
+    // the runtime stage: everything after the last FROM
+    let last = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    let runtime = &lines[last..];
+    let user = runtime
+        .iter()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER");
+    let name = user
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(name != "root" && name != "0", "{user}");
+    let user_at = runtime.iter().position(|l| l.starts_with("USER ")).unwrap();
+    let entry_at = runtime
+        .iter()
+        .position(|l| l.starts_with("ENTRYPOINT"))
+        .unwrap();
+    assert!(user_at < entry_at, "the user is set before the entry point");
+    let health = runtime
+        .iter()
+        .find(|l| l.starts_with("HEALTHCHECK"))
+        .expect("a HEALTHCHECK");
+    assert!(health.contains("\"healthz\""), "{health}");
+    assert!(runtime.iter().any(|l| l.starts_with("VOLUME")
+        && l.contains("/etc/vivgate")
+        && l.contains("/var/lib/vivgate")));
+    // what it copies into the image holds no key, token or private key
+    for l in runtime
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        for src in l
+            .split_whitespace()
+            .skip(1)
+            .filter(|w| w.starts_with("deploy/"))
+        {
+            let text = deploy(src.trim_start_matches("deploy/"));
+            let hash = text.split("sha256:").skip(1).any(|rest| {
+                rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            assert!(!hash, "{src} holds a key or token hash");
+            assert!(!text.contains("PRIVATE KEY"), "{src}");
+        }
+    }
+    // the build context leaves out build output, git and key material
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".containerignore"))
+            .unwrap();
+    for needed in ["target", ".git", "**/*.pem", "**/*.key"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == needed),
+            ".containerignore lacks {needed}"
+        );
+    }
+}
+
+#[test]
+fn the_containers_config_checks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vivgate"))
+        .args(["check", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/container/vivgate.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(", 0 keys,"), "{text}");
+}
