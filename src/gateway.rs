@@ -323,6 +323,9 @@ impl Gateway {
         if a.admin_listen != b.admin_listen {
             return Err(ReloadError::NeedsRestart("admin.listen"));
         }
+        if (&a.pid_file, &a.upgrade_sock) != (&b.pid_file, &b.upgrade_sock) {
+            return Err(ReloadError::NeedsRestart("server.pid_file / server.upgrade_sock"));
+        }
         if a.access_log != b.access_log {
             return Err(ReloadError::NeedsRestart("access_log"));
         }

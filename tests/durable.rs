@@ -14,10 +14,15 @@ const P: &str = "/tenant/integrationObjects?type=a";
 
 /// Runs the binary on the harness's config (its backend), with `[usage]` set by `usage`.
 async fn start(h: &Harness, port: u16, usage: &str) -> Killer {
+    start_with(h, port, usage, "").await
+}
+
+/// [`start`] with more lines for `[server]`.
+async fn start_with(h: &Harness, port: u16, usage: &str, server: &str) -> Killer {
     let config = h.binary_config(
         "durable.toml",
         port,
-        "grace_period_seconds = 1",
+        &format!("grace_period_seconds = 1\n{server}"),
         &format!("[usage]\n{usage}"),
     );
     spawn_binary(&config, &[], &[], port).await
@@ -158,7 +163,16 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
     let port = free_port().await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let usage = "store = \"embedded\"\nflush_interval_ms = 200";
-    let old = start(&h, port, usage).await;
+    // the upgrade socket where the config puts it (a systemd unit's RuntimeDirectory)
+    std::fs::create_dir_all(h.dir.path().join("run")).unwrap();
+    let sock = h.dir.path().join("run/upgrade.sock");
+    let old = start_with(
+        &h,
+        port,
+        usage,
+        "upgrade_sock = \"run/upgrade.sock\"\npid_file = \"run/vivgate.pid\"",
+    )
+    .await;
 
     // load: a new connection per request, so both processes get some while both listen
     let done = Arc::new(AtomicBool::new(false));
@@ -199,7 +213,9 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
         .spawn()
         .unwrap();
     let new = Killer(new);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // it waits on the configured upgrade socket
+    wait_for("the new process's upgrade socket", || async { sock.exists() }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut old = old;
     signal(&old.0, libc::SIGQUIT);
     // both serve for a while (pingora keeps the old one listening 5 s), then the old one

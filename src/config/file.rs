@@ -57,6 +57,11 @@ pub struct ServerSection {
     /// certificates, chosen by SNI; the first is the default.
     #[serde(default)]
     pub tls: Vec<TlsSection>,
+    /// pingora's pid file; default `/tmp/vivgate-<listen>.pid`. Relative to the config file.
+    pub pid_file: Option<String>,
+    /// The socket a new process (`-u`) takes the listeners over through; default
+    /// `/tmp/vivgate-<listen>-upgrade.sock`. Relative to the config file.
+    pub upgrade_sock: Option<String>,
 }
 
 /// `[[server.tls]]`
@@ -90,6 +95,8 @@ impl Default for ServerSection {
             h2c: false,
             proxy_protocol: false,
             tls: Vec::new(),
+            pid_file: None,
+            upgrade_sock: None,
         }
     }
 }

@@ -256,6 +256,9 @@ pub struct StartupSettings {
     pub proxy_protocol: bool,
     /// `[[server.tls]]`, one entry per address.
     pub tls_listeners: Vec<TlsListener>,
+    /// `server.pid_file` and `server.upgrade_sock`, resolved (defaults under /tmp).
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
 }
 
 /// A TLS listener (its certificates are in [`Snapshot::tls_certs`], which a reload may change).

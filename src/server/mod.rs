@@ -104,13 +104,12 @@ pub fn start(
     let snap = config::load(config_path)?;
     crate::memory::lazy_memory_return();
     let startup = snap.startup.clone();
-    let tag = sanitize(&startup.listen);
     let conf = ServerConf {
         threads: startup.threads,
         grace_period_seconds: Some(startup.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(startup.grace_period_seconds),
-        pid_file: format!("/tmp/vivgate-{tag}.pid"),
-        upgrade_sock: format!("/tmp/vivgate-{tag}-upgrade.sock"),
+        pid_file: startup.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: startup.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -289,10 +288,4 @@ fn add_background(server: &mut Server, gw: &Arc<Gateway>) {
             every: gw.snapshot().startup.usage.flush_interval,
         },
     ));
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }

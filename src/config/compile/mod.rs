@@ -66,6 +66,8 @@ pub fn compile(
             h2c: s.h2c,
             proxy_protocol: s.proxy_protocol,
             tls_listeners,
+            pid_file: runtime_path(cfg, s.pid_file.as_deref(), &s.listen, ".pid"),
+            upgrade_sock: runtime_path(cfg, s.upgrade_sock.as_deref(), &s.listen, "-upgrade.sock"),
         },
         config_path: config_path.to_path_buf(),
         tenants_path: tenants_path.to_path_buf(),
@@ -85,6 +87,27 @@ pub fn compile(
         tls_certs: std::sync::Arc::new(tls_certs),
     })
 }
+/// `server.pid_file` / `server.upgrade_sock`: as given (relative to the config file), or
+/// `/tmp/vivgate-<listen><suffix>` (one per listener address, so several instances on a host
+/// do not meet).
+fn runtime_path(
+    cfg: &Path,
+    given: Option<&str>,
+    listen: &str,
+    suffix: &str,
+) -> std::path::PathBuf {
+    match given {
+        Some(p) => cfg.parent().unwrap_or(Path::new(".")).join(p),
+        None => {
+            let tag: String = listen
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            std::path::PathBuf::from(format!("/tmp/vivgate-{tag}{suffix}"))
+        }
+    }
+}
+
 /// `[keys] checksum_prefixes`.
 fn key_prefixes(cfg: &Path, k: &super::file::KeysSection) -> Result<Vec<Box<[u8]>>, ConfigError> {
     let mut out: Vec<Box<[u8]>> = Vec::new();
