@@ -324,7 +324,9 @@ impl Gateway {
             return Err(ReloadError::NeedsRestart("admin.listen"));
         }
         if (&a.pid_file, &a.upgrade_sock) != (&b.pid_file, &b.upgrade_sock) {
-            return Err(ReloadError::NeedsRestart("server.pid_file / server.upgrade_sock"));
+            return Err(ReloadError::NeedsRestart(
+                "server.pid_file / server.upgrade_sock",
+            ));
         }
         if a.access_log != b.access_log {
             return Err(ReloadError::NeedsRestart("access_log"));

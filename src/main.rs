@@ -76,6 +76,11 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Print the upgrade socket of a config (server.upgrade_sock), for scripts that upgrade.
+    UpgradeSocket {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
     /// API keys: mint one for a group, or check one offline.
     Keys {
         #[command(subcommand)]
@@ -359,6 +364,10 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Tenants { command }) => tenants(command)?,
         Some(Command::Keys { command }) => keys(command)?,
+        Some(Command::UpgradeSocket { config }) => {
+            let snap = vivgate::config::load(&config)?;
+            println!("{}", snap.startup.upgrade_sock.display());
+        }
         Some(Command::Healthz { config, timeout_ms }) => {
             let seen =
                 vivgate::healthz::probe(&config, std::time::Duration::from_millis(timeout_ms))?;

@@ -216,9 +216,10 @@ fn the_containerfile_pins_its_bases_runs_as_a_user_checks_health_and_copies_no_s
             .filter(|w| w.starts_with("deploy/"))
         {
             let text = deploy(src.trim_start_matches("deploy/"));
-            let hash = text.split("sha256:").skip(1).any(|rest| {
-                rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit())
-            });
+            let hash = text
+                .split("sha256:")
+                .skip(1)
+                .any(|rest| rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(!hash, "{src} holds a key or token hash");
             assert!(!text.contains("PRIVATE KEY"), "{src}");
         }

@@ -214,7 +214,10 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
         .unwrap();
     let new = Killer(new);
     // it waits on the configured upgrade socket
-    wait_for("the new process's upgrade socket", || async { sock.exists() }).await;
+    wait_for("the new process's upgrade socket", || async {
+        sock.exists()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut old = old;
     signal(&old.0, libc::SIGQUIT);

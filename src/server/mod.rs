@@ -11,6 +11,7 @@
 //! [`serve`] is vivgate's own accept loop, for the demo and for the tests' extra listeners.
 
 pub(crate) mod admin_listener;
+mod notify;
 mod serve;
 mod services;
 mod signals;
@@ -86,7 +87,9 @@ impl Running {
 /// Runs the gateway described by `config_path` until `shutdown`, then flushes the usage store
 /// one last time. See [`start`].
 pub fn run(config_path: &Path, options: Options, shutdown: Shutdown) -> Result<(), BoxError> {
-    start(config_path, options, shutdown)?.wait()
+    let running = start(config_path, options, shutdown)?;
+    notify::ready_when_serving(running.addresses.listen);
+    running.wait()
 }
 
 /// Starts the gateway described by `config_path` on a thread of its own. It returns once its

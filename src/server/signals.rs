@@ -82,10 +82,12 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = term.recv() => {
                     self.0.begin_stop();
+                    super::notify::stopping();
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = int.recv() => {
                     self.0.begin_stop();
+                    super::notify::stopping();
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = quit.recv() => {
@@ -95,6 +97,7 @@ impl ShutdownSignalWatch for Signals {
                         continue;
                     }
                     self.0.begin_stop();
+                    super::notify::handing_over();
                     return ShutdownSignal::GracefulUpgrade;
                 }
             }

@@ -90,12 +90,7 @@ pub fn compile(
 /// `server.pid_file` / `server.upgrade_sock`: as given (relative to the config file), or
 /// `/tmp/vivgate-<listen><suffix>` (one per listener address, so several instances on a host
 /// do not meet).
-fn runtime_path(
-    cfg: &Path,
-    given: Option<&str>,
-    listen: &str,
-    suffix: &str,
-) -> std::path::PathBuf {
+fn runtime_path(cfg: &Path, given: Option<&str>, listen: &str, suffix: &str) -> std::path::PathBuf {
     match given {
         Some(p) => cfg.parent().unwrap_or(Path::new(".")).join(p),
         None => {
