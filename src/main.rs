@@ -76,6 +76,10 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for vivgate.
+    Completions { shell: clap_complete::Shell },
+    /// Print vivgate's man page (roff), generated from this command line's definition.
+    Man,
     /// Print the upgrade socket of a config (server.upgrade_sock), for scripts that upgrade.
     UpgradeSocket {
         #[arg(long, short = 'c')]
@@ -364,6 +368,21 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Some(Command::Tenants { command }) => tenants(command)?,
         Some(Command::Keys { command }) => keys(command)?,
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "vivgate",
+                &mut std::io::stdout(),
+            );
+        }
+        Some(Command::Man) => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| format!("cannot write the man page: {e}"))?;
+        }
         Some(Command::UpgradeSocket { config }) => {
             let snap = vivgate::config::load(&config)?;
             println!("{}", snap.startup.upgrade_sock.display());

@@ -571,3 +571,29 @@ async fn healthz_asks_the_admin_listener() {
     assert!(ok && text.contains("accepting connections"), "{text}");
     wait_exit(&mut child, Some(libc::SIGTERM), Duration::from_secs(10)).await;
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line() {
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef vivgate"),
+        ("fish", "complete -c vivgate"),
+    ] {
+        let out = vivgate().args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(text.contains(needle), "{shell}: {text}");
+        // every subcommand is completed
+        for sub in ["check", "hash-key", "keys", "healthz", "demo", "tenants"] {
+            assert!(text.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let out = vivgate().arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH vivgate"),
+        "{man}"
+    );
+    assert!(man.contains("keys") && man.contains("healthz"), "{man}");
+}
