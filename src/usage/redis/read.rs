@@ -9,6 +9,11 @@ use crate::clock::Month;
 use crate::usage::Usage;
 
 impl RedisStore {
+    /// How long an operator's read may wait for Redis (the store timeout, at least 500 ms).
+    fn read_deadline(&self) -> Duration {
+        self.settings.timeout.max(Duration::from_millis(500))
+    }
+
     /// Copies a finished month's totals (served calls, leases excluded) to the month archive.
     pub(super) async fn archive(&self, group: &str, month: Month) -> Result<(), String> {
         let u = self.read(group, month).await?;
@@ -33,9 +38,7 @@ impl RedisStore {
                 .query_async::<()>(&mut conn)
                 .await
         });
-        match tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
-            .await
-        {
+        match tokio::time::timeout(self.read_deadline(), task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             _ => Err("redis did not archive the month".into()),
         }
@@ -56,11 +59,7 @@ impl RedisStore {
                 .query_async::<Option<String>>(&mut conn)
                 .await
         });
-        let v = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
-            .await
-            .map_err(|_| "redis did not answer in time".to_string())?
-            .map_err(|e| format!("redis: {e}"))?
-            .map_err(|e| format!("redis: {e}"))?;
+        let v = answer(self.read_deadline(), task).await?;
         Ok(archived(v.as_deref()))
     }
 
@@ -78,7 +77,7 @@ impl RedisStore {
             .get()
             .cloned()
             .ok_or("redis cluster not connected yet")?;
-        let deadline = self.settings.timeout.max(Duration::from_millis(500)) * 10;
+        let deadline = self.read_deadline() * 10;
         let keys: Vec<String> = groups.iter().map(|g| Self::key(g, month)).collect();
         let task = self.handle.spawn(async move {
             let mut out: Vec<Vec<(String, i64)>> = Vec::with_capacity(keys.len());
@@ -114,11 +113,7 @@ impl RedisStore {
             }
             Ok::<_, String>(out)
         });
-        let all = tokio::time::timeout(deadline, task)
-            .await
-            .map_err(|_| "redis did not answer in time".to_string())?
-            .map_err(|e| format!("redis: {e}"))?
-            .map_err(|e| format!("redis: {e}"))?;
+        let all = answer(deadline, task).await?;
         let mut usages: Vec<Usage> = all.iter().map(|f| served(f)).collect();
         // a finished month's groups without a key: their key expired (the archive has them) or
         // they had no usage
@@ -147,7 +142,7 @@ impl RedisStore {
             .cloned()
             .ok_or("redis cluster not connected yet")?;
         let key = Self::archive_key(month);
-        let deadline = self.settings.timeout.max(Duration::from_millis(500)) * 10;
+        let deadline = self.read_deadline() * 10;
         let task = self.handle.spawn(async move {
             let mut out: Vec<Option<String>> = Vec::with_capacity(groups.len());
             for batch in groups.chunks(1000) {
@@ -162,11 +157,7 @@ impl RedisStore {
             }
             Ok::<_, String>(out)
         });
-        let values = tokio::time::timeout(deadline, task)
-            .await
-            .map_err(|_| "redis did not answer in time".to_string())?
-            .map_err(|e| format!("redis: {e}"))?
-            .map_err(|e| format!("redis: {e}"))?;
+        let values = answer(deadline, task).await?;
         Ok(values.iter().map(|v| archived(v.as_deref())).collect())
     }
 
@@ -193,12 +184,7 @@ impl RedisStore {
                     .query_async::<Vec<(String, i64)>>(&mut conn)
                     .await
             });
-            let fields =
-                tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
-                    .await
-                    .map_err(|_| "redis did not answer in time".to_string())?
-                    .map_err(|e| format!("redis: {e}"))?
-                    .map_err(|e| format!("redis: {e}"))?;
+            let fields = answer(self.read_deadline(), task).await?;
             let mut sums = vec![[0i64; 2]; n];
             for (field, v) in fields {
                 let mut parts = field.split(':');
@@ -234,12 +220,7 @@ impl RedisStore {
                 .query_async::<Vec<Option<i64>>>(&mut conn)
                 .await
         });
-        let values =
-            tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
-                .await
-                .map_err(|_| "redis did not answer in time".to_string())?
-                .map_err(|e| format!("redis: {e}"))?
-                .map_err(|e| format!("redis: {e}"))?;
+        let values = answer(self.read_deadline(), task).await?;
         let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
         Ok((0..n).map(|d| [v(2 * d), v(2 * d + 1)]).collect())
     }
@@ -258,12 +239,7 @@ impl RedisStore {
                 .query_async::<Vec<(String, i64)>>(&mut conn)
                 .await
         });
-        let fields =
-            tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), task)
-                .await
-                .map_err(|_| "redis did not answer in time".to_string())?
-                .map_err(|e| format!("redis: {e}"))?
-                .map_err(|e| format!("redis: {e}"))?;
+        let fields = answer(self.read_deadline(), task).await?;
         if fields.is_empty() {
             return self.read_archive(group, month).await;
         }
@@ -306,4 +282,17 @@ fn archived(v: Option<&str>) -> Usage {
         calls_overage: g(2),
         bytes_overage: g(3),
     }
+}
+
+/// Waits for a read spawned on the store's runtime, at most `deadline`: a timeout, a task that
+/// failed and a Redis error are each a message.
+async fn answer<T, E: std::fmt::Display>(
+    deadline: Duration,
+    task: tokio::task::JoinHandle<Result<T, E>>,
+) -> Result<T, String> {
+    tokio::time::timeout(deadline, task)
+        .await
+        .map_err(|_| "redis did not answer in time".to_string())?
+        .map_err(|e| format!("redis: {e}"))?
+        .map_err(|e| format!("redis: {e}"))
 }
