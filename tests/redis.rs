@@ -950,3 +950,102 @@ async fn redis_killed_twenty_times_under_load_ends_exact() {
     assert_redis_holds_what_was_served(&fleet, &redis, "key-pro").await;
     assert_redis_holds_what_was_served(&fleet, &redis, TINY).await;
 }
+
+/// One instance, two Redis outages in a month, past the quota: its outage allowance is spent
+/// once, not once per outage. The first outage's counts are settled in two batches (one cut
+/// while Redis was down, one after), and the second outage comes before the second batch: what
+/// the instance admitted but has not settled yet still counts against the allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outage_allowance_is_not_renewed_by_a_partial_settlement() {
+    use vivgate::config::{OutagePolicy, RedisSettings};
+    use vivgate::usage::{GroupId, Take};
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    // settlements only when the test flushes (the loop's interval is an hour)
+    let settings = RedisSettings {
+        url: redis.url(),
+        timeout: Duration::from_millis(200),
+        flush_interval: Duration::from_secs(3600),
+        policy: OutagePolicy::Allow,
+        tier_policy: Vec::new(),
+        outage_allowance: 0.1,
+        lease_max: 10,
+        lease_idle: Duration::from_secs(3600),
+        lease_ttl: Duration::from_secs(7200),
+        retention_months: 13,
+        overrides_copy: state.path().join("overrides.json"),
+    };
+    let store = SharedRedisStore(RedisStore::connect(settings, Arc::new(SystemClock)).unwrap());
+    let month = Month::containing(SystemClock.now_ms());
+    let g: GroupId = "outage-twice".into();
+    let key = format!("vivgate:usage:{{outage-twice}}:{month}");
+    let take = || {
+        let (s, g) = (store.clone(), g.clone());
+        async move { s.take_call(&g, month, 100, false, "tiny").await }
+    };
+    let flush = || {
+        let s = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || s.flush())
+                .await
+                .unwrap()
+        }
+    };
+    // the quota of 100, used up through leases and settled
+    let mut admitted = 0;
+    while matches!(take().await, Take::Admitted { .. }) {
+        admitted += 1;
+        assert!(admitted <= 100, "more than the quota through leases");
+    }
+    assert_eq!(admitted, 100);
+    flush().await.unwrap();
+    assert_eq!(redis.hget(&key, "calls").await, 100);
+
+    // first outage: one call admitted, a settlement cut while Redis is down, then the rest of
+    // the allowance (10 % of 100)
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the "quota ran out" pause
+    assert!(matches!(take().await, Take::Admitted { .. }));
+    assert!(flush().await.is_err(), "Redis is down");
+    let mut outage = 1;
+    loop {
+        match take().await {
+            Take::Admitted { .. } => outage += 1,
+            Take::Unavailable => break,
+            Take::Refused => panic!("refused as over quota while Redis is down"),
+        }
+        assert!(outage <= 10, "more than the allowance in one outage");
+    }
+    assert_eq!(outage, 10, "the allowance: 10 % of 100");
+
+    // Redis back: the batch cut during the outage (1 call) is applied; the other 9 are not
+    // settled yet when Redis goes down again
+    redis.restart().await;
+    let mut settled = false;
+    for _ in 0..20 {
+        if flush().await.is_ok() && redis.hget(&key, "calls").await == 101 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "the first batch was applied");
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = take().await;
+    assert!(
+        matches!(second, Take::Unavailable),
+        "the allowance was spent in the first outage: {second:?}"
+    );
+
+    // Redis back for good: everything admitted is settled, and it is 100 + the allowance
+    redis.restart().await;
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(redis.hget(&key, "calls").await, 110);
+}

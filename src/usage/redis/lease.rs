@@ -185,7 +185,7 @@ impl RedisStore {
                     return Take::Unavailable;
                 }
                 self.metrics.outage_admitted.inc();
-                cell.direct.fetch_add(1, Ordering::AcqRel);
+                cell.outage_pending.fetch_add(1, Ordering::AcqRel);
                 Take::Admitted {
                     remaining: self.remaining(cell, limit),
                     overage: false,

@@ -26,7 +26,9 @@
 //! - **Redis down or slow** (each call bounded by `store_timeout`): leases held are spent first;
 //!   then `allow` admits up to `outage_allowance` × quota calls per instance, counted locally and
 //!   replayed exactly once when Redis is back (settlements carry a sequence number the script
-//!   checks), and `deny` answers 503. Over-admission is bounded by instances × allowance.
+//!   checks), and `deny` answers 503. Over-admission is bounded by instances × allowance: an
+//!   instance's outage calls count against its allowance until Redis confirmed them, and it
+//!   never admits more than the allowance past the quota as it last knew it.
 //! - **Lost replies:** a settlement is re-sent with its number until confirmed (applied once).
 //!   A grant Redis applied but whose reply was lost is undone by the instance's next grant or
 //!   settlement: both carry the instance's own total of the calls its grants gave it, which Redis
@@ -94,7 +96,11 @@ struct Batch {
     day: u8,
     lease_used: u64,
     lease_returned: u64,
+    /// Calls counted without a lease, `outage` included.
     direct: i64,
+    /// Of `direct`, the calls admitted under the outage allowance: confirmed, they stop
+    /// counting against it.
+    outage: u64,
     bytes: i64,
 }
 
@@ -106,9 +112,13 @@ struct Cell {
     lease_used: AtomicU64,
     /// Leased calls given back (idle, refunds past a settlement, stop), not yet settled.
     lease_returned: AtomicU64,
-    /// Calls counted without a lease (overage groups, outage allowance), not yet settled.
+    /// Calls counted without a lease (overage groups, refunds), not yet in a batch.
     direct: AtomicI64,
-    /// Calls admitted under the outage allowance this month (against the allowance).
+    /// Calls admitted under the outage allowance, not yet in a batch.
+    outage_pending: AtomicI64,
+    /// Calls admitted under the outage allowance that Redis has not confirmed yet: what counts
+    /// against the allowance. A confirmed batch takes off only its own outage calls (never all:
+    /// calls admitted after the batch was cut are not in Redis's total the instance now knows).
     outage_admitted: AtomicU64,
     bytes: AtomicI64,
     /// Redis's totals after the last settlement or grant: calls, bytes, calls_overage,
@@ -481,9 +491,18 @@ impl UsageStore for SharedRedisStore {
             .is_ok();
         if taken_back {
             cell.lease.fetch_add(1, Ordering::AcqRel);
-        } else if cell.outage_admitted.load(Ordering::Acquire) > 0 {
-            cell.direct.fetch_sub(1, Ordering::AcqRel);
-            cell.outage_admitted.fetch_sub(1, Ordering::AcqRel);
+        } else if cell
+            .outage_pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then(|| n - 1)
+            })
+            .is_ok()
+        {
+            // an outage call not in a batch yet: it no longer counts against the allowance (one
+            // in a batch does until the batch is confirmed; the next batch takes it off Redis's)
+            let _ = cell
+                .outage_admitted
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         } else {
             cell.direct.fetch_sub(1, Ordering::AcqRel);
         }
@@ -510,7 +529,8 @@ impl UsageStore for SharedRedisStore {
             return Usage::default();
         };
         let lease = cell.lease.load(Ordering::Acquire);
-        let pending_direct = cell.direct.load(Ordering::Acquire);
+        let pending_direct =
+            cell.direct.load(Ordering::Acquire) + cell.outage_pending.load(Ordering::Acquire);
         let pending_bytes = cell.bytes.load(Ordering::Acquire);
         Usage {
             // Redis counts this instance's unspent lease as taken

@@ -79,6 +79,7 @@ impl RedisStore {
                 || !c.archived.load(Ordering::Relaxed)
                 || c.inflight.lock().map(|i| i.is_some()).unwrap_or(true)
                 || c.direct.load(Ordering::Relaxed) != 0
+                || c.outage_pending.load(Ordering::Relaxed) != 0
                 || c.bytes.load(Ordering::Relaxed) != 0
                 || c.lease.load(Ordering::Relaxed) != 0
                 || c.lease_used.load(Ordering::Relaxed) != 0
@@ -161,6 +162,7 @@ impl RedisStore {
             && self.cells.iter().all(|c| {
                 c.inflight.lock().map(|i| i.is_none()).unwrap_or(false)
                     && c.direct.load(Ordering::Acquire) == 0
+                    && c.outage_pending.load(Ordering::Acquire) == 0
                     && c.bytes.load(Ordering::Acquire) == 0
                     && c.lease.load(Ordering::Acquire) == 0
                     && c.lease_used.load(Ordering::Acquire) == 0
@@ -205,12 +207,16 @@ impl RedisStore {
             match *inflight {
                 Some(b) => b,
                 None => {
+                    // the outage calls first: each was counted in `outage_admitted` before
+                    // `outage_pending`, so the batch never takes off a call it does not carry
+                    let outage = cell.outage_pending.swap(0, Ordering::AcqRel);
                     let b = Batch {
                         seq: 0,
                         day: crate::usage::days::day_for(month, self.day_clock.now_ms()),
                         lease_used: cell.lease_used.swap(0, Ordering::AcqRel),
                         lease_returned: cell.lease_returned.swap(0, Ordering::AcqRel),
-                        direct: cell.direct.swap(0, Ordering::AcqRel),
+                        direct: cell.direct.swap(0, Ordering::AcqRel) + outage,
+                        outage: outage.max(0) as u64,
                         bytes: cell.bytes.swap(0, Ordering::AcqRel),
                     };
                     let holds_lease = cell.lease.load(Ordering::Acquire) > 0;
@@ -294,9 +300,13 @@ impl RedisStore {
                 if let Some((_, sent)) = reconcile {
                     cell.reconciled.fetch_max(sent, Ordering::AcqRel);
                 }
-                let outage = cell.outage_admitted.swap(0, Ordering::AcqRel);
-                if outage > 0 {
-                    self.metrics.replayed_calls.inc_by(outage);
+                if batch.outage > 0 {
+                    let _ = cell.outage_admitted.fetch_update(
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                        |n| Some(n.saturating_sub(batch.outage)),
+                    );
+                    self.metrics.replayed_calls.inc_by(batch.outage);
                 }
                 Ok(true)
             }
