@@ -241,13 +241,10 @@ pub fn to_toml(tenants: &TenantsFile) -> String {
     out
 }
 
-/// Where the last good table is kept: beside the config, `state/tenants-snapshot.toml`.
-pub fn snapshot_path(config_path: &Path) -> PathBuf {
-    config_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("state")
-        .join("tenants-snapshot.toml")
+/// Where the last good table is kept: `tenants-snapshot.toml` in the state directory
+/// ([`crate::config::state_dir`]).
+pub fn snapshot_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("tenants-snapshot.toml")
 }
 
 /// Writes the last good table (atomically: a temp file renamed over the old one).

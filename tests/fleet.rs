@@ -304,7 +304,7 @@ async fn redis_down_at_start_serves_the_disk_copy_and_catches_up() {
     // a first instance reads Redis and keeps the copy on disk
     let first = instance(&config).await;
     assert_eq!(status_of(first.addr, "key-pro").await, 200);
-    assert!(vivgate::fleet::snapshot_path(&config).exists());
+    assert!(vivgate::fleet::snapshot_path(&config.parent().unwrap().join("state")).exists());
     drop(first);
 
     redis.kill();

@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub struct ConfigFile {
     /// Path of the tenants file, relative to the config file.
     pub tenants: String,
+    /// Where state is kept (the embedded usage store, the fleet's tenants copy, the fleet
+    /// overrides copy), relative to the config file. Default `state`.
+    pub state_dir: Option<String>,
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
@@ -250,9 +253,9 @@ pub struct UsageSection {
     /// `"embedded"` (durable, the default) or `"memory"` (lost on restart).
     #[serde(default = "default_store")]
     pub store: String,
-    /// The embedded store's file, relative to the config file.
-    #[serde(default = "default_store_path")]
-    pub path: String,
+    /// The embedded store's file, relative to the config file. Default: `usage.redb` in the
+    /// state directory.
+    pub path: Option<String>,
     #[serde(default = "default_flush_interval")]
     pub flush_interval_ms: u64,
     /// Months of usage kept, the current one included.
@@ -307,7 +310,7 @@ impl Default for UsageSection {
     fn default() -> Self {
         UsageSection {
             store: default_store(),
-            path: default_store_path(),
+            path: None,
             flush_interval_ms: default_flush_interval(),
             retention_months: default_retention(),
             redis_url: default_redis_url(),
@@ -323,9 +326,6 @@ impl Default for UsageSection {
 
 fn default_store() -> String {
     "embedded".into()
-}
-fn default_store_path() -> String {
-    "state/usage.redb".into()
 }
 fn default_flush_interval() -> u64 {
     1_000

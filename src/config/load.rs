@@ -89,7 +89,7 @@ pub fn load(config_path: &Path) -> Result<Snapshot, ConfigError> {
 fn load_from_redis(config_path: &Path, file: ConfigFile) -> Result<Snapshot, ConfigError> {
     let url = file.tenants.clone();
     let label = PathBuf::from(&url);
-    let copy = crate::fleet::snapshot_path(config_path);
+    let copy = crate::fleet::snapshot_path(&super::state_dir(config_path, &file));
     match crate::fleet::read(&url) {
         Ok((tenants, version)) => {
             let text = crate::fleet::to_toml(&tenants);
@@ -204,6 +204,45 @@ pub fn load_from_str(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_paths_follow_state_dir() {
+        let load = |extra: &str| {
+            let text = format!("tenants = \"t.toml\"\n{extra}\n[upstreams.api]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nprefix = \"/\"\nmethods = [\"GET\"]\nupstream = \"api\"\n");
+            load_from_str(
+                Path::new("/etc/vivgate/vivgate.toml"),
+                &text,
+                Path::new("/etc/vivgate/t.toml"),
+                "",
+            )
+            .unwrap()
+            .startup
+            .usage
+        };
+        // default: `state` beside the config
+        assert_eq!(
+            load("").path.unwrap(),
+            Path::new("/etc/vivgate/state/usage.redb")
+        );
+        let u = load("state_dir = \"/var/lib/vivgate\"");
+        assert_eq!(u.path.unwrap(), Path::new("/var/lib/vivgate/usage.redb"));
+        // `usage.path` still wins, relative to the config
+        let u = load("state_dir = \"/var/lib/vivgate\"\n[usage]\npath = \"u.redb\"");
+        assert_eq!(u.path.unwrap(), Path::new("/etc/vivgate/u.redb"));
+        let u = load("state_dir = \"/var/lib/vivgate\"\n[usage]\nstore = \"redis\"");
+        assert_eq!(
+            u.redis.unwrap().overrides_copy,
+            Path::new("/var/lib/vivgate/overrides-snapshot.json")
+        );
+        let e = load_from_str(
+            Path::new("v.toml"),
+            "tenants = \"t.toml\"\n[usage]\npath = \"\"\n",
+            Path::new("t.toml"),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "usage.path");
+    }
 
     #[test]
     fn a_paced_read_checks_utf8_across_its_reads() {

@@ -18,6 +18,14 @@ pub use file::GroupStatus;
 pub use load::{check_tenants_for_push, load, load_from_str, read_tenants_file, tenants_url};
 pub use model::*;
 
+/// The state directory (`state_dir`, relative to the config file; default `state` beside it).
+pub fn state_dir(config_path: &Path, file: &file::ConfigFile) -> PathBuf {
+    config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(file.state_dir.as_deref().unwrap_or("state"))
+}
+
 /// A config or tenants file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -11,8 +11,11 @@ pub(super) fn usage(cfg: &Path, file: &ConfigFile) -> Result<UsageSettings, Conf
     let u = &file.usage;
     let path = match u.store.as_str() {
         "memory" | "redis" => None,
-        "embedded" if u.path.is_empty() => return Err(err(cfg, "usage.path", "must not be empty")),
-        "embedded" => Some(cfg.parent().unwrap_or(Path::new(".")).join(&u.path)),
+        "embedded" => match &u.path {
+            Some(p) if p.is_empty() => return Err(err(cfg, "usage.path", "must not be empty")),
+            Some(p) => Some(cfg.parent().unwrap_or(Path::new(".")).join(p)),
+            None => Some(super::super::state_dir(cfg, file).join("usage.redb")),
+        },
         other => {
             return Err(err(
                 cfg,
@@ -102,11 +105,7 @@ pub(super) fn usage(cfg: &Path, file: &ConfigFile) -> Result<UsageSettings, Conf
             lease_idle: Duration::from_millis(u.lease_idle_ms),
             lease_ttl: Duration::from_millis(u.lease_ttl_ms),
             retention_months: u.retention_months,
-            overrides_copy: cfg
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("state")
-                .join("overrides-snapshot.json"),
+            overrides_copy: super::super::state_dir(cfg, file).join("overrides-snapshot.json"),
         })
     } else {
         None
