@@ -40,8 +40,27 @@ fn ignore_file_size_signal() {
 }
 
 /// vivgate: the Vivreal API's edge gateway.
+/// The end of `vivgate --help` and of the man page: signals and files.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP   re-read the config and the tenants file (a bad one is refused, the old one kept)
+  SIGTERM  stop: finish requests in flight (server.grace_period_seconds), flush usage, exit
+  SIGQUIT  hand the listeners and the usage store to a process started with -u, then drain
+
+Files (Debian package):
+  /etc/vivgate/vivgate.toml   the config (README: Configuration reference)
+  /etc/vivgate/tenants.toml   groups, tiers, statuses and key hashes
+  /var/lib/vivgate            the usage store and the fleet copies (state_dir)
+  /run/vivgate                the pid file and the upgrade socket
+  /usr/lib/systemd/system/vivgate.service, /usr/lib/vivgate/upgrade (systemctl reload)";
+
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_long_help = AFTER_HELP
+)]
 struct Cli {
     /// Run the gateway with this config file.
     #[arg(long, short = 'c')]
@@ -79,7 +98,12 @@ enum Command {
     /// Print shell completions (bash, zsh, fish, elvish, powershell) for vivgate.
     Completions { shell: clap_complete::Shell },
     /// Print vivgate's man page (roff), generated from this command line's definition.
-    Man,
+    Man {
+        /// Write every page instead (vivgate.1 and one per subcommand, vivgate-keys-new.1 …)
+        /// into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the upgrade socket of a config (server.upgrade_sock), for scripts that upgrade.
     UpgradeSocket {
         #[arg(long, short = 'c')]
@@ -377,11 +401,15 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 &mut std::io::stdout(),
             );
         }
-        Some(Command::Man) => {
+        Some(Command::Man { dir }) => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| format!("cannot write the man page: {e}"))?;
+            match dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
+                    .map_err(|e| format!("cannot write the man pages to {}: {e}", dir.display()))?,
+                None => clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                    .render(&mut std::io::stdout())
+                    .map_err(|e| format!("cannot write the man page: {e}"))?,
+            }
         }
         Some(Command::UpgradeSocket { config }) => {
             let snap = vivgate::config::load(&config)?;

@@ -596,4 +596,51 @@ fn completions_and_the_man_page_come_from_the_command_line() {
         "{man}"
     );
     assert!(man.contains("keys") && man.contains("healthz"), "{man}");
+    assert!(
+        man.contains("SIGQUIT") && man.contains("/var/lib/vivgate"),
+        "{man}"
+    );
+    // every page the main page refers to exists (the package installs them all)
+    let dir = tempfile::tempdir().unwrap();
+    let out = vivgate()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for page in [
+        "vivgate.1",
+        "vivgate-check.1",
+        "vivgate-keys.1",
+        "vivgate-keys-new.1",
+        "vivgate-keys-check.1",
+        "vivgate-demo.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        for refers in [man.as_ref(), text.as_str()]
+            .into_iter()
+            .flat_map(|t| t.split('\n'))
+            .filter_map(|l| l.strip_suffix("(1)"))
+        {
+            let to = format!("{}.1", refers.replace("\\-", "-"));
+            assert!(
+                pages.contains(&to),
+                "{page} refers to {to}, missing: {pages:?}"
+            );
+        }
+    }
+    let new = std::fs::read_to_string(dir.path().join("vivgate-keys-new.1")).unwrap();
+    assert!(new.contains("\\-\\-group"), "{new}");
 }

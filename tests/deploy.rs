@@ -1,7 +1,7 @@
 //! The deployment artefacts under `deploy/`: the Prometheus alert rules (checked and
-//! unit-tested with `promtool`) and the Grafana dashboard (valid JSON that names only metric
+//! unit-tested with `promtool`), the Grafana dashboard (valid JSON that names only metric
 //! families vivgate registers: compared with the registry's descriptors, since a scrape omits a
-//! family with no sample yet).
+//! family with no sample yet), the Containerfile, and the Debian package's config.
 
 use std::path::Path;
 use std::process::Command;
@@ -250,4 +250,57 @@ fn the_containers_config_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains(", 0 keys,"), "{text}");
+}
+
+/// The Debian package's config and tenants (deploy/debian; installed and run for real by
+/// tests/package.rs under `.ci/package`): they check, hold no key, listen on loopback only, and
+/// keep state and runtime files where the unit gives the service write access.
+#[test]
+fn the_packages_config_checks_and_matches_the_unit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vivgate"))
+        .args(["check", "--config"])
+        .arg(root.join("deploy/debian/vivgate.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(", 0 keys,"), "{text}");
+    let config: toml::Value = deploy("debian/vivgate.toml").parse().unwrap();
+    let server = &config["server"];
+    for listen in [&server["listen"], &config["admin"]["listen"]] {
+        assert!(
+            listen.as_str().unwrap().starts_with("127.0.0.1:"),
+            "as shipped, loopback only: {listen}"
+        );
+    }
+    let unit = deploy("systemd/vivgate.service");
+    let writable: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ReadWritePaths="))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    for path in [
+        config["state_dir"].as_str().unwrap(),
+        server["pid_file"].as_str().unwrap(),
+        server["upgrade_sock"].as_str().unwrap(),
+    ] {
+        assert!(
+            writable.iter().any(|w| path.starts_with(w)),
+            "{path} is not writable under the unit ({writable:?})"
+        );
+    }
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for asset in [
+        "\"deploy/debian/vivgate.toml\", \"etc/vivgate/vivgate.toml\"",
+        "\"deploy/debian/tenants.toml\", \"etc/vivgate/tenants.toml\"",
+        "\"deploy/systemd/upgrade\", \"usr/lib/vivgate/upgrade\"",
+    ] {
+        assert!(cargo.contains(asset), "Cargo.toml's package lacks {asset}");
+    }
 }

@@ -122,8 +122,9 @@ fn add_to_tsv(text: &str, group: &str, hash: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// Replaces `path` with `bytes` in one step: a new file beside it (same permissions), synced,
-/// renamed over it, and the directory synced.
+/// Replaces `path` with `bytes` in one step: a new file beside it (same permissions, and the
+/// same owner and group where this user may set them: root editing `/etc/vivgate/tenants.toml`
+/// keeps it readable by the service's group), synced, renamed over it, and the directory synced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -137,7 +138,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt;
             f.set_permissions(meta.permissions())?;
+            if std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid())).is_err() {
+                // not root: at least the group, if this user is in it
+                let _ = std::os::unix::fs::fchown(&f, None, Some(meta.gid()));
+            }
         }
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -211,5 +217,23 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn root_keeps_the_owner_and_group() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("!!! SKIPPED: root_keeps_the_owner_and_group needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, "[[groups]]\nid = \"a\"\ntier = \"pro\"\n").unwrap();
+        // as the package leaves it: root's, readable by the service's group (here: 1, daemon)
+        std::os::unix::fs::chown(&path, Some(0), Some(1)).unwrap();
+        add_to_file(&path, "a", H).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 1));
     }
 }
