@@ -227,7 +227,10 @@ async fn usage_pages_at_100k_groups_from_the_redis_store() {
         // this month as settlements leave it (one hash per group and month); last month only
         // in its archive, as after the month's keys expired
         let c = redis::Client::open(redis.url()).unwrap();
-        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        let mut con = c
+            .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+            .await
+            .unwrap();
         for chunk in (0..GROUPS).collect::<Vec<_>>().chunks(5000) {
             let mut pipe = redis::pipe();
             for &i in chunk {

@@ -263,7 +263,10 @@ async fn a_change_on_one_instance_reaches_all_four_within_a_second() {
 
     // a change written straight into Redis, as the portal would, following the README layout
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let key = format!("{{vivgate-tenants}}:group:{}", group_id("key-tiny"));
     let _: () = redis::pipe()
         .atomic()
@@ -420,7 +423,10 @@ async fn a_change_pushed_right_after_redis_returns_reaches_every_instance_within
         tokio::time::sleep(Duration::from_millis(300)).await;
         redis.restart().await;
         let c = redis::Client::open(redis.url()).unwrap();
-        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        let mut con = c
+            .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+            .await
+            .unwrap();
         // a first change as soon as Redis answers: each instance catches up with it (a reload
         // of the whole table) when it reconnects; a second one follows at a time that moves
         // through the reconnection from round to round (0 to 570 ms), so in some rounds it
@@ -492,7 +498,10 @@ async fn a_server_marked_down_stays_down_across_a_tenants_change() {
     // a tenants change pushed through Redis reloads the instance
     let before = i.gw.tenants_version();
     let r = redis::Client::open(redis.url()).unwrap();
-    let mut con = r.get_multiplexed_async_connection().await.unwrap();
+    let mut con = r
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let version = write_status(&mut con, group_id("key-tiny"), "frozen").await;
     assert!(Some(version) > before);
     wait_for("the tenants change", || async {

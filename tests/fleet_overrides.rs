@@ -335,7 +335,10 @@ async fn a_change_without_an_answer_says_so_and_repeating_it_is_harmless() {
     let mut b = Instance::start(&h, &redis, "b.toml").await;
     // Redis holds every write for 3 s: longer than the admin API waits (2 s)
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(3_000)
@@ -384,7 +387,10 @@ async fn a_redis_that_lost_its_data_gets_the_fleets_overrides_back() {
     // Redis restarts without its data (no persistence, a FLUSHALL, a failover to a replica
     // that lags): the instances keep what they enforce and put it back
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
     let start = Instant::now();
     loop {

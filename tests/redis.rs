@@ -342,7 +342,10 @@ async fn the_month_rolls_over_on_every_instance() {
     assert_eq!(gateway_day(&redis, "2026-12", 1, "calls").await, 40);
     // the day fields stay out of the month key (its grants read it whole)
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let fields: Vec<String> = redis::cmd("HKEYS")
         .arg(fleet.key(Month::from_ym(2026, 11)))
         .query_async(&mut con)
@@ -403,7 +406,10 @@ async fn the_binary_settles_and_returns_its_leases_on_sigterm() {
         "served calls only, leases returned"
     );
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let fields: Vec<String> = redis::cmd("HKEYS")
         .arg(&key)
         .query_async(&mut con)
@@ -597,7 +603,10 @@ async fn a_finished_month_stays_readable_from_its_archive() {
     // the month's own key expires some weeks after the month (here: now)
     let key = format!("vivgate:usage:{{{}}}:2026-11", group_id(TINY));
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut con)
@@ -623,7 +632,10 @@ async fn a_finished_month_stays_readable_from_its_archive() {
 /// The whole gateway's `what` (calls, bytes) on `day` of `month`: every instance's total.
 async fn gateway_day(redis: &RedisServer, month: &str, day: u32, what: &str) -> u64 {
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
         .arg(format!("vivgate:gateway-days:{month}"))
         .query_async(&mut con)
@@ -638,7 +650,10 @@ async fn gateway_day(redis: &RedisServer, month: &str, day: u32, what: &str) -> 
 
 async fn lease_fields(redis: &RedisServer, key: &str) -> Vec<(String, String)> {
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let fields: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg(key)
         .query_async(&mut con)
@@ -653,7 +668,10 @@ async fn lease_fields(redis: &RedisServer, key: &str) -> Vec<(String, String)> {
 /// Makes Redis log every command it runs (its slow log, with a threshold of 0).
 async fn log_every_command(redis: &RedisServer) {
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     for (name, value) in [
         ("slowlog-log-slower-than", "0"),
         ("slowlog-max-len", "100000"),
@@ -671,7 +689,10 @@ async fn log_every_command(redis: &RedisServer) {
 /// The grant numbers (the lease script's last argument) Redis ran for `key`, from its log.
 async fn grants_run(redis: &RedisServer, key: &str) -> Vec<String> {
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(100_000)
@@ -765,7 +786,10 @@ async fn a_grant_applied_after_its_timeout_leaves_no_phantom_calls() {
     // Redis holds every write for 400 ms: the grant times out at the instance (50 ms), which
     // serves the call by its outage policy, and Redis applies the grant afterwards
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     log_every_command(&redis).await;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -819,7 +843,10 @@ async fn a_settlement_whose_reply_is_lost_is_applied_once() {
     fleet.stop(0).await;
     // the lost one was sent again, with its number, and applied once
     let c = redis::Client::open(redis.url()).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&common::redis_server::patient())
+        .await
+        .unwrap();
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(100_000)

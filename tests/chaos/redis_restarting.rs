@@ -24,7 +24,10 @@ const WAIT_BOUND: Duration = Duration::from_secs(1);
 /// A status change written into the fleet's tenant table as the README's layout says.
 async fn write_status(url: &str, group: &str, status: &str) {
     let c = redis::Client::open(url).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&crate::common::redis_server::patient())
+        .await
+        .unwrap();
     let (version,): (u64,) = redis::pipe()
         .atomic()
         .hset(

@@ -629,7 +629,10 @@ pub fn push_tenants(h: &Harness, config: &Path) {
 /// and the per-instance fields.
 pub async fn redis_usage(url: &str, group: &str) -> std::collections::HashMap<String, String> {
     let c = redis::Client::open(url).unwrap();
-    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let mut con = c
+        .get_multiplexed_async_connection_with_config(&crate::common::redis_server::patient())
+        .await
+        .unwrap();
     redis::cmd("HGETALL")
         .arg(format!("vivgate:usage:{{{group}}}:{}", this_month()))
         .query_async(&mut con)

@@ -11,6 +11,14 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
 }
 
+/// A test's own connections to Redis wait this long for an answer (the client's default is
+/// 500 ms: too short for a pipeline of thousands of writes that this Redis fsyncs one by one on a
+/// busy CI machine).
+pub fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)))
+}
+
 impl RedisServer {
     /// A redis-server on a free port, appending every write to its log (so a restart keeps
     /// what it acknowledged). `None` when redis-server is missing and not required.
@@ -61,7 +69,10 @@ impl RedisServer {
                 let Ok(c) = redis::Client::open(url) else {
                     return false;
                 };
-                let Ok(mut con) = c.get_multiplexed_async_connection().await else {
+                let Ok(mut con) = c
+                    .get_multiplexed_async_connection_with_config(&patient())
+                    .await
+                else {
                     return false;
                 };
                 redis::cmd("PING")
@@ -90,7 +101,10 @@ impl RedisServer {
 
     pub async fn hget(&self, key: &str, field: &str) -> u64 {
         let c = redis::Client::open(self.url()).unwrap();
-        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        let mut con = c
+            .get_multiplexed_async_connection_with_config(&patient())
+            .await
+            .unwrap();
         redis::cmd("HGET")
             .arg(key)
             .arg(field)
