@@ -149,73 +149,63 @@ pub fn push(url: &str, tenants: &TenantsFile) -> Result<u64, String> {
 
 /// Sets one group's status (the admin API on any instance). Returns the new version.
 pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, String> {
-    change_group(url, group, |pipe, key| {
-        pipe.hset(key, "status", status.as_str()).ignore();
-        Ok(())
-    })
+    change_group(url, group, |_| Ok(("status", status.as_str().to_string())))
 }
 
 /// Adds one key hash to a group (`vivgate keys new --config`), in one transaction, announced.
 pub fn add_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
     crate::keys::parse_key_hash(key_hash)?;
-    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
-    let keys: Option<String> = con
-        .hget(group_key(group), "keys")
-        .map_err(|e| format!("redis {url}: {e}"))?;
-    let keys = keys.ok_or_else(|| format!("unknown group {group:?}"))?;
-    if keys.split_whitespace().any(|k| k == key_hash) {
-        return Err(format!("group {group:?} already has this key"));
-    }
-    let all = if keys.trim().is_empty() {
-        key_hash.to_string()
-    } else {
-        format!("{} {key_hash}", keys.trim())
-    };
-    change_group(url, group, move |pipe, key| {
-        pipe.hset(key, "keys", &all).ignore();
-        Ok(())
+    change_group(url, group, |keys| {
+        if keys.split_whitespace().any(|k| k == key_hash) {
+            return Err(format!("group {group:?} already has this key"));
+        }
+        let all: Vec<&str> = keys.split_whitespace().chain([key_hash]).collect();
+        Ok(("keys", all.join(" ")))
     })
 }
 
 /// Removes one key hash from its group (the admin API on any instance).
 pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
-    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
-    let keys: Option<String> = con
-        .hget(group_key(group), "keys")
-        .map_err(|e| format!("redis {url}: {e}"))?;
-    let keys = keys.ok_or_else(|| format!("unknown group {group:?}"))?;
-    let kept: Vec<&str> = keys.split_whitespace().filter(|k| *k != key_hash).collect();
-    if kept.len() == keys.split_whitespace().count() {
-        return Err(format!("group {group:?} has no key {key_hash}"));
-    }
-    let kept = kept.join(" ");
-    change_group(url, group, move |pipe, key| {
-        pipe.hset(key, "keys", &kept).ignore();
-        Ok(())
+    change_group(url, group, |keys| {
+        let kept: Vec<&str> = keys.split_whitespace().filter(|k| *k != key_hash).collect();
+        if kept.len() == keys.split_whitespace().count() {
+            return Err(format!("group {group:?} has no key {key_hash}"));
+        }
+        Ok(("keys", kept.join(" ")))
     })
 }
 
+/// Changes one field of a group: `edit` gets the group's keys as Redis holds them and gives the
+/// field and its new value (or a refusal). The group is read under `WATCH` and written in the
+/// same `MULTI`/`EXEC` with the version, so two changes at once never lose one: a change that
+/// raced another is read and made again on top of it.
 fn change_group(
     url: &str,
     group: &str,
-    f: impl Fn(&mut redis::Pipeline, &str) -> redis::RedisResult<()>,
+    edit: impl Fn(&str) -> Result<(&'static str, String), String>,
 ) -> Result<u64, String> {
     let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
     let key = group_key(group);
-    let version: u64 = redis::transaction(&mut con, &[key.as_str()], |con, pipe| {
-        let exists: bool = con.exists(&key)?;
-        if !exists {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "unknown group",
-            )));
-        }
-        pipe.atomic();
-        f(pipe, &key)?;
-        pipe.incr(VERSION_KEY, 1);
-        pipe.query::<Option<(u64,)>>(con).map(|r| r.map(|(v,)| v))
-    })
-    .map_err(|e| format!("redis {url}: {e}"))?;
+    let outcome: Result<u64, String> =
+        redis::transaction(&mut con, &[key.as_str()], |con, pipe| {
+            let keys: Option<String> = con.hget(&key, "keys")?;
+            let exists: bool = keys.is_some() || con.exists(&key)?;
+            if !exists {
+                return Ok(Some(Err(format!("unknown group {group:?}"))));
+            }
+            let (field, value) = match edit(keys.as_deref().unwrap_or("")) {
+                Ok(change) => change,
+                Err(refused) => return Ok(Some(Err(refused))),
+            };
+            pipe.atomic();
+            pipe.hset(&key, field, value).ignore();
+            pipe.incr(VERSION_KEY, 1);
+            // EXEC answers nil when the group changed after the read: read and edit again
+            pipe.query::<Option<(u64,)>>(con)
+                .map(|r| r.map(|(v,)| Ok(v)))
+        })
+        .map_err(|e| format!("redis {url}: {e}"))?;
+    let version = outcome?;
     announce(&mut con, version);
     Ok(version)
 }

@@ -165,6 +165,76 @@ async fn a_key_minted_with_a_fleet_config_goes_into_redis() {
     assert_eq!(vivgate::fleet::read(&redis.url()).unwrap().1, new_version);
 }
 
+/// Keys added and revoked at the same time, from many writers (instances' admin APIs, several
+/// operators' `keys new`), on one group: none is lost, and every change has its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_changes_to_one_group_lose_none() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    let config = fleet_config(&h, &redis, "fleet.toml");
+    push(&config, &h.dir.path().join("tenants.toml"));
+    let url = redis.url();
+    let pro = group_id("key-pro");
+    let (before, version) = vivgate::fleet::read(&url).unwrap();
+    let keys_of = |t: &TenantsFile| {
+        let mut k = t.groups.iter().find(|g| g.id == pro).unwrap().keys.clone();
+        k.sort();
+        k
+    };
+    let old = keys_of(&before);
+    assert!(!old.is_empty());
+    let hash = |i: usize| format!("sha256:{i:064x}");
+    // 8 writers add 5 keys each; one more revokes the group's existing keys meanwhile
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let url = url.clone();
+        writers.push(std::thread::spawn(move || {
+            for i in 0..5 {
+                vivgate::fleet::add_key(&url, pro, &hash(w * 5 + i + 1)).unwrap();
+            }
+        }));
+    }
+    let revoker = {
+        let (url, old) = (url.clone(), old.clone());
+        std::thread::spawn(move || {
+            for k in &old {
+                vivgate::fleet::revoke_key(&url, pro, k).unwrap();
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    revoker.join().unwrap();
+    let (after, new_version) = vivgate::fleet::read(&url).unwrap();
+    let mut expected: Vec<String> = (1..=40).map(hash).collect();
+    expected.sort();
+    assert_eq!(keys_of(&after), expected, "every added key, no revoked one");
+    assert_eq!(new_version, version + 40 + old.len() as u64);
+    // the other groups are untouched
+    let others = |t: &TenantsFile| {
+        let mut g: Vec<_> = t
+            .groups
+            .iter()
+            .filter(|g| g.id != pro)
+            .map(|g| (g.id.clone(), g.keys.clone()))
+            .collect();
+        g.sort();
+        g
+    };
+    assert_eq!(others(&after), others(&before));
+    // a repeat and a revocation of a key the group does not have are refused, changing nothing
+    let e = vivgate::fleet::add_key(&url, pro, &hash(1)).unwrap_err();
+    assert!(e.contains("already has"), "{e}");
+    let e = vivgate::fleet::revoke_key(&url, pro, &old[0]).unwrap_err();
+    assert!(e.contains("has no key"), "{e}");
+    let e = vivgate::fleet::add_key(&url, "nope", &hash(99)).unwrap_err();
+    assert!(e.contains("unknown group"), "{e}");
+    assert_eq!(vivgate::fleet::read(&url).unwrap().1, new_version);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_export_gives_the_same_tenants() {
     let Some(redis) = RedisServer::start().await else {

@@ -77,10 +77,10 @@ async fn a_reload_storm_fails_no_request_and_keeps_counts_and_memory() {
     let mut post_answers = std::collections::BTreeMap::<u16, u32>::new();
     let mut i = 0u32;
     while start.elapsed() < STORM {
-        let good = i % 2 == 0;
+        let good = i.is_multiple_of(2);
         if good {
             write_atomically(&config, &good_config);
-            write_atomically(&tenants, if i % 4 == 0 { &big } else { &base });
+            write_atomically(&tenants, if i.is_multiple_of(4) { &big } else { &base });
         } else if i % 4 == 1 {
             write_atomically(&config, &broken_config);
         } else {
@@ -89,7 +89,7 @@ async fn a_reload_storm_fails_no_request_and_keeps_counts_and_memory() {
         if !good {
             broken += 1;
         }
-        if (i / 2) % 2 == 0 {
+        if (i / 2).is_multiple_of(2) {
             signal(&gate.proc.0, libc::SIGHUP);
             sighups += 1;
         } else {
@@ -108,7 +108,7 @@ async fn a_reload_storm_fails_no_request_and_keeps_counts_and_memory() {
             write_atomically(&tenants, &base);
         }
         peak = peak.max(gate.rss_kib());
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             eprintln!("{:?}: RSS-LazyFree {} KiB", start.elapsed(), gate.rss_kib());
         }
         i += 1;
