@@ -39,27 +39,70 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// What the signals do: the end of `vivgate --help`, and a section of the man page.
+const SIGNALS: [(&str, &str); 3] = [
+    (
+        "SIGHUP",
+        "re-read the config and the tenants file (a bad one is refused, the old one kept)",
+    ),
+    (
+        "SIGTERM",
+        "stop: finish requests in flight (server.grace_period_seconds), flush usage, exit",
+    ),
+    (
+        "SIGQUIT",
+        "hand the listeners and the usage store to a process started with -u, then drain",
+    ),
+];
+
+/// Where the Debian package puts things: the end of `vivgate --help`, and a man page section.
+const FILES: [(&str, &str); 7] = [
+    (
+        "/etc/vivgate/vivgate.toml",
+        "the config (README: Configuration reference)",
+    ),
+    (
+        "/etc/vivgate/tenants.toml",
+        "groups, tiers, statuses and key hashes",
+    ),
+    (
+        "/var/lib/vivgate",
+        "the usage store and the fleet copies (state_dir)",
+    ),
+    (
+        "/var/log/vivgate",
+        "for an access log (access_log.path); the unit may write there",
+    ),
+    ("/run/vivgate", "the pid file and the upgrade socket"),
+    (
+        "/usr/lib/systemd/system/vivgate.service",
+        "the systemd unit",
+    ),
+    (
+        "/usr/lib/vivgate/upgrade",
+        "its zero-downtime upgrade (systemctl reload vivgate)",
+    ),
+];
+
+fn after_help() -> String {
+    let mut out = String::from("Signals:\n");
+    for (signal, what) in SIGNALS {
+        out.push_str(&format!("  {signal:<9}{what}\n"));
+    }
+    out.push_str("\nFiles (Debian package):\n");
+    for (path, what) in FILES {
+        out.push_str(&format!("  {path}\n      {what}\n"));
+    }
+    out
+}
+
 /// vivgate: the Vivreal API's edge gateway.
-/// The end of `vivgate --help` and of the man page: signals and files.
-const AFTER_HELP: &str = "\
-Signals:
-  SIGHUP   re-read the config and the tenants file (a bad one is refused, the old one kept)
-  SIGTERM  stop: finish requests in flight (server.grace_period_seconds), flush usage, exit
-  SIGQUIT  hand the listeners and the usage store to a process started with -u, then drain
-
-Files (Debian package):
-  /etc/vivgate/vivgate.toml   the config (README: Configuration reference)
-  /etc/vivgate/tenants.toml   groups, tiers, statuses and key hashes
-  /var/lib/vivgate            the usage store and the fleet copies (state_dir)
-  /run/vivgate                the pid file and the upgrade socket
-  /usr/lib/systemd/system/vivgate.service, /usr/lib/vivgate/upgrade (systemctl reload)";
-
 #[derive(Parser)]
 #[command(
     version,
     about,
     args_conflicts_with_subcommands = true,
-    after_long_help = AFTER_HELP
+    after_long_help = after_help()
 )]
 struct Cli {
     /// Run the gateway with this config file.
@@ -76,6 +119,7 @@ struct Cli {
 enum Command {
     /// Validate a config file and the tenants file it names.
     Check {
+        /// The config file (vivgate.toml).
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
@@ -89,6 +133,7 @@ enum Command {
     /// Is the gateway of this config serving? Asks the admin listener's /healthz (exit 0 when
     /// serving, 1 otherwise); for a container's health check.
     Healthz {
+        /// The gateway's config file: its admin listener (or public listener) is asked.
         #[arg(long, short = 'c')]
         config: PathBuf,
         /// Give up after this many milliseconds.
@@ -96,16 +141,20 @@ enum Command {
         timeout_ms: u64,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) for vivgate.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Print vivgate's man page (roff), generated from this command line's definition.
     Man {
         /// Write every page instead (vivgate.1 and one per subcommand, vivgate-keys-new.1 …)
-        /// into this directory.
+        /// into this directory (made if missing).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Print the upgrade socket of a config (server.upgrade_sock), for scripts that upgrade.
     UpgradeSocket {
+        /// The gateway's config file.
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
@@ -116,6 +165,7 @@ enum Command {
     },
     /// Run the gateway with a built-in backend and demo groups.
     Demo {
+        /// The gateway's address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// The admin API and console (loopback, with a token printed at start).
@@ -129,13 +179,16 @@ enum TenantsCommand {
     /// Validate a tenants file against the config, then replace the table in Redis with it in
     /// one transaction (every instance applies it within a second).
     Push {
+        /// The config whose `tenants = "redis://…"` names the Redis.
         #[arg(long, short = 'c')]
         config: PathBuf,
+        /// The tenants file to push (TOML or .tsv).
         #[arg(long, short = 'f')]
         file: PathBuf,
     },
     /// Print the table in Redis as a tenants file.
     Export {
+        /// The config whose `tenants = "redis://…"` names the Redis.
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
@@ -160,8 +213,8 @@ enum KeysCommand {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
-    /// Read a key on standard input (never the command line, which other users can see) and
-    /// tell, offline, whether it is a well-formed vivgate key.
+    /// Read a key from the first line of standard input (never the command line, which other
+    /// users can see) and tell, offline, whether it is a well-formed vivgate key.
     Check {
         /// Take the checksum prefixes from this config (default: vgk_).
         #[arg(long, short = 'c')]
@@ -170,6 +223,57 @@ enum KeysCommand {
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The command line as the man pages show it: built, without the `help` subcommand.
+fn man_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command()
+        .disable_help_subcommand(true)
+        .after_long_help(None::<&'static str>);
+    cmd.build();
+    cmd
+}
+
+/// vivgate(1): clap_mangen's sections, then SIGNALS and FILES as tagged paragraphs.
+fn main_man_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_mangen::roff::{bold, roman, Roff};
+    let man = clap_mangen::Man::new(man_command());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    man.render_subcommands_section(w)?;
+    let mut roff = Roff::default();
+    for (title, entries) in [("SIGNALS", &SIGNALS[..]), ("FILES", &FILES[..])] {
+        roff.control("SH", [title]);
+        for (name, what) in entries {
+            roff.control("TP", []);
+            roff.text([bold(*name)]);
+            roff.text([roman(*what)]);
+        }
+    }
+    roff.to_writer(w)?;
+    man.render_version_section(w)
+}
+
+/// Every page: vivgate.1 and one per subcommand (vivgate-keys-new.1 …), into `dir` (made if
+/// missing).
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    fn subcommand_pages(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            subcommand_pages(sub, dir)?;
+            clap_mangen::Man::new(sub.clone()).generate_to(dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let cmd = man_command();
+    subcommand_pages(&cmd, dir)?;
+    let mut page = std::fs::File::create(dir.join("vivgate.1"))?;
+    main_man_page(&mut page)?;
+    page.sync_all()
+}
 
 fn keys(command: KeysCommand) -> Result<(), Error> {
     use vivgate::keys::checksum::{self, Verdict};
@@ -236,10 +340,9 @@ fn keys(command: KeysCommand) -> Result<(), Error> {
             std::io::stdin()
                 .read_to_end(&mut input)
                 .map_err(|e| format!("cannot read stdin: {e}"))?;
-            let key = input
-                .strip_suffix(b"\r\n")
-                .or_else(|| input.strip_suffix(b"\n"))
-                .unwrap_or(&input);
+            // the first line: `vivgate keys new > key.txt` writes the key, then its hash
+            let line = input.split(|&b| b == b'\n').next().unwrap_or(&[]);
+            let key = line.strip_suffix(b"\r").unwrap_or(line);
             let bytes: Vec<Box<[u8]>> = prefixes.iter().map(|p| p.as_bytes().into()).collect();
             match checksum::verify(key, &bytes) {
                 Verdict::Valid => {
@@ -401,16 +504,12 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 &mut std::io::stdout(),
             );
         }
-        Some(Command::Man { dir }) => {
-            use clap::CommandFactory;
-            match dir {
-                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
-                    .map_err(|e| format!("cannot write the man pages to {}: {e}", dir.display()))?,
-                None => clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
-                    .render(&mut std::io::stdout())
-                    .map_err(|e| format!("cannot write the man page: {e}"))?,
-            }
-        }
+        Some(Command::Man { dir }) => match dir {
+            Some(dir) => write_man_pages(&dir)
+                .map_err(|e| format!("cannot write the man pages to {}: {e}", dir.display()))?,
+            None => main_man_page(&mut std::io::stdout())
+                .map_err(|e| format!("cannot write the man page: {e}"))?,
+        },
         Some(Command::UpgradeSocket { config }) => {
             let snap = vivgate::config::load(&config)?;
             println!("{}", snap.startup.upgrade_sock.display());

@@ -170,6 +170,9 @@ async fn a_minted_key_goes_into_the_tenants_file_and_works_after_a_reload() {
     assert_eq!(h.get(p, Some(&key)).await.status, 200);
     let (ok, out, _) = keys(&["check"], format!("{key}\n").as_bytes());
     assert!(ok && out.contains("valid"), "{out}");
+    // what `keys new > key.txt` saves: the key, then its hash
+    let (ok, out, err) = keys(&["check"], format!("{key}\n{hash}\n").as_bytes());
+    assert!(ok && out.contains("valid"), "{out}{err}");
 
     // a typo is refused offline and by the gateway alike
     let mut typo = key.clone().into_bytes();
@@ -596,23 +599,30 @@ fn completions_and_the_man_page_come_from_the_command_line() {
         "{man}"
     );
     assert!(man.contains("keys") && man.contains("healthz"), "{man}");
+    // signals and files as sections of tagged paragraphs, not filled into prose
+    for section in [
+        ".SH SIGNALS\n.TP\n\\fBSIGHUP\\fR\n",
+        ".SH FILES\n.TP\n\\fB/etc/vivgate/vivgate.toml\\fR\n",
+    ] {
+        assert!(man.contains(section), "{section:?} in {man}");
+    }
     assert!(
-        man.contains("SIGQUIT") && man.contains("/var/lib/vivgate"),
+        man.contains("/var/lib/vivgate") && !man.contains(".SH EXTRA"),
         "{man}"
     );
-    // every page the main page refers to exists (the package installs them all)
-    let dir = tempfile::tempdir().unwrap();
-    let out = vivgate()
-        .args(["man", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    // every page the main page refers to exists (the package installs them all); the
+    // directory is made
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("man/man1");
+    let out = vivgate().args(["man", "--dir"]).arg(&dir).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+    assert_eq!(std::fs::read_to_string(dir.join("vivgate.1")).unwrap(), man);
+    let dir = dir.as_path();
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -628,7 +638,7 @@ fn completions_and_the_man_page_come_from_the_command_line() {
         assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
     }
     for page in &pages {
-        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
         for refers in [man.as_ref(), text.as_str()]
             .into_iter()
             .flat_map(|t| t.split('\n'))
@@ -641,6 +651,6 @@ fn completions_and_the_man_page_come_from_the_command_line() {
             );
         }
     }
-    let new = std::fs::read_to_string(dir.path().join("vivgate-keys-new.1")).unwrap();
+    let new = std::fs::read_to_string(dir.join("vivgate-keys-new.1")).unwrap();
     assert!(new.contains("\\-\\-group"), "{new}");
 }
