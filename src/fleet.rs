@@ -147,14 +147,46 @@ pub fn push(url: &str, tenants: &TenantsFile) -> Result<u64, String> {
     Ok(version)
 }
 
+/// Why a change of one group in the fleet's table was not made, or may not have been.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeError {
+    /// The group is not in the table: nothing changed.
+    UnknownGroup(String),
+    /// What was asked is so already (the key is there, or is not): nothing changed.
+    AlreadySo(String),
+    /// Redis could not be reached or refused it: nothing changed.
+    NotSaved(String),
+    /// Redis did not answer in time: the change may or may not have been made (repeating it
+    /// is harmless).
+    Unknown(String),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeError::UnknownGroup(g) => write!(f, "unknown group {g:?}"),
+            ChangeError::AlreadySo(why) => f.write_str(why),
+            ChangeError::NotSaved(why) => write!(f, "not saved: {why}"),
+            ChangeError::Unknown(why) => {
+                write!(
+                    f,
+                    "no answer from Redis, the change may or may not be saved: {why}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {}
+
 /// Sets one group's status (the admin API on any instance). Returns the new version.
-pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, String> {
+pub fn set_status(url: &str, group: &str, status: GroupStatus) -> Result<u64, ChangeError> {
     change_group(url, group, |_| Ok(("status", status.as_str().to_string())))
 }
 
 /// Adds one key hash to a group (`vivgate keys new --config`), in one transaction, announced.
-pub fn add_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
-    crate::keys::parse_key_hash(key_hash)?;
+pub fn add_key(url: &str, group: &str, key_hash: &str) -> Result<u64, ChangeError> {
+    crate::keys::parse_key_hash(key_hash).map_err(ChangeError::NotSaved)?;
     change_group(url, group, |keys| {
         if keys.split_whitespace().any(|k| k == key_hash) {
             return Err(format!("group {group:?} already has this key"));
@@ -165,7 +197,7 @@ pub fn add_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
 }
 
 /// Removes one key hash from its group (the admin API on any instance).
-pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String> {
+pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, ChangeError> {
     change_group(url, group, |keys| {
         let kept: Vec<&str> = keys.split_whitespace().filter(|k| *k != key_hash).collect();
         if kept.len() == keys.split_whitespace().count() {
@@ -176,26 +208,26 @@ pub fn revoke_key(url: &str, group: &str, key_hash: &str) -> Result<u64, String>
 }
 
 /// Changes one field of a group: `edit` gets the group's keys as Redis holds them and gives the
-/// field and its new value (or a refusal). The group is read under `WATCH` and written in the
-/// same `MULTI`/`EXEC` with the version, so two changes at once never lose one: a change that
-/// raced another is read and made again on top of it.
+/// field and its new value, or says what is so already. The group is read under `WATCH` and
+/// written in the same `MULTI`/`EXEC` with the version, so two changes at once never lose one:
+/// a change that raced another is read and made again on top of it.
 fn change_group(
     url: &str,
     group: &str,
     edit: impl Fn(&str) -> Result<(&'static str, String), String>,
-) -> Result<u64, String> {
-    let mut con = connect(url).map_err(|e| format!("redis {url}: {e}"))?;
+) -> Result<u64, ChangeError> {
+    let mut con = connect(url).map_err(|e| ChangeError::NotSaved(format!("redis {url}: {e}")))?;
     let key = group_key(group);
-    let outcome: Result<u64, String> =
+    let outcome: Result<u64, ChangeError> =
         redis::transaction(&mut con, &[key.as_str()], |con, pipe| {
             let keys: Option<String> = con.hget(&key, "keys")?;
             let exists: bool = keys.is_some() || con.exists(&key)?;
             if !exists {
-                return Ok(Some(Err(format!("unknown group {group:?}"))));
+                return Ok(Some(Err(ChangeError::UnknownGroup(group.to_string()))));
             }
             let (field, value) = match edit(keys.as_deref().unwrap_or("")) {
                 Ok(change) => change,
-                Err(refused) => return Ok(Some(Err(refused))),
+                Err(so) => return Ok(Some(Err(ChangeError::AlreadySo(so)))),
             };
             pipe.atomic();
             pipe.hset(&key, field, value).ignore();
@@ -204,7 +236,15 @@ fn change_group(
             pipe.query::<Option<(u64,)>>(con)
                 .map(|r| r.map(|(v,)| Ok(v)))
         })
-        .map_err(|e| format!("redis {url}: {e}"))?;
+        .map_err(|e| {
+            let why = format!("redis {url}: {e}");
+            // the transaction may have been sent when the answer stopped coming
+            if e.is_timeout() || e.is_connection_dropped() {
+                ChangeError::Unknown(why)
+            } else {
+                ChangeError::NotSaved(why)
+            }
+        })?;
     let version = outcome?;
     announce(&mut con, version);
     Ok(version)
@@ -247,7 +287,19 @@ pub fn save_snapshot(path: &Path, tenants_toml: &str, version: u64) -> std::io::
         &tmp,
         format!("# vivgate tenants, version {version}, from Redis\n{tenants_toml}"),
     )?;
+    // written by root (`sudo vivgate check`), the copy still belongs to whom the state
+    // directory belongs to: the service, which may need to start from it
+    if let Some(dir) = path.parent().filter(|_| nix_is_root()) {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dir)?;
+        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))?;
+    }
     std::fs::rename(tmp, path)
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Follows changes: reloads `reload` when a version is announced, and compares the version

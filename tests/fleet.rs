@@ -165,6 +165,30 @@ async fn a_key_minted_with_a_fleet_config_goes_into_redis() {
     assert_eq!(vivgate::fleet::read(&redis.url()).unwrap().1, new_version);
 }
 
+/// `sudo vivgate check` of a fleet config saves the tenants copy as root: the copy still
+/// belongs to the state directory's owner (the service, which may have to start from it).
+#[test]
+fn a_tenants_copy_written_by_root_belongs_to_the_state_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!! SKIPPED: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    // the service's user and group (here: daemon, 1)
+    std::os::unix::fs::chown(&state, Some(1), Some(1)).unwrap();
+    let copy = vivgate::fleet::snapshot_path(&state);
+    vivgate::fleet::save_snapshot(&copy, "[[groups]]\n", 7).unwrap();
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1, 1));
+    assert!(std::fs::read_to_string(&copy)
+        .unwrap()
+        .contains("version 7"));
+}
+
 /// Keys added and revoked at the same time, from many writers (instances' admin APIs, several
 /// operators' `keys new`), on one group: none is lost, and every change has its own version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,11 +250,17 @@ async fn concurrent_key_changes_to_one_group_lose_none() {
     };
     assert_eq!(others(&after), others(&before));
     // a repeat and a revocation of a key the group does not have are refused, changing nothing
-    let e = vivgate::fleet::add_key(&url, pro, &hash(1)).unwrap_err();
+    let e = vivgate::fleet::add_key(&url, pro, &hash(1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already has"), "{e}");
-    let e = vivgate::fleet::revoke_key(&url, pro, &old[0]).unwrap_err();
+    let e = vivgate::fleet::revoke_key(&url, pro, &old[0])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("has no key"), "{e}");
-    let e = vivgate::fleet::add_key(&url, "nope", &hash(99)).unwrap_err();
+    let e = vivgate::fleet::add_key(&url, "nope", &hash(99))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown group"), "{e}");
     assert_eq!(vivgate::fleet::read(&url).unwrap().1, new_version);
 }

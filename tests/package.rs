@@ -118,6 +118,14 @@ async fn the_package_installs_serves_and_purges_cleanly() {
         assert_eq!((m.uid(), m.gid()), (0, gid), "{file}");
         assert_eq!(m.permissions().mode() & 0o777, 0o640, "{file}");
     }
+    // through dpkg's stat overrides, so a new version of a file gets them too
+    let overrides = run_ok("dpkg-statoverride", &["--list", "/etc/vivgate/*"]);
+    for file in ["/etc/vivgate/vivgate.toml", "/etc/vivgate/tenants.toml"] {
+        assert!(
+            overrides.contains(&format!("root vivgate 640 {file}")),
+            "{overrides}"
+        );
+    }
     let conffiles = run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "vivgate"]);
     for file in ["/etc/vivgate/vivgate.toml", "/etc/vivgate/tenants.toml"] {
         assert!(
@@ -286,4 +294,20 @@ async fn the_package_installs_serves_and_purges_cleanly() {
         !run("getent", &["group", "vivgate"]).status.success(),
         "the group is left after the purge"
     );
+    assert!(
+        !run("dpkg-statoverride", &["--list", "/etc/vivgate/*"])
+            .status
+            .success(),
+        "a stat override is left after the purge"
+    );
+
+    // a vivgate group made beforehand (configuration management, a fixed GID) is used
+    run_ok("groupadd", &["--system", "vivgate"]);
+    let group = run_ok("getent", &["group", "vivgate"]);
+    let gid: u32 = group.split(':').nth(2).unwrap().parse().unwrap();
+    run_ok("dpkg", &["-i", &deb]);
+    let passwd = user("vivgate").expect("the vivgate user");
+    assert_eq!(passwd[3], gid.to_string(), "{passwd:?}");
+    run_ok("dpkg", &["--purge", "vivgate"]);
+    assert!(user("vivgate").is_none());
 }

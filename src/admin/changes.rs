@@ -5,7 +5,7 @@
 use http::Method;
 use serde_json::json;
 
-use super::{change_failed, fleet_not_saved, ok, with_version, AdminApp, Answer};
+use super::{change_failed, fleet_change_failed, ok, with_version, AdminApp, Answer};
 use crate::error::GatewayError;
 use crate::overrides::{ChangeError, Changed, OverrideChange};
 
@@ -71,7 +71,7 @@ impl AdminApp {
                             self.apply_fleet_change();
                             ok(json!({"group": id, "status": status, "version": version}))
                         }
-                        Err(e) => Err(fleet_not_saved(&e)),
+                        Err(e) => Err(fleet_change_failed(e, "Unknown group")),
                     };
                 }
                 // the status the tenants file gives: no override (a later change of the file
@@ -128,7 +128,7 @@ impl AdminApp {
                             self.apply_fleet_change();
                             ok(json!({"group": id, "revoked": text, "version": version}))
                         }
-                        Err(e) => Err(fleet_not_saved(&e)),
+                        Err(e) => Err(fleet_change_failed(e, "This group has no such key")),
                     };
                 }
                 let change = OverrideChange::Revoke {

@@ -119,10 +119,22 @@ fn internal(cause: &str) -> GatewayError {
     GatewayError::Internal
 }
 
-/// A fleet tenants change Redis did not take; the cause goes to the log.
-fn fleet_not_saved(cause: &str) -> GatewayError {
-    tracing::error!("{cause}");
-    GatewayError::ChangeNotSaved { shared: true }
+/// The refusal for a fleet tenants change that was not made (`not_found`: what a change that
+/// is so already, or a group no longer in the table, answers); Redis's part goes to the log.
+fn fleet_change_failed(e: crate::fleet::ChangeError, not_found: &'static str) -> GatewayError {
+    use crate::fleet::ChangeError;
+    match e {
+        ChangeError::UnknownGroup(_) => GatewayError::NotFound("Unknown group"),
+        ChangeError::AlreadySo(_) => GatewayError::NotFound(not_found),
+        ChangeError::NotSaved(why) => {
+            tracing::error!("admin: fleet tenants change not saved: {why}");
+            GatewayError::ChangeNotSaved { shared: true }
+        }
+        ChangeError::Unknown(why) => {
+            tracing::error!("admin: fleet tenants change sent to Redis, no answer: {why}");
+            GatewayError::ChangeOutcomeUnknown
+        }
+    }
 }
 
 /// `month=YYYY-MM` (default: `now`) and `by=day` of a usage query.
@@ -483,6 +495,28 @@ impl ServeHttp for AdminApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_change_not_made_says_why() {
+        use crate::fleet::ChangeError::*;
+        let answer = |e, not_found| {
+            let g = fleet_change_failed(e, not_found);
+            (g.status(), g.message().to_string())
+        };
+        // another instance revoked the key first, or a push removed the group: 404, not 503
+        assert_eq!(
+            answer(AlreadySo("no key".into()), "This group has no such key"),
+            (404, "This group has no such key".to_string())
+        );
+        assert_eq!(
+            answer(UnknownGroup("g".into()), "x"),
+            (404, "Unknown group".to_string())
+        );
+        assert_eq!(answer(NotSaved("down".into()), "x").0, 503);
+        let (status, message) = answer(Unknown("timeout".into()), "x");
+        assert_eq!(status, 503);
+        assert!(message.contains("may or may not"), "{message}");
+    }
 
     #[test]
     fn months_parse_strictly() {

@@ -172,11 +172,13 @@ impl RedisStore {
                     .outage_bound
                     .set(self.metrics.outage_bound.get().max(allowance as i64));
                 // at most `allowance` per instance, and never more than `allowance` past the
-                // quota as this instance last knew it
-                let known = cell.known[0].load(Ordering::Acquire);
+                // quota as this instance last knew it. `known` is read after `n`, at each try: a
+                // settlement stores Redis's new total before it takes its batch's calls off
+                // `n`, so a try that sees the smaller `n` sees the larger total too
                 let admitted = cell
                     .outage_admitted
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        let known = cell.known[0].load(Ordering::Acquire);
                         (n < allowance && known + n < limit.saturating_add(allowance))
                             .then_some(n + 1)
                     })

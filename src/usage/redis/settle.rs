@@ -226,6 +226,7 @@ impl RedisStore {
                     if b.lease_used == 0
                         && b.lease_returned == 0
                         && b.direct == 0
+                        && b.outage == 0
                         && b.bytes == 0
                         && !holds_lease
                         && !unreconciled
