@@ -1046,6 +1046,9 @@ async fn the_outage_allowance_is_not_renewed_by_a_partial_settlement() {
         assert!(outage <= 10, "more than the allowance in one outage");
     }
     assert_eq!(outage, 10, "the allowance: 10 % of 100");
+    // what this instance shows meanwhile (/v1/usage, RateLimit, metrics) counts them all: the
+    // batch kept for Redis and the calls after it
+    assert_eq!(store.usage(&g, month).calls, 110);
 
     // Redis back: the batch cut during the outage (1 call) is applied; the other 9 are not
     // settled yet when Redis goes down again
@@ -1059,6 +1062,7 @@ async fn the_outage_allowance_is_not_renewed_by_a_partial_settlement() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(settled, "the first batch was applied");
+    assert_eq!(store.usage(&g, month).calls, 110);
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = take().await;

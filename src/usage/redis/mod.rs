@@ -528,13 +528,25 @@ impl UsageStore for SharedRedisStore {
         let Some(cell) = self.0.cells.get(&(key, month)).map(|c| c.clone()) else {
             return Usage::default();
         };
-        let lease = cell.lease.load(Ordering::Acquire);
-        let pending_direct =
-            cell.direct.load(Ordering::Acquire) + cell.outage_pending.load(Ordering::Acquire);
-        let pending_bytes = cell.bytes.load(Ordering::Acquire);
+        // what Redis has not been told yet: the counts waiting for a batch, and the batch sent
+        // and not confirmed (kept while Redis is down)
+        let inflight = cell
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|b| *b)
+            .unwrap_or_default();
+        let lease = cell.lease.load(Ordering::Acquire) as i64;
+        let returned =
+            cell.lease_returned.load(Ordering::Acquire) as i64 + inflight.lease_returned as i64;
+        let pending_direct = cell.direct.load(Ordering::Acquire)
+            + cell.outage_pending.load(Ordering::Acquire)
+            + inflight.direct;
+        let pending_bytes = cell.bytes.load(Ordering::Acquire) + inflight.bytes;
         Usage {
-            // Redis counts this instance's unspent lease as taken
-            calls: (cell.known[0].load(Ordering::Acquire) as i64 - lease as i64 + pending_direct)
+            // Redis counts this instance's unspent lease as taken, and a returned one until told
+            calls: (cell.known[0].load(Ordering::Acquire) as i64 - lease - returned
+                + pending_direct)
                 .max(0) as u64,
             bytes: (cell.known[1].load(Ordering::Acquire) as i64 + pending_bytes).max(0) as u64,
             calls_overage: cell.known[2].load(Ordering::Acquire),
